@@ -1,0 +1,292 @@
+//! Connection state machines and version negotiation, without IO.
+//!
+//! The gateway feeds every frame a client sends through [`ServerConn`]; the
+//! client library feeds every frame the server sends through [`ClientConn`].
+//! Both answer whether the frame is allowed now, so the ordering rules of
+//! PROTOCOL.md live in one place.
+
+use crate::error::ErrorCode;
+use crate::frame::{Direction, Frame};
+use crate::limits::{MAX_VERSION, MIN_VERSION};
+
+/// A frame that broke the ordering rules: answer with ERROR `code` and close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Violation {
+    /// Catalogue code.
+    pub code: ErrorCode,
+    /// Detail for the ERROR frame.
+    pub message: String,
+}
+
+fn violation(code: ErrorCode, message: impl Into<String>) -> Violation {
+    Violation { code, message: message.into() }
+}
+
+/// Picks the highest version inside both ranges.
+pub fn negotiate(client_min: u16, client_max: u16) -> Result<u16, Violation> {
+    let lo = client_min.max(MIN_VERSION);
+    let hi = client_max.min(MAX_VERSION);
+    if client_min > client_max || lo > hi {
+        return Err(violation(
+            ErrorCode::UNSUPPORTED_VERSION,
+            format!("client speaks {client_min}..={client_max}, server {MIN_VERSION}..={MAX_VERSION}"),
+        ));
+    }
+    Ok(hi)
+}
+
+/// Server-side view of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerConn {
+    /// Waiting for HELLO on the first stream.
+    AwaitHello,
+    /// HELLO seen; the gateway is checking the key.
+    Authenticating {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// Authenticated; requests flow.
+    Open {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// GOODBYE sent or received; no new SENDs are taken.
+    Draining,
+    /// Closed after an error.
+    Closed,
+}
+
+/// What the server should do with an allowed client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAction {
+    /// Check this key, then call [`ServerConn::auth_ok`] or [`ServerConn::auth_failed`].
+    Authenticate {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// Handle the request (SEND, SUBSCRIBE, PING, PONG).
+    Handle,
+    /// The client is leaving: stop taking SENDs, finish what is in flight.
+    Drain,
+    /// The client reported an error; log it and close.
+    PeerError,
+}
+
+impl ServerConn {
+    /// Feeds one client frame; `Err` means answer with ERROR and close.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<ServerAction, Violation> {
+        if frame.direction() == Direction::ServerToClient {
+            return Err(self.fail(violation(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} is a server-to-client frame", frame.name()),
+            )));
+        }
+        match (&*self, frame) {
+            (ServerConn::AwaitHello, Frame::Hello { min_version, max_version, .. }) => {
+                match negotiate(*min_version, *max_version) {
+                    Ok(version) => {
+                        *self = ServerConn::Authenticating { version };
+                        Ok(ServerAction::Authenticate { version })
+                    }
+                    Err(v) => Err(self.fail(v)),
+                }
+            }
+            (ServerConn::AwaitHello, f) => Err(self.fail(violation(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("expected HELLO, got {}", f.name()),
+            ))),
+            (ServerConn::Authenticating { .. }, f) => Err(self.fail(violation(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} before HELLO_OK", f.name()),
+            ))),
+            (ServerConn::Open { .. } | ServerConn::Draining, Frame::Hello { .. }) => {
+                Err(self.fail(violation(ErrorCode::UNEXPECTED_FRAME, "second HELLO")))
+            }
+            (ServerConn::Open { .. }, Frame::Goodbye { .. }) => {
+                *self = ServerConn::Draining;
+                Ok(ServerAction::Drain)
+            }
+            (_, Frame::Error { .. }) => {
+                *self = ServerConn::Closed;
+                Ok(ServerAction::PeerError)
+            }
+            (ServerConn::Open { .. }, _) => Ok(ServerAction::Handle),
+            (ServerConn::Draining, Frame::Send { .. } | Frame::Subscribe { .. }) => Err(violation(
+                ErrorCode::SHUTTING_DOWN,
+                "connection is draining",
+            )),
+            (ServerConn::Draining, _) => Ok(ServerAction::Handle),
+            (ServerConn::Closed, f) => Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("{} after close", f.name()))),
+        }
+    }
+
+    /// The key checked out.
+    pub fn auth_ok(&mut self) {
+        if let ServerConn::Authenticating { version } = *self {
+            *self = ServerConn::Open { version };
+        }
+    }
+
+    /// The key was refused.
+    pub fn auth_failed(&mut self) {
+        *self = ServerConn::Closed;
+    }
+
+    /// The server starts draining (shutdown).
+    pub fn drain(&mut self) {
+        if matches!(self, ServerConn::Open { .. }) {
+            *self = ServerConn::Draining;
+        }
+    }
+
+    /// True once requests may flow.
+    pub fn is_open(&self) -> bool {
+        matches!(self, ServerConn::Open { .. })
+    }
+
+    fn fail(&mut self, v: Violation) -> Violation {
+        *self = ServerConn::Closed;
+        v
+    }
+}
+
+/// Client-side view of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientConn {
+    /// HELLO sent, waiting for HELLO_OK.
+    AwaitHelloOk,
+    /// Handshake done.
+    Open {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// The server said GOODBYE or ERROR.
+    Closed,
+}
+
+impl ClientConn {
+    /// Feeds one server frame; `Err` means the server broke the protocol.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<(), Violation> {
+        if frame.direction() == Direction::ClientToServer {
+            *self = ClientConn::Closed;
+            return Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("server sent {}", frame.name())));
+        }
+        match (*self, frame) {
+            (ClientConn::AwaitHelloOk, Frame::HelloOk { version, .. }) => {
+                if !(MIN_VERSION..=MAX_VERSION).contains(version) {
+                    *self = ClientConn::Closed;
+                    return Err(violation(ErrorCode::UNSUPPORTED_VERSION, format!("server chose version {version}")));
+                }
+                *self = ClientConn::Open { version: *version };
+                Ok(())
+            }
+            (_, Frame::Error { .. } | Frame::Goodbye { .. }) => {
+                *self = ClientConn::Closed;
+                Ok(())
+            }
+            (ClientConn::AwaitHelloOk, f) => {
+                *self = ClientConn::Closed;
+                Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("{} before HELLO_OK", f.name())))
+            }
+            (ClientConn::Open { .. }, Frame::HelloOk { .. }) => {
+                *self = ClientConn::Closed;
+                Err(violation(ErrorCode::UNEXPECTED_FRAME, "second HELLO_OK"))
+            }
+            (ClientConn::Open { .. }, _) => Ok(()),
+            (ClientConn::Closed, _) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Body, Text};
+
+    fn hello(min: u16, max: u16) -> Frame {
+        Frame::Hello { min_version: min, max_version: max, api_key: "wpk_x".into(), client_name: Text::default() }
+    }
+
+    fn send() -> Frame {
+        Frame::Send {
+            seq: 1,
+            idempotency_key: "k".into(),
+            device_id: "d".into(),
+            recipient: "4915112345678".into(),
+            body: Body::Text("hi".into()),
+        }
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(1, 1), Ok(1));
+        assert_eq!(negotiate(1, 9), Ok(1));
+        assert_eq!(negotiate(0, 1), Ok(1));
+        assert_eq!(negotiate(2, 9).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        assert_eq!(negotiate(0, 0).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        assert_eq!(negotiate(3, 1).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+    }
+
+    #[test]
+    fn server_happy_path() {
+        let mut s = ServerConn::AwaitHello;
+        assert_eq!(s.on_frame(&hello(1, 1)), Ok(ServerAction::Authenticate { version: 1 }));
+        s.auth_ok();
+        assert!(s.is_open());
+        assert_eq!(s.on_frame(&send()), Ok(ServerAction::Handle));
+        assert_eq!(s.on_frame(&Frame::Ping { nonce: 1 }), Ok(ServerAction::Handle));
+        assert_eq!(s.on_frame(&Frame::Goodbye { code: ErrorCode::SHUTTING_DOWN, message: Text::default() }), Ok(ServerAction::Drain));
+        assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::SHUTTING_DOWN);
+    }
+
+    #[test]
+    fn server_ordering_violations() {
+        let mut s = ServerConn::AwaitHello;
+        assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
+        assert_eq!(s, ServerConn::Closed);
+
+        let mut s = ServerConn::AwaitHello;
+        s.on_frame(&hello(1, 1)).unwrap();
+        assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME, "send during auth");
+
+        let mut s = ServerConn::Open { version: 1 };
+        assert_eq!(s.on_frame(&hello(1, 1)).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
+
+        let mut s = ServerConn::Open { version: 1 };
+        let ack = Frame::Accepted { seq: 1, message_id: Default::default() };
+        assert_eq!(s.on_frame(&ack).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
+
+        let mut s = ServerConn::AwaitHello;
+        assert_eq!(s.on_frame(&hello(5, 7)).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        s = ServerConn::AwaitHello;
+        s.on_frame(&hello(1, 1)).unwrap();
+        s.auth_failed();
+        assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
+    }
+
+    #[test]
+    fn client_side() {
+        let mut c = ClientConn::AwaitHelloOk;
+        assert!(c.on_frame(&Frame::Accepted { seq: 1, message_id: Default::default() }).is_err());
+        let hello_ok = |version| Frame::HelloOk {
+            version,
+            max_frame_len: 1024,
+            max_in_flight: 1,
+            max_streams: 1,
+            idle_timeout_ms: 1,
+            connection_id: 1,
+            server: Text::default(),
+        };
+        let ok = hello_ok(1);
+        let mut c = ClientConn::AwaitHelloOk;
+        c.on_frame(&ok).unwrap();
+        assert_eq!(c, ClientConn::Open { version: 1 });
+        assert!(c.on_frame(&ok).is_err());
+        let mut c = ClientConn::AwaitHelloOk;
+        assert!(c.on_frame(&send()).is_err());
+        let mut c = ClientConn::AwaitHelloOk;
+        let bad = hello_ok(7);
+        assert_eq!(c.on_frame(&bad).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+    }
+}

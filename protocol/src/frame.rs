@@ -1,0 +1,446 @@
+//! Frame types of protocol version 1.
+//!
+//! Byte layouts are in `PROTOCOL.md`; the codec in [`crate::codec`] is the
+//! executable form of that document.
+
+use bytes::Bytes;
+use std::fmt;
+
+use crate::error::ErrorCode;
+
+/// UTF-8 text that shares the receive buffer instead of copying it.
+///
+/// Invariant: the bytes are valid UTF-8 (checked once at decode or construction).
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// Wraps bytes after checking they are UTF-8.
+    pub fn from_utf8(b: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&b)?;
+        Ok(Text(b))
+    }
+
+    /// Borrowed view.
+    pub fn as_str(&self) -> &str {
+        // The constructor checked UTF-8; re-checking is cheap for the short
+        // fields on the hot path and keeps this crate free of `unsafe`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The underlying bytes (cheap clone).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(Bytes::from(s))
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Gateway-assigned message id: 16 bytes, time-ordered (UUIDv7 layout).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MessageId(pub [u8; 16]);
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Plain text, at most [`crate::limits::MAX_TEXT_LEN`] bytes.
+    Text(Text),
+    /// A reference to media stored elsewhere; defined so v1 clients and
+    /// servers agree on its layout, not yet accepted by the gateway.
+    Media {
+        /// Where the media lives (URL or storage key), at most 2048 bytes.
+        reference: Text,
+        /// MIME type, at most 255 bytes.
+        mime: Text,
+        /// Optional caption, at most [`crate::limits::MAX_TEXT_LEN`] bytes.
+        caption: Text,
+    },
+}
+
+/// Outcome in a delivery report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// WhatsApp accepted the message (server ack).
+    Sent = 1,
+    /// The gateway gave up; `code` says why.
+    Failed = 2,
+}
+
+/// The final outcome of one accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// The id from ACCEPTED.
+    pub message_id: MessageId,
+    /// The client's sequence number of the SEND (only meaningful on the sending connection).
+    pub seq: u64,
+    /// Sent or failed.
+    pub status: DeliveryStatus,
+    /// `ErrorCode(0)` when sent; otherwise why it failed.
+    pub code: ErrorCode,
+    /// Unix time in milliseconds when the outcome was known.
+    pub timestamp_ms: u64,
+    /// The id the upstream gave the message (empty when failed).
+    pub upstream_id: Text,
+    /// Human-readable detail (empty when sent).
+    pub detail: Text,
+}
+
+/// Link state of a device as seen by the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceState {
+    /// Not linked to a WhatsApp account.
+    Unlinked = 1,
+    /// Waiting for the QR code or pairing code to be used.
+    Linking = 2,
+    /// Connected and able to send.
+    Connected = 3,
+    /// Temporarily disconnected; the gateway reconnects with backoff.
+    Disconnected = 4,
+    /// WhatsApp logged the device out; it must be relinked.
+    LoggedOut = 5,
+    /// WhatsApp banned or restricted the account.
+    Banned = 6,
+    /// Disabled by an operator.
+    Disabled = 7,
+}
+
+impl DeviceState {
+    /// Decodes the wire byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Unlinked,
+            2 => Self::Linking,
+            3 => Self::Connected,
+            4 => Self::Disconnected,
+            5 => Self::LoggedOut,
+            6 => Self::Banned,
+            7 => Self::Disabled,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unlinked => "unlinked",
+            Self::Linking => "linking",
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::LoggedOut => "logged_out",
+            Self::Banned => "banned",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// Subscription mask bits (SUBSCRIBE / SUBSCRIBED).
+pub mod subscribe {
+    /// Delivery reports of every message of the workspace.
+    pub const REPORTS: u32 = 1 << 0;
+    /// Inbound messages to the workspace's devices.
+    pub const INBOUND: u32 = 1 << 1;
+    /// Device state changes.
+    pub const DEVICE_STATE: u32 = 1 << 2;
+    /// Every bit defined in v1.
+    pub const ALL: u32 = REPORTS | INBOUND | DEVICE_STATE;
+}
+
+/// What a workspace event carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A delivery report for a message of the workspace (from any connection).
+    Report {
+        /// Device that sent it.
+        device_id: Text,
+        /// The report.
+        report: DeliveryReport,
+    },
+    /// A message received by one of the workspace's devices.
+    Inbound {
+        /// Receiving device.
+        device_id: Text,
+        /// Sender address.
+        from: Text,
+        /// Upstream message id.
+        upstream_id: Text,
+        /// Content.
+        body: Body,
+    },
+    /// A device changed state.
+    DeviceState {
+        /// The device.
+        device_id: Text,
+        /// Its new state.
+        state: DeviceState,
+        /// Why (may be empty).
+        detail: Text,
+    },
+    /// The subscriber fell behind and `missed` events were not delivered to it.
+    /// Live subscriptions are best-effort; durable delivery is the webhook's job.
+    Lagged {
+        /// How many events were skipped.
+        missed: u64,
+    },
+}
+
+/// One event pushed on the server's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Per-subscription sequence number, starting at 1, no gaps except where
+    /// a `Lagged` event accounts for them.
+    pub seq: u64,
+    /// Unix time in milliseconds when the gateway observed it.
+    pub timestamp_ms: u64,
+    /// The payload.
+    pub kind: EventKind,
+}
+
+/// Every frame of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client → server, first frame on the first stream: versions and credentials.
+    Hello {
+        /// Lowest version the client speaks.
+        min_version: u16,
+        /// Highest version the client speaks.
+        max_version: u16,
+        /// The API key (`wpk_…`). Never logged.
+        api_key: Text,
+        /// Free-form client name for logs and metrics (≤ 255 bytes).
+        client_name: Text,
+    },
+    /// Server → client: the handshake succeeded.
+    HelloOk {
+        /// The version both sides now speak.
+        version: u16,
+        /// Largest frame body the server accepts.
+        max_frame_len: u32,
+        /// Most SENDs the client may have unacknowledged on the connection.
+        max_in_flight: u32,
+        /// Most bidirectional streams the client may open.
+        max_streams: u16,
+        /// The server closes connections idle for longer than this; send PING earlier.
+        idle_timeout_ms: u32,
+        /// Server-assigned connection id, for support and logs.
+        connection_id: u64,
+        /// Server software and version.
+        server: Text,
+    },
+    /// Either direction: a connection-level error; fatal codes are followed by a close.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// When retrying can help, how long to wait (0 = unspecified).
+        retry_after_ms: u32,
+        /// Human-readable detail.
+        message: Text,
+    },
+    /// Either direction: liveness probe.
+    Ping {
+        /// Echoed in PONG.
+        nonce: u64,
+    },
+    /// Answer to PING.
+    Pong {
+        /// The PING's nonce.
+        nonce: u64,
+    },
+    /// Either direction: the sender is closing gracefully.
+    Goodbye {
+        /// Why (e.g. SHUTTING_DOWN).
+        code: ErrorCode,
+        /// Detail.
+        message: Text,
+    },
+    /// Client → server: send one message.
+    Send {
+        /// Client-chosen correlation number, unique among in-flight SENDs of the connection.
+        seq: u64,
+        /// Deduplication key, unique per workspace (1–128 bytes).
+        idempotency_key: Text,
+        /// Device (linked WhatsApp number) to send from (1–64 bytes).
+        device_id: Text,
+        /// Recipient address, e.g. E.164 digits or a JID (1–128 bytes).
+        recipient: Text,
+        /// Content.
+        body: Body,
+    },
+    /// Server → client: the SEND was accepted.
+    Accepted {
+        /// The SEND's seq.
+        seq: u64,
+        /// Gateway message id.
+        message_id: MessageId,
+    },
+    /// Server → client: the SEND was refused; the message was not taken.
+    Rejected {
+        /// The SEND's seq.
+        seq: u64,
+        /// Why.
+        code: ErrorCode,
+        /// When the same SEND may succeed (0 = not retryable or unspecified).
+        retry_after_ms: u32,
+        /// Detail.
+        reason: Text,
+    },
+    /// Server → client, on the stream the SEND came on: its final outcome.
+    Report(DeliveryReport),
+    /// Client → server: start pushing workspace events.
+    Subscribe {
+        /// Bits from [`subscribe`].
+        mask: u32,
+    },
+    /// Server → client: subscription active; events follow on a server-opened unidirectional stream.
+    Subscribed {
+        /// The bits granted.
+        mask: u32,
+    },
+    /// Server → client, on the event stream.
+    Event(Event),
+}
+
+/// Frame type bytes.
+pub mod ty {
+    #![allow(missing_docs)]
+    pub const HELLO: u8 = 0x01;
+    pub const HELLO_OK: u8 = 0x02;
+    pub const ERROR: u8 = 0x03;
+    pub const PING: u8 = 0x04;
+    pub const PONG: u8 = 0x05;
+    pub const GOODBYE: u8 = 0x06;
+    pub const SEND: u8 = 0x10;
+    pub const ACCEPTED: u8 = 0x11;
+    pub const REJECTED: u8 = 0x12;
+    pub const REPORT: u8 = 0x13;
+    pub const SUBSCRIBE: u8 = 0x20;
+    pub const SUBSCRIBED: u8 = 0x21;
+    pub const EVENT: u8 = 0x22;
+}
+
+/// Which side may send a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Only the client sends it.
+    ClientToServer,
+    /// Only the server sends it.
+    ServerToClient,
+    /// Either side.
+    Both,
+}
+
+impl Frame {
+    /// The type byte.
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => ty::HELLO,
+            Frame::HelloOk { .. } => ty::HELLO_OK,
+            Frame::Error { .. } => ty::ERROR,
+            Frame::Ping { .. } => ty::PING,
+            Frame::Pong { .. } => ty::PONG,
+            Frame::Goodbye { .. } => ty::GOODBYE,
+            Frame::Send { .. } => ty::SEND,
+            Frame::Accepted { .. } => ty::ACCEPTED,
+            Frame::Rejected { .. } => ty::REJECTED,
+            Frame::Report(_) => ty::REPORT,
+            Frame::Subscribe { .. } => ty::SUBSCRIBE,
+            Frame::Subscribed { .. } => ty::SUBSCRIBED,
+            Frame::Event(_) => ty::EVENT,
+        }
+    }
+
+    /// Upper-case name for logs.
+    pub fn name(&self) -> &'static str {
+        type_name(self.frame_type())
+    }
+
+    /// Who may send it.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Frame::Hello { .. } | Frame::Send { .. } | Frame::Subscribe { .. } => {
+                Direction::ClientToServer
+            }
+            Frame::HelloOk { .. }
+            | Frame::Accepted { .. }
+            | Frame::Rejected { .. }
+            | Frame::Report(_)
+            | Frame::Subscribed { .. }
+            | Frame::Event(_) => Direction::ServerToClient,
+            Frame::Error { .. } | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Goodbye { .. } => {
+                Direction::Both
+            }
+        }
+    }
+}
+
+/// Name of a frame type byte, or `"UNKNOWN"`.
+pub fn type_name(t: u8) -> &'static str {
+    match t {
+        ty::HELLO => "HELLO",
+        ty::HELLO_OK => "HELLO_OK",
+        ty::ERROR => "ERROR",
+        ty::PING => "PING",
+        ty::PONG => "PONG",
+        ty::GOODBYE => "GOODBYE",
+        ty::SEND => "SEND",
+        ty::ACCEPTED => "ACCEPTED",
+        ty::REJECTED => "REJECTED",
+        ty::REPORT => "REPORT",
+        ty::SUBSCRIBE => "SUBSCRIBE",
+        ty::SUBSCRIBED => "SUBSCRIBED",
+        ty::EVENT => "EVENT",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,23 @@
+//! Protocol-wide sizes. Servers may advertise smaller frame limits in HELLO_OK.
+
+/// Versions this implementation speaks.
+pub const MIN_VERSION: u16 = 1;
+/// Highest version this implementation speaks.
+pub const MAX_VERSION: u16 = 1;
+/// QUIC ALPN identifier of version 1.
+pub const ALPN: &[u8] = b"waping/1";
+
+/// Largest frame body any peer may send: 1 MiB. Bounds the memory one frame can pin.
+pub const HARD_MAX_FRAME_LEN: u32 = 1 << 20;
+/// Default advertised body limit: 128 KiB, room for a 64 KiB text or media caption plus fields.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 128 * 1024;
+/// Largest text body or caption: 65 536 bytes, WhatsApp's own text limit.
+pub const MAX_TEXT_LEN: usize = 65_536;
+/// Largest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Largest device id.
+pub const MAX_DEVICE_ID_LEN: usize = 64;
+/// Largest recipient address (JIDs can be long; E.164 needs at most 15 digits).
+pub const MAX_RECIPIENT_LEN: usize = 128;
+/// Largest media reference.
+pub const MAX_MEDIA_REFERENCE_LEN: usize = 2048;
