@@ -1,4 +1,26 @@
 //! The waping gateway daemon as a library: everything `main.rs` wires together.
+//!
+//! Subsystems, one folder each: [`config`], [`auth`], [`limiter`],
+//! [`workspace`], [`session`], [`upstream`], [`server`]; [`app`] wires them.
 #![deny(unsafe_code)]
 
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod ids;
 pub mod limiter;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod upstream;
+pub mod workspace;
+
+pub use app::Gateway;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

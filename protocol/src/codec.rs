@@ -132,7 +132,9 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder refusing bodies above `max_frame_len` (clamped to the hard maximum).
     pub fn new(max_frame_len: u32) -> Self {
-        Decoder { max_frame_len: max_frame_len.min(limits::HARD_MAX_FRAME_LEN) }
+        Decoder {
+            max_frame_len: max_frame_len.min(limits::HARD_MAX_FRAME_LEN),
+        }
     }
 
     /// The limit in force.
@@ -154,7 +156,10 @@ impl Decoder {
         let t = buf[4];
         let flags = buf[5];
         if len > self.max_frame_len {
-            return Err(DecodeError::FrameTooLarge { len, max: self.max_frame_len });
+            return Err(DecodeError::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            });
         }
         let name = type_name(t);
         if name == "UNKNOWN" {
@@ -176,7 +181,10 @@ impl Decoder {
 
 /// Decodes a body whose header was already read (type known, flags zero).
 pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, DecodeError> {
-    let mut r = Reader { buf: body, frame: type_name(t) };
+    let mut r = Reader {
+        buf: body,
+        frame: type_name(t),
+    };
     let frame = match t {
         ty::HELLO => Frame::Hello {
             min_version: r.u16("min_version")?,
@@ -198,8 +206,12 @@ pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, DecodeError> {
             retry_after_ms: r.u32("retry_after_ms")?,
             message: r.str16("message")?,
         },
-        ty::PING => Frame::Ping { nonce: r.u64("nonce")? },
-        ty::PONG => Frame::Pong { nonce: r.u64("nonce")? },
+        ty::PING => Frame::Ping {
+            nonce: r.u64("nonce")?,
+        },
+        ty::PONG => Frame::Pong {
+            nonce: r.u64("nonce")?,
+        },
         ty::GOODBYE => Frame::Goodbye {
             code: ErrorCode(r.u16("code")?),
             message: r.str16("message")?,
@@ -228,7 +240,10 @@ pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, DecodeError> {
         other => return Err(DecodeError::UnknownType(other)),
     };
     if r.buf.has_remaining() {
-        return Err(DecodeError::TrailingBytes { frame: r.frame, extra: r.buf.remaining() });
+        return Err(DecodeError::TrailingBytes {
+            frame: r.frame,
+            extra: r.buf.remaining(),
+        });
     }
     Ok(frame)
 }
@@ -241,7 +256,10 @@ struct Reader {
 impl Reader {
     fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
         if self.buf.remaining() < n {
-            Err(DecodeError::Truncated { frame: self.frame, field })
+            Err(DecodeError::Truncated {
+                frame: self.frame,
+                field,
+            })
         } else {
             Ok(())
         }
@@ -271,7 +289,10 @@ impl Reader {
     fn text(&mut self, len: usize, field: &'static str) -> Result<Text, DecodeError> {
         self.need(len, field)?;
         let b = self.buf.split_to(len);
-        Text::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { frame: self.frame, field })
+        Text::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 {
+            frame: self.frame,
+            field,
+        })
     }
     fn str8(&mut self, field: &'static str) -> Result<Text, DecodeError> {
         let n = self.u8(field)? as usize;
@@ -303,14 +324,22 @@ impl Reader {
             1 => DeliveryStatus::Sent,
             2 => DeliveryStatus::Failed,
             v => {
-                return Err(DecodeError::InvalidValue { frame: self.frame, field: "status", value: v.into() });
+                return Err(DecodeError::InvalidValue {
+                    frame: self.frame,
+                    field: "status",
+                    value: v.into(),
+                });
             }
         };
         let code = ErrorCode(self.u16("code")?);
         // A report is either a success with code 0 or a failure with a real code;
         // anything else would let two clients read the same bytes differently.
         if (status == DeliveryStatus::Sent) != (code.0 == 0) {
-            return Err(DecodeError::InvalidValue { frame: self.frame, field: "code", value: code.0.into() });
+            return Err(DecodeError::InvalidValue {
+                frame: self.frame,
+                field: "code",
+                value: code.0.into(),
+            });
         }
         Ok(DeliveryReport {
             message_id,
@@ -326,7 +355,10 @@ impl Reader {
         let seq = self.u64("seq")?;
         let timestamp_ms = self.u64("timestamp_ms")?;
         let kind = match self.u8("event_kind")? {
-            EVENT_REPORT => EventKind::Report { device_id: self.str8("device_id")?, report: self.report()? },
+            EVENT_REPORT => EventKind::Report {
+                device_id: self.str8("device_id")?,
+                report: self.report()?,
+            },
             EVENT_INBOUND => EventKind::Inbound {
                 device_id: self.str8("device_id")?,
                 from: self.str8("from")?,
@@ -341,14 +373,28 @@ impl Reader {
                     field: "state",
                     value: b.into(),
                 })?;
-                EventKind::DeviceState { device_id, state, detail: self.str16("detail")? }
+                EventKind::DeviceState {
+                    device_id,
+                    state,
+                    detail: self.str16("detail")?,
+                }
             }
-            EVENT_LAGGED => EventKind::Lagged { missed: self.u64("missed")? },
+            EVENT_LAGGED => EventKind::Lagged {
+                missed: self.u64("missed")?,
+            },
             v => {
-                return Err(DecodeError::InvalidValue { frame: self.frame, field: "event_kind", value: v.into() });
+                return Err(DecodeError::InvalidValue {
+                    frame: self.frame,
+                    field: "event_kind",
+                    value: v.into(),
+                });
             }
         };
-        Ok(Event { seq, timestamp_ms, kind })
+        Ok(Event {
+            seq,
+            timestamp_ms,
+            kind,
+        })
     }
 }
 
@@ -377,7 +423,12 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
     dst.put_u8(frame.frame_type());
     dst.put_u8(0);
     match frame {
-        Frame::Hello { min_version, max_version, api_key, client_name } => {
+        Frame::Hello {
+            min_version,
+            max_version,
+            api_key,
+            client_name,
+        } => {
             dst.put_u16(*min_version);
             dst.put_u16(*max_version);
             put_str8(dst, api_key, "api_key")?;
@@ -400,7 +451,11 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
             dst.put_u64(*connection_id);
             put_str8(dst, server, "server")?;
         }
-        Frame::Error { code, retry_after_ms, message } => {
+        Frame::Error {
+            code,
+            retry_after_ms,
+            message,
+        } => {
             dst.put_u16(code.0);
             dst.put_u32(*retry_after_ms);
             put_str16(dst, message, "message")?;
@@ -410,7 +465,13 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
             dst.put_u16(code.0);
             put_str16(dst, message, "message")?;
         }
-        Frame::Send { seq, idempotency_key, device_id, recipient, body } => {
+        Frame::Send {
+            seq,
+            idempotency_key,
+            device_id,
+            recipient,
+            body,
+        } => {
             dst.put_u64(*seq);
             put_str8(dst, idempotency_key, "idempotency_key")?;
             put_str8(dst, device_id, "device_id")?;
@@ -421,7 +482,12 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
             dst.put_u64(*seq);
             dst.put_slice(&message_id.0);
         }
-        Frame::Rejected { seq, code, retry_after_ms, reason } => {
+        Frame::Rejected {
+            seq,
+            code,
+            retry_after_ms,
+            reason,
+        } => {
             dst.put_u64(*seq);
             dst.put_u16(code.0);
             dst.put_u32(*retry_after_ms);
@@ -438,14 +504,23 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
                     put_str8(dst, device_id, "device_id")?;
                     put_report(dst, report)?;
                 }
-                EventKind::Inbound { device_id, from, upstream_id, body } => {
+                EventKind::Inbound {
+                    device_id,
+                    from,
+                    upstream_id,
+                    body,
+                } => {
                     dst.put_u8(EVENT_INBOUND);
                     put_str8(dst, device_id, "device_id")?;
                     put_str8(dst, from, "from")?;
                     put_str8(dst, upstream_id, "upstream_id")?;
                     put_body(dst, body)?;
                 }
-                EventKind::DeviceState { device_id, state, detail } => {
+                EventKind::DeviceState {
+                    device_id,
+                    state,
+                    detail,
+                } => {
                     dst.put_u8(EVENT_DEVICE_STATE);
                     put_str8(dst, device_id, "device_id")?;
                     dst.put_u8(*state as u8);
@@ -460,7 +535,10 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
     }
     let body_len = dst.len() - start - HEADER_LEN;
     if body_len > limits::HARD_MAX_FRAME_LEN as usize {
-        return Err(EncodeError::FrameTooLarge { len: body_len, max: limits::HARD_MAX_FRAME_LEN });
+        return Err(EncodeError::FrameTooLarge {
+            len: body_len,
+            max: limits::HARD_MAX_FRAME_LEN,
+        });
     }
     dst[start..start + 4].copy_from_slice(&(body_len as u32).to_be_bytes());
     Ok(())
@@ -482,7 +560,11 @@ fn put_body(dst: &mut BytesMut, body: &Body) -> Result<(), EncodeError> {
             dst.put_u8(BODY_TEXT);
             put_str32(dst, t, "text")
         }
-        Body::Media { reference, mime, caption } => {
+        Body::Media {
+            reference,
+            mime,
+            caption,
+        } => {
             dst.put_u8(BODY_MEDIA);
             put_str16(dst, reference, "media_reference")?;
             put_str8(dst, mime, "media_mime")?;
@@ -511,7 +593,10 @@ fn put_str16(dst: &mut BytesMut, t: &Text, field: &'static str) -> Result<(), En
 
 fn put_str32(dst: &mut BytesMut, t: &Text, field: &'static str) -> Result<(), EncodeError> {
     let max = limits::HARD_MAX_FRAME_LEN as usize;
-    let n = u32::try_from(t.len()).ok().filter(|n| *n as usize <= max).ok_or(too_long(field, t.len(), max))?;
+    let n = u32::try_from(t.len())
+        .ok()
+        .filter(|n| *n as usize <= max)
+        .ok_or(too_long(field, t.len(), max))?;
     dst.put_u32(n);
     dst.put_slice(t.bytes());
     Ok(())

@@ -20,7 +20,10 @@ pub struct Violation {
 }
 
 fn violation(code: ErrorCode, message: impl Into<String>) -> Violation {
-    Violation { code, message: message.into() }
+    Violation {
+        code,
+        message: message.into(),
+    }
 }
 
 /// Picks the highest version inside both ranges.
@@ -83,15 +86,20 @@ impl ServerConn {
             )));
         }
         match (&*self, frame) {
-            (ServerConn::AwaitHello, Frame::Hello { min_version, max_version, .. }) => {
-                match negotiate(*min_version, *max_version) {
-                    Ok(version) => {
-                        *self = ServerConn::Authenticating { version };
-                        Ok(ServerAction::Authenticate { version })
-                    }
-                    Err(v) => Err(self.fail(v)),
+            (
+                ServerConn::AwaitHello,
+                Frame::Hello {
+                    min_version,
+                    max_version,
+                    ..
+                },
+            ) => match negotiate(*min_version, *max_version) {
+                Ok(version) => {
+                    *self = ServerConn::Authenticating { version };
+                    Ok(ServerAction::Authenticate { version })
                 }
-            }
+                Err(v) => Err(self.fail(v)),
+            },
             (ServerConn::AwaitHello, f) => Err(self.fail(violation(
                 ErrorCode::UNEXPECTED_FRAME,
                 format!("expected HELLO, got {}", f.name()),
@@ -112,12 +120,14 @@ impl ServerConn {
                 Ok(ServerAction::PeerError)
             }
             (ServerConn::Open { .. }, _) => Ok(ServerAction::Handle),
-            (ServerConn::Draining, Frame::Send { .. } | Frame::Subscribe { .. }) => Err(violation(
-                ErrorCode::SHUTTING_DOWN,
-                "connection is draining",
-            )),
+            (ServerConn::Draining, Frame::Send { .. } | Frame::Subscribe { .. }) => {
+                Err(violation(ErrorCode::SHUTTING_DOWN, "connection is draining"))
+            }
             (ServerConn::Draining, _) => Ok(ServerAction::Handle),
-            (ServerConn::Closed, f) => Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("{} after close", f.name()))),
+            (ServerConn::Closed, f) => Err(violation(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} after close", f.name()),
+            )),
         }
     }
 
@@ -170,13 +180,19 @@ impl ClientConn {
     pub fn on_frame(&mut self, frame: &Frame) -> Result<(), Violation> {
         if frame.direction() == Direction::ClientToServer {
             *self = ClientConn::Closed;
-            return Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("server sent {}", frame.name())));
+            return Err(violation(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("server sent {}", frame.name()),
+            ));
         }
         match (*self, frame) {
             (ClientConn::AwaitHelloOk, Frame::HelloOk { version, .. }) => {
                 if !(MIN_VERSION..=MAX_VERSION).contains(version) {
                     *self = ClientConn::Closed;
-                    return Err(violation(ErrorCode::UNSUPPORTED_VERSION, format!("server chose version {version}")));
+                    return Err(violation(
+                        ErrorCode::UNSUPPORTED_VERSION,
+                        format!("server chose version {version}"),
+                    ));
                 }
                 *self = ClientConn::Open { version: *version };
                 Ok(())
@@ -187,7 +203,10 @@ impl ClientConn {
             }
             (ClientConn::AwaitHelloOk, f) => {
                 *self = ClientConn::Closed;
-                Err(violation(ErrorCode::UNEXPECTED_FRAME, format!("{} before HELLO_OK", f.name())))
+                Err(violation(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    format!("{} before HELLO_OK", f.name()),
+                ))
             }
             (ClientConn::Open { .. }, Frame::HelloOk { .. }) => {
                 *self = ClientConn::Closed;
@@ -205,7 +224,12 @@ mod tests {
     use crate::frame::{Body, Text};
 
     fn hello(min: u16, max: u16) -> Frame {
-        Frame::Hello { min_version: min, max_version: max, api_key: "wpk_x".into(), client_name: Text::default() }
+        Frame::Hello {
+            min_version: min,
+            max_version: max,
+            api_key: "wpk_x".into(),
+            client_name: Text::default(),
+        }
     }
 
     fn send() -> Frame {
@@ -231,12 +255,21 @@ mod tests {
     #[test]
     fn server_happy_path() {
         let mut s = ServerConn::AwaitHello;
-        assert_eq!(s.on_frame(&hello(1, 1)), Ok(ServerAction::Authenticate { version: 1 }));
+        assert_eq!(
+            s.on_frame(&hello(1, 1)),
+            Ok(ServerAction::Authenticate { version: 1 })
+        );
         s.auth_ok();
         assert!(s.is_open());
         assert_eq!(s.on_frame(&send()), Ok(ServerAction::Handle));
         assert_eq!(s.on_frame(&Frame::Ping { nonce: 1 }), Ok(ServerAction::Handle));
-        assert_eq!(s.on_frame(&Frame::Goodbye { code: ErrorCode::SHUTTING_DOWN, message: Text::default() }), Ok(ServerAction::Drain));
+        assert_eq!(
+            s.on_frame(&Frame::Goodbye {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: Text::default()
+            }),
+            Ok(ServerAction::Drain)
+        );
         assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::SHUTTING_DOWN);
     }
 
@@ -248,17 +281,30 @@ mod tests {
 
         let mut s = ServerConn::AwaitHello;
         s.on_frame(&hello(1, 1)).unwrap();
-        assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME, "send during auth");
+        assert_eq!(
+            s.on_frame(&send()).unwrap_err().code,
+            ErrorCode::UNEXPECTED_FRAME,
+            "send during auth"
+        );
 
         let mut s = ServerConn::Open { version: 1 };
-        assert_eq!(s.on_frame(&hello(1, 1)).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
+        assert_eq!(
+            s.on_frame(&hello(1, 1)).unwrap_err().code,
+            ErrorCode::UNEXPECTED_FRAME
+        );
 
         let mut s = ServerConn::Open { version: 1 };
-        let ack = Frame::Accepted { seq: 1, message_id: Default::default() };
+        let ack = Frame::Accepted {
+            seq: 1,
+            message_id: Default::default(),
+        };
         assert_eq!(s.on_frame(&ack).unwrap_err().code, ErrorCode::UNEXPECTED_FRAME);
 
         let mut s = ServerConn::AwaitHello;
-        assert_eq!(s.on_frame(&hello(5, 7)).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        assert_eq!(
+            s.on_frame(&hello(5, 7)).unwrap_err().code,
+            ErrorCode::UNSUPPORTED_VERSION
+        );
         s = ServerConn::AwaitHello;
         s.on_frame(&hello(1, 1)).unwrap();
         s.auth_failed();
@@ -268,7 +314,13 @@ mod tests {
     #[test]
     fn client_side() {
         let mut c = ClientConn::AwaitHelloOk;
-        assert!(c.on_frame(&Frame::Accepted { seq: 1, message_id: Default::default() }).is_err());
+        assert!(
+            c.on_frame(&Frame::Accepted {
+                seq: 1,
+                message_id: Default::default()
+            })
+            .is_err()
+        );
         let hello_ok = |version| Frame::HelloOk {
             version,
             max_frame_len: 1024,

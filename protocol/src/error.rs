@@ -173,7 +173,12 @@ mod tests {
     #[test]
     fn catalogue_is_sorted_and_unique() {
         for pair in CATALOGUE.windows(2) {
-            assert!(pair[0].code.0 < pair[1].code.0, "{:?} before {:?}", pair[0].code, pair[1].code);
+            assert!(
+                pair[0].code.0 < pair[1].code.0,
+                "{:?} before {:?}",
+                pair[0].code,
+                pair[1].code
+            );
         }
         for c in CATALOGUE {
             assert_eq!(c.code.info(), Some(c));

@@ -409,9 +409,7 @@ impl Frame {
     /// Who may send it.
     pub fn direction(&self) -> Direction {
         match self {
-            Frame::Hello { .. } | Frame::Send { .. } | Frame::Subscribe { .. } => {
-                Direction::ClientToServer
-            }
+            Frame::Hello { .. } | Frame::Send { .. } | Frame::Subscribe { .. } => Direction::ClientToServer,
             Frame::HelloOk { .. }
             | Frame::Accepted { .. }
             | Frame::Rejected { .. }

@@ -31,8 +31,15 @@ fn check_len(field: &str, t: &Text, max: usize) -> Result<(), Invalid> {
 /// Checks a device id: 1–64 bytes of `[A-Za-z0-9._-]`, so ids are safe in paths, logs and metric-free contexts.
 pub fn device_id(t: &Text) -> Result<(), Invalid> {
     check_len("device_id", t, MAX_DEVICE_ID_LEN)?;
-    if !t.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return Err(invalid(ErrorCode::INVALID_FIELD, "device_id may contain only A-Z a-z 0-9 . _ -".into()));
+    if !t
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            ErrorCode::INVALID_FIELD,
+            "device_id may contain only A-Z a-z 0-9 . _ -".into(),
+        ));
     }
     Ok(())
 }
@@ -43,7 +50,12 @@ pub fn device_id(t: &Text) -> Result<(), Invalid> {
 pub fn recipient(t: &Text) -> Result<(), Invalid> {
     check_len("recipient", t, MAX_RECIPIENT_LEN)?;
     let s = t.as_str();
-    let bad = || invalid(ErrorCode::INVALID_RECIPIENT, format!("recipient {s:?} is neither E.164 digits nor a WhatsApp JID"));
+    let bad = || {
+        invalid(
+            ErrorCode::INVALID_RECIPIENT,
+            format!("recipient {s:?} is neither E.164 digits nor a WhatsApp JID"),
+        )
+    };
     let digits = |u: &str| (6..=15).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_digit());
     match s.split_once('@') {
         None => {
@@ -72,7 +84,10 @@ pub fn send(idempotency_key: &Text, device: &Text, to: &Text, body: &Body) -> Re
         Body::Text(t) => check_len("text", t, MAX_TEXT_LEN),
         Body::Media { reference, .. } => {
             check_len("media_reference", reference, MAX_MEDIA_REFERENCE_LEN)?;
-            Err(invalid(ErrorCode::UNSUPPORTED_BODY, "media bodies are not supported by this gateway yet".into()))
+            Err(invalid(
+                ErrorCode::UNSUPPORTED_BODY,
+                "media bodies are not supported by this gateway yet".into(),
+            ))
         }
     }
 }
@@ -83,12 +98,30 @@ mod tests {
 
     #[test]
     fn recipients() {
-        for ok in ["4915112345678", "+4915112345678", "4915112345678@s.whatsapp.net", "120363-1234@g.us", "123456@lid"] {
+        for ok in [
+            "4915112345678",
+            "+4915112345678",
+            "4915112345678@s.whatsapp.net",
+            "120363-1234@g.us",
+            "123456@lid",
+        ] {
             assert_eq!(recipient(&ok.into()), Ok(()), "{ok}");
         }
-        for bad in ["", "12", "abc", "+", "49151@example.com", "@s.whatsapp.net", "1234567890123456", "49 151 123"] {
+        for bad in [
+            "",
+            "12",
+            "abc",
+            "+",
+            "49151@example.com",
+            "@s.whatsapp.net",
+            "1234567890123456",
+            "49 151 123",
+        ] {
             let e = recipient(&bad.into()).unwrap_err();
-            assert!(e.code == ErrorCode::INVALID_RECIPIENT || e.code == ErrorCode::INVALID_FIELD, "{bad}: {e}");
+            assert!(
+                e.code == ErrorCode::INVALID_RECIPIENT || e.code == ErrorCode::INVALID_FIELD,
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -98,13 +131,37 @@ mod tests {
         let to: Text = "4915112345678".into();
         assert!(send(&"k".into(), &"dev-1".into(), &to, &body).is_ok());
         let long = Text::from("k".repeat(129));
-        assert_eq!(send(&long, &"dev-1".into(), &to, &body).unwrap_err().code, ErrorCode::INVALID_FIELD);
-        assert_eq!(send(&"".into(), &"dev-1".into(), &to, &body).unwrap_err().code, ErrorCode::INVALID_FIELD);
-        assert_eq!(send(&"k".into(), &"dev/1".into(), &to, &body).unwrap_err().code, ErrorCode::INVALID_FIELD);
-        assert_eq!(send(&"k".into(), &"dev".into(), &to, &Body::Text("".into())).unwrap_err().code, ErrorCode::INVALID_FIELD);
+        assert_eq!(
+            send(&long, &"dev-1".into(), &to, &body).unwrap_err().code,
+            ErrorCode::INVALID_FIELD
+        );
+        assert_eq!(
+            send(&"".into(), &"dev-1".into(), &to, &body).unwrap_err().code,
+            ErrorCode::INVALID_FIELD
+        );
+        assert_eq!(
+            send(&"k".into(), &"dev/1".into(), &to, &body).unwrap_err().code,
+            ErrorCode::INVALID_FIELD
+        );
+        assert_eq!(
+            send(&"k".into(), &"dev".into(), &to, &Body::Text("".into()))
+                .unwrap_err()
+                .code,
+            ErrorCode::INVALID_FIELD
+        );
         let big = Body::Text(Text::from("x".repeat(MAX_TEXT_LEN + 1)));
-        assert_eq!(send(&"k".into(), &"dev".into(), &to, &big).unwrap_err().code, ErrorCode::INVALID_FIELD);
-        let media = Body::Media { reference: "s3://b/k".into(), mime: "image/png".into(), caption: "".into() };
-        assert_eq!(send(&"k".into(), &"dev".into(), &to, &media).unwrap_err().code, ErrorCode::UNSUPPORTED_BODY);
+        assert_eq!(
+            send(&"k".into(), &"dev".into(), &to, &big).unwrap_err().code,
+            ErrorCode::INVALID_FIELD
+        );
+        let media = Body::Media {
+            reference: "s3://b/k".into(),
+            mime: "image/png".into(),
+            caption: "".into(),
+        };
+        assert_eq!(
+            send(&"k".into(), &"dev".into(), &to, &media).unwrap_err().code,
+            ErrorCode::UNSUPPORTED_BODY
+        );
     }
 }

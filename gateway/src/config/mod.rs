@@ -1,0 +1,507 @@
+//! Configuration: TOML, every field defaulted, unknown fields refused.
+//!
+//! Loading happens in two passes. Deserialisation (serde, `deny_unknown_fields`)
+//! stops at the first type error and names its path; then [`Config::validate`]
+//! checks every semantic rule and reports *all* violations at once, each with
+//! its path, so an operator fixes a file in one round.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// QUIC data plane.
+    pub server: ServerConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Default limits applied to every workspace unless it overrides them.
+    pub limits: LimitsConfig,
+    /// Where messages go.
+    pub upstream: UpstreamConfig,
+    /// Tenants and their API keys.
+    pub workspaces: Vec<WorkspaceConfig>,
+}
+
+/// QUIC listener settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// UDP address for QUIC. Default `0.0.0.0:7400`.
+    pub listen: SocketAddr,
+    /// Directory for the self-signed certificate and runtime files.
+    /// Default: `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `./state`.
+    pub state_dir: Option<PathBuf>,
+    /// PEM certificate chain; with `key`, replaces the self-signed certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names for the self-signed certificate (it always covers `localhost`).
+    pub tls_names: Vec<String>,
+    /// Connections beyond this are refused at the QUIC handshake. Default 10 000; 1..=1 000 000.
+    pub max_connections: u32,
+    /// Bidirectional streams a client may open. Default 16; 1..=256. quinn reserves memory per
+    /// allowed stream (~0.9 MB per connection at 10 000), so pipelining on few streams is the design.
+    pub max_streams: u16,
+    /// Unacknowledged SENDs per connection. Default 4096; 1..=1 000 000.
+    pub max_in_flight: u32,
+    /// Largest frame body accepted. Default 131 072; 1024..=1 048 576.
+    pub max_frame_len: u32,
+    /// Time allowed for HELLO after the QUIC handshake. Default 5000 ms.
+    pub handshake_timeout_ms: u64,
+    /// Idle connections are closed after this. Default 30 000 ms; clients PING earlier.
+    pub idle_timeout_ms: u32,
+    /// On shutdown, how long connections may take to receive outstanding reports. Default 10 000 ms.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            state_dir: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
+            max_connections: 10_000,
+            max_streams: 16,
+            max_in_flight: 4096,
+            max_frame_len: waping_protocol::limits::DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout_ms: 5000,
+            idle_timeout_ms: 30_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The state directory after applying the default rule.
+    pub fn resolved_state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several colon-separated directories; the first is ours.
+            Some(v) if !v.is_empty() => PathBuf::from(
+                v.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            _ => PathBuf::from("state"),
+        }
+    }
+}
+
+/// Prometheus exporter.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`. Default true.
+    pub enabled: bool,
+    /// TCP address of `/metrics`. Default `127.0.0.1:9400`; loopback because metrics reveal traffic volumes.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, if enabled.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.enabled.then_some(self.listen)
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one object per line, for journald/log shippers).
+    pub format: LogFormat,
+    /// `tracing` filter directive; overridden by `RUST_LOG`. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Send limits. Defaults are deliberately conservative: WhatsApp bans numbers that send fast.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Workspace token bucket refill, messages per second. Default 20; 1..=10 000 000.
+    pub rate_per_second: u32,
+    /// Workspace token bucket capacity. Default 100; 1..=10 000 000.
+    pub burst: u32,
+    /// Per-device pacing: most messages per second handed to WhatsApp for one device.
+    /// Default 1 (users report bans well above ~3/s per number); 0 disables pacing (load tests only).
+    pub device_rate_per_second: u32,
+    /// Messages queued per device while pacing holds them. Default 10 000; 1..=1 000 000.
+    /// A full queue rejects SENDs with DEVICE_BUSY instead of growing memory.
+    pub device_queue: u32,
+    /// Upstream sends in flight per device. Default 16; 1..=4096.
+    pub device_window: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rate_per_second: 20,
+            burst: 100,
+            device_rate_per_second: 1,
+            device_queue: 10_000,
+            device_window: 16,
+        }
+    }
+}
+
+/// Which upstream the device sessions talk to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `sim` (in-process simulator, default until the WhatsApp upstream lands) or `sim-remote`.
+    pub kind: UpstreamKind,
+    /// Simulator behaviour (for `sim`).
+    pub sim: SimConfig,
+    /// Address of a simulator process (`waping-loadtest sim`), for `sim-remote`. Default `127.0.0.1:7401`.
+    pub remote_addr: SocketAddr,
+    /// How long to wait for one upstream send before failing it with UPSTREAM_TIMEOUT. Default 30 000 ms.
+    pub send_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            kind: UpstreamKind::Sim,
+            sim: SimConfig::default(),
+            remote_addr: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            send_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Upstream implementation.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// Simulated WhatsApp inside the gateway.
+    Sim,
+    /// Simulated WhatsApp in another process, over TCP.
+    SimRemote,
+}
+
+/// Simulated WhatsApp behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Fixed latency of each send. Default 0.
+    pub latency_ms: u64,
+    /// Extra uniformly random latency, 0..=jitter. Default 0.
+    pub latency_jitter_ms: u64,
+    /// Probability a send fails permanently (UPSTREAM_REJECTED). Default 0; 0.0..=1.0.
+    pub failure_rate: f64,
+    /// Sends per second per device the simulated WhatsApp tolerates before answering
+    /// "rate-overlimit" (UPSTREAM_THROTTLED). Default 0 = unlimited.
+    pub device_rate_per_second: u32,
+    /// Inbound messages generated per second per device. Default 0.
+    pub inbound_per_second: f64,
+    /// RNG seed, so runs can be reproduced. Default 1.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            failure_rate: 0.0,
+            device_rate_per_second: 0,
+            inbound_per_second: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// Stable id, 1–64 bytes of `[a-z0-9_-]`.
+    pub id: String,
+    /// Overrides `limits.rate_per_second`.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+    /// Overrides `limits.burst`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Overrides `limits.device_rate_per_second`.
+    #[serde(default)]
+    pub device_rate_per_second: Option<u32>,
+    /// Devices (linked numbers) of this workspace. Device ids are scoped to the workspace.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// API keys, by hash only.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One API key, stored as a hash (`waping-gateway keygen` prints both halves).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key's public id (the part after `wpk_`), 16 hex characters.
+    pub id: String,
+    /// `sha256:` + 64 hex characters of SHA-256 over the whole key string.
+    pub hash: String,
+}
+
+/// Everything wrong with a file, each with its path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the first one; serde stops there).
+    #[error("{file}: at `{path}`: {message}")]
+    Parse {
+        /// File.
+        file: String,
+        /// Dotted path of the bad value.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Semantic errors, all of them.
+    #[error("{file}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// File.
+        file: String,
+        /// Each problem, prefixed by its path.
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Loads and validates a file; `None` means embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => {
+                let c = Config::default();
+                c.validate("<defaults>")?;
+                Ok(c)
+            }
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.into(),
+                    source,
+                })?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            path: e.path().to_string(),
+            message: e.inner().message().to_string(),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Checks every semantic rule and returns all violations together.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        fn check(p: &mut Vec<String>, path: &str, v: u64, lo: u64, hi: u64) {
+            if v < lo || v > hi {
+                p.push(format!("{path}: {v} is outside {lo}..={hi}"));
+            }
+        }
+        macro_rules! range {
+            ($($a:expr),*) => { check(&mut p, $($a),*) };
+        }
+        let s = &self.server;
+        range!("server.max_connections", s.max_connections.into(), 1, 1_000_000);
+        range!("server.max_streams", s.max_streams.into(), 1, 256);
+        range!("server.max_in_flight", s.max_in_flight.into(), 1, 1_000_000);
+        range!(
+            "server.max_frame_len",
+            s.max_frame_len.into(),
+            1024,
+            waping_protocol::limits::HARD_MAX_FRAME_LEN.into()
+        );
+        range!(
+            "server.handshake_timeout_ms",
+            s.handshake_timeout_ms,
+            100,
+            600_000
+        );
+        range!(
+            "server.idle_timeout_ms",
+            s.idle_timeout_ms.into(),
+            1000,
+            3_600_000
+        );
+        range!("server.drain_timeout_ms", s.drain_timeout_ms, 0, 600_000);
+        let l = &self.limits;
+        range!("limits.rate_per_second", l.rate_per_second.into(), 1, 10_000_000);
+        range!("limits.burst", l.burst.into(), 1, 10_000_000);
+        range!(
+            "limits.device_rate_per_second",
+            l.device_rate_per_second.into(),
+            0,
+            10_000_000
+        );
+        range!("limits.device_queue", l.device_queue.into(), 1, 1_000_000);
+        range!("limits.device_window", l.device_window.into(), 1, 4096);
+        range!(
+            "upstream.send_timeout_ms",
+            self.upstream.send_timeout_ms,
+            1,
+            3_600_000
+        );
+        let sim = &self.upstream.sim;
+        range!("upstream.sim.latency_ms", sim.latency_ms, 0, 600_000);
+        range!(
+            "upstream.sim.latency_jitter_ms",
+            sim.latency_jitter_ms,
+            0,
+            600_000
+        );
+        if !(0.0..=1.0).contains(&sim.failure_rate) {
+            p.push(format!(
+                "upstream.sim.failure_rate: {} is outside 0.0..=1.0",
+                sim.failure_rate
+            ));
+        }
+        if !(0.0..=100_000.0).contains(&sim.inbound_per_second) {
+            p.push(format!(
+                "upstream.sim.inbound_per_second: {} is outside 0.0..=100000",
+                sim.inbound_per_second
+            ));
+        }
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(_), None) => p.push("server.tls_key: required when server.tls_cert is set".into()),
+            (None, Some(_)) => p.push("server.tls_cert: required when server.tls_key is set".into()),
+            _ => {}
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(format!("log.level: {e}"));
+        }
+        let mut ws_ids = std::collections::HashSet::new();
+        let mut key_ids = std::collections::HashSet::new();
+        for (i, w) in self.workspaces.iter().enumerate() {
+            let at = format!("workspaces[{i}]");
+            if w.id.is_empty()
+                || w.id.len() > 64
+                || !w
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                p.push(format!(
+                    "{at}.id: {:?} must be 1-64 characters of a-z 0-9 _ -",
+                    w.id
+                ));
+            }
+            if !ws_ids.insert(w.id.as_str()) {
+                p.push(format!("{at}.id: duplicate workspace id {:?}", w.id));
+            }
+            if let Some(r) = w.rate_per_second {
+                range!(&format!("{at}.rate_per_second"), r.into(), 1, 10_000_000);
+            }
+            if let Some(b) = w.burst {
+                range!(&format!("{at}.burst"), b.into(), 1, 10_000_000);
+            }
+            if let Some(r) = w.device_rate_per_second {
+                range!(&format!("{at}.device_rate_per_second"), r.into(), 0, 10_000_000);
+            }
+            let mut devs = std::collections::HashSet::new();
+            for (j, d) in w.devices.iter().enumerate() {
+                if let Err(e) = waping_protocol::validate::device_id(&d.as_str().into()) {
+                    p.push(format!("{at}.devices[{j}]: {}", e.message));
+                }
+                if !devs.insert(d.as_str()) {
+                    p.push(format!("{at}.devices[{j}]: duplicate device id {d:?}"));
+                }
+            }
+            for (j, k) in w.keys.iter().enumerate() {
+                let kat = format!("{at}.keys[{j}]");
+                if let Err(e) = crate::auth::parse_key_id(&k.id) {
+                    p.push(format!("{kat}.id: {e}"));
+                }
+                if let Err(e) = crate::auth::parse_hash(&k.hash) {
+                    p.push(format!("{kat}.hash: {e}"));
+                }
+                if !key_ids.insert(k.id.as_str()) {
+                    p.push(format!(
+                        "{kat}.id: key id {:?} is used twice (ids are global)",
+                        k.id
+                    ));
+                }
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems: p,
+            })
+        }
+    }
+
+    /// The effective limits of a workspace.
+    pub fn workspace_limits(&self, w: &WorkspaceConfig) -> (u32, u32, u32) {
+        (
+            w.rate_per_second.unwrap_or(self.limits.rate_per_second),
+            w.burst.unwrap_or(self.limits.burst),
+            w.device_rate_per_second
+                .unwrap_or(self.limits.device_rate_per_second),
+        )
+    }
+}

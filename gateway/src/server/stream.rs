@@ -1,0 +1,455 @@
+//! One bidirectional stream: decode requests, answer on the same stream,
+//! and write each accepted message's delivery report when it arrives.
+//!
+//! Responses produced while handling one read are encoded into one buffer
+//! and written together, so a client that batches gets batched answers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::{broadcast, mpsc};
+use waping_protocol::conn::{ServerAction, ServerConn};
+use waping_protocol::{DecodeError, Decoder, ErrorCode, Event, EventKind, Frame, Text, subscribe, validate};
+
+use super::{ConnCtx, close};
+use crate::session::{Outbound, SubmitError};
+use crate::workspace::WsEvent;
+
+/// Why reading a frame failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// Bad bytes.
+    Decode(DecodeError),
+    /// The stream or connection broke.
+    Io(quinn::ReadError),
+}
+
+/// A stream with its buffers.
+pub(crate) struct FrameIo {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    inbuf: BytesMut,
+    out: BytesMut,
+    decoder: Decoder,
+    recv_done: bool,
+}
+
+impl FrameIo {
+    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream, decoder: Decoder) -> Self {
+        FrameIo {
+            send,
+            recv,
+            inbuf: super::new_buf(),
+            out: super::new_buf(),
+            decoder,
+            recv_done: false,
+        }
+    }
+
+    /// Reads until one frame is complete (handshake only; the stream loop decodes in place).
+    pub(crate) async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.inbuf).map_err(ReadError::Decode)? {
+                return Ok(Some(f));
+            }
+            match self
+                .recv
+                .read_chunk(64 * 1024, true)
+                .await
+                .map_err(ReadError::Io)?
+            {
+                Some(c) => self.inbuf.extend_from_slice(&c.bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Encodes a frame into the output buffer.
+    pub(crate) fn queue(&mut self, f: &Frame) {
+        if let Err(e) = waping_protocol::encode(f, &mut self.out) {
+            // Only our own frames are encoded here; a failure is a gateway bug, not the client's.
+            tracing::error!(frame = f.name(), error = %e, "failed to encode a response");
+        }
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), quinn::WriteError> {
+        if !self.out.is_empty() {
+            let chunk = self.out.split().freeze();
+            self.send.write_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends ERROR, lets it reach the client, and closes the connection with the same code.
+    pub(crate) async fn fail(&mut self, conn: &quinn::Connection, code: ErrorCode, message: &str) {
+        let message: String = message.chars().take(1024).collect();
+        self.queue(&Frame::Error {
+            code,
+            retry_after_ms: 0,
+            message: Text::from(message.clone()),
+        });
+        if self.flush().await.is_ok() && self.send.finish().is_ok() {
+            // Closing at once could discard the ERROR frame still in flight; wait
+            // (briefly) for the client to acknowledge or stop the stream.
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.send.stopped()).await;
+        }
+        close(conn, code, &message);
+    }
+}
+
+/// Serves one stream until the client finishes it and every report is written, or the connection ends.
+pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerConn, control: bool) {
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    let mut pending: HashSet<u64> = HashSet::new();
+    let mut reports = Vec::with_capacity(256);
+    let mut shutdown = ctx.shared.shutdown.clone();
+    let mut drain_seen = false;
+    loop {
+        loop {
+            match io.decoder.decode(&mut io.inbuf) {
+                Ok(Some(f)) => {
+                    if let Err((code, msg)) = handle(&ctx, &mut io, &mut state, f, &mut pending, &reply_tx) {
+                        ctx.shared.metrics.connection_error(code);
+                        io.fail(&ctx.conn, code, &msg).await;
+                        release(&ctx, &pending);
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.shared.metrics.connection_error(e.code());
+                    tracing::debug!(conn = ctx.id, error = %e, "bad frame");
+                    io.fail(&ctx.conn, e.code(), &e.to_string()).await;
+                    release(&ctx, &pending);
+                    return;
+                }
+            }
+        }
+        if io.flush().await.is_err() {
+            release(&ctx, &pending);
+            return;
+        }
+        let draining = ctx.draining.load(Ordering::Acquire);
+        if pending.is_empty() && (io.recv_done || draining) {
+            // Closing the connection right after would discard reports still in
+            // flight; wait until the client has acknowledged every byte.
+            if io.send.finish().is_ok() {
+                let grace = Duration::from_millis(ctx.shared.cfg.drain_timeout_ms.max(100));
+                let _ = tokio::time::timeout(grace, io.send.stopped()).await;
+            }
+            return;
+        }
+        tokio::select! {
+            r = io.recv.read_chunk(64 * 1024, true), if !io.recv_done => match r {
+                Ok(Some(c)) => io.inbuf.extend_from_slice(&c.bytes),
+                Ok(None) => {
+                    io.recv_done = true;
+                    if !io.inbuf.is_empty() {
+                        let code = ErrorCode::MALFORMED_FRAME;
+                        ctx.shared.metrics.connection_error(code);
+                        io.fail(&ctx.conn, code, "stream ended inside a frame").await;
+                        release(&ctx, &pending);
+                        return;
+                    }
+                }
+                Err(_) => {
+                    release(&ctx, &pending);
+                    return;
+                }
+            },
+            _ = reply_rx.recv_many(&mut reports, 256) => {
+                for r in reports.drain(..) {
+                    if pending.remove(&r.seq) {
+                        ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    io.queue(&Frame::Report(r));
+                }
+            }
+            _ = super::wait_shutdown(&mut shutdown), if !drain_seen => {
+                drain_seen = true;
+                ctx.draining.store(true, Ordering::Release);
+                state.drain();
+                if control {
+                    io.queue(&Frame::Goodbye {
+                        code: ErrorCode::SHUTTING_DOWN,
+                        message: Text::from("gateway is draining; resend unacknowledged messages elsewhere"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Gives back the connection-wide in-flight allowance held by a dying stream.
+fn release(ctx: &ConnCtx, pending: &HashSet<u64>) {
+    ctx.in_flight.fetch_sub(pending.len() as u32, Ordering::AcqRel);
+}
+
+type Fatal = (ErrorCode, String);
+
+fn handle(
+    ctx: &Arc<ConnCtx>,
+    io: &mut FrameIo,
+    state: &mut ServerConn,
+    frame: Frame,
+    pending: &mut HashSet<u64>,
+    reply: &mpsc::UnboundedSender<waping_protocol::DeliveryReport>,
+) -> Result<(), Fatal> {
+    if let Frame::Send {
+        seq,
+        idempotency_key,
+        device_id,
+        recipient,
+        body,
+    } = frame
+    {
+        // Checked before the state machine so draining refuses one message, not the connection.
+        if ctx.draining.load(Ordering::Acquire) && state.is_open() {
+            state.drain();
+        }
+        if !state.is_open() {
+            if matches!(state, ServerConn::Draining) {
+                reject(
+                    ctx,
+                    io,
+                    seq,
+                    ErrorCode::SHUTTING_DOWN,
+                    1000,
+                    "gateway is draining",
+                );
+                return Ok(());
+            }
+            return Err((ErrorCode::UNEXPECTED_FRAME, "SEND not allowed now".into()));
+        }
+        handle_send(
+            ctx,
+            io,
+            seq,
+            idempotency_key,
+            device_id,
+            recipient,
+            body,
+            pending,
+            reply,
+        );
+        return Ok(());
+    }
+    match state.on_frame(&frame).map_err(|v| (v.code, v.message))? {
+        ServerAction::Handle => {}
+        ServerAction::Drain => {
+            ctx.draining.store(true, Ordering::Release);
+            return Ok(());
+        }
+        ServerAction::PeerError => {
+            if let Frame::Error { code, message, .. } = &frame {
+                tracing::info!(conn = ctx.id, %code, %message, "client reported an error");
+            }
+            close(&ctx.conn, ErrorCode::INTERNAL, "peer error");
+            return Ok(());
+        }
+        ServerAction::Authenticate { .. } => {
+            return Err((ErrorCode::UNEXPECTED_FRAME, "second HELLO".into()));
+        }
+    }
+    match frame {
+        Frame::Ping { nonce } => io.queue(&Frame::Pong { nonce }),
+        Frame::Pong { .. } => {}
+        Frame::Subscribe { mask } => {
+            let granted = mask & subscribe::ALL;
+            let before = ctx.subscription.swap(granted, Ordering::AcqRel);
+            if before == 0 && granted != 0 {
+                // Subscribe before answering so no event published after SUBSCRIBED is missed.
+                let rx = ctx.ws.events.subscribe();
+                tokio::spawn(event_stream(ctx.clone(), rx));
+            }
+            io.queue(&Frame::Subscribed { mask: granted });
+        }
+        other => {
+            return Err((
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} not allowed here", other.name()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn reject(ctx: &ConnCtx, io: &mut FrameIo, seq: u64, code: ErrorCode, retry_after_ms: u32, reason: &str) {
+    ctx.shared.metrics.rejected(code);
+    io.queue(&Frame::Rejected {
+        seq,
+        code,
+        retry_after_ms,
+        reason: Text::from(reason),
+    });
+}
+
+fn ceil_ms(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    ms.clamp(1, u32::MAX as u128) as u32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_send(
+    ctx: &Arc<ConnCtx>,
+    io: &mut FrameIo,
+    seq: u64,
+    idempotency_key: Text,
+    device_id: Text,
+    recipient: Text,
+    body: waping_protocol::Body,
+    pending: &mut HashSet<u64>,
+    reply: &mpsc::UnboundedSender<waping_protocol::DeliveryReport>,
+) {
+    let m = &ctx.shared.metrics;
+    m.received.increment(1);
+    if let Err(e) = validate::send(&idempotency_key, &device_id, &recipient, &body) {
+        return reject(ctx, io, seq, e.code, 0, &e.message);
+    }
+    if pending.contains(&seq) {
+        return reject(
+            ctx,
+            io,
+            seq,
+            ErrorCode::DUPLICATE_SEQ,
+            0,
+            "seq is still in flight on this stream",
+        );
+    }
+    let max = ctx.shared.cfg.max_in_flight;
+    if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+        ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+        return reject(
+            ctx,
+            io,
+            seq,
+            ErrorCode::TOO_MANY_IN_FLIGHT,
+            10,
+            "wait for reports before sending more",
+        );
+    }
+    let give_back = |io: &mut FrameIo, code, after, why: &str| {
+        ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+        reject(ctx, io, seq, code, after, why);
+    };
+    let Some(session) = ctx.shared.sessions.get(ctx.ws.idx, &device_id) else {
+        // Ids of other workspaces are invisible: the same answer as for an id that exists nowhere.
+        return give_back(
+            io,
+            ErrorCode::UNKNOWN_DEVICE,
+            0,
+            "no such device in this workspace",
+        );
+    };
+    // A full device queue is checked before the limiter so a refusal here costs no token.
+    let busy_after = match ctx.ws.device_rate_per_second {
+        0 => 10,
+        r => 1000u32.div_ceil(r),
+    };
+    if session.capacity() == 0 {
+        return give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full");
+    }
+    if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
+        return give_back(
+            io,
+            ErrorCode::RATE_LIMITED,
+            ceil_ms(r.retry_after),
+            "workspace send rate exceeded",
+        );
+    }
+    let id = ctx.shared.ids.next();
+    let out = Outbound {
+        id,
+        seq,
+        recipient,
+        body,
+        reply: reply.clone(),
+    };
+    match session.submit(out) {
+        Ok(()) => {
+            pending.insert(seq);
+            m.accepted.increment(1);
+            io.queue(&Frame::Accepted { seq, message_id: id });
+        }
+        // The message comes back to us and is refused, never dropped silently.
+        Err(SubmitError::Busy(_)) => {
+            give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full")
+        }
+        Err(SubmitError::Stopped(_)) => {
+            give_back(io, ErrorCode::SHUTTING_DOWN, 1000, "device session stopped")
+        }
+    }
+}
+
+/// Pushes workspace events to the client on a server-opened unidirectional stream.
+async fn event_stream(ctx: Arc<ConnCtx>, mut rx: broadcast::Receiver<Arc<WsEvent>>) {
+    let m = &ctx.shared.metrics;
+    m.subscriptions_active.increment(1.0);
+    let result = async {
+        let mut send = ctx.conn.open_uni().await?;
+        let mut seq = 0u64;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                _ = ctx.conn.closed() => return anyhow::Ok(()),
+            };
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    r => batch.push(r.map_err(|e| match e {
+                        broadcast::error::TryRecvError::Lagged(n) => broadcast::error::RecvError::Lagged(n),
+                        _ => broadcast::error::RecvError::Closed,
+                    })),
+                }
+            }
+            let mask = ctx.subscription.load(Ordering::Acquire);
+            let mut sent = 0;
+            for item in batch {
+                let (ts, kind) = match item {
+                    Ok(ev) => {
+                        let bit = match &ev.kind {
+                            EventKind::Report { .. } => subscribe::REPORTS,
+                            EventKind::Inbound { .. } => subscribe::INBOUND,
+                            EventKind::DeviceState { .. } => subscribe::DEVICE_STATE,
+                            EventKind::Lagged { .. } => u32::MAX,
+                        };
+                        if mask & bit == 0 {
+                            continue;
+                        }
+                        (ev.timestamp_ms, ev.kind.clone())
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        m.subscriber_lagged(n);
+                        (crate::unix_ms(), EventKind::Lagged { missed: n })
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return anyhow::Ok(()),
+                };
+                seq += 1;
+                sent += 1;
+                waping_protocol::encode(
+                    &Frame::Event(Event {
+                        seq,
+                        timestamp_ms: ts,
+                        kind,
+                    }),
+                    &mut buf,
+                )?;
+            }
+            if !buf.is_empty() {
+                send.write_chunk(buf.split().freeze()).await?;
+                m.events_sent(sent);
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(conn = ctx.id, error = %e, "event stream ended");
+    }
+    m.subscriptions_active.decrement(1.0);
+}

@@ -1,0 +1,359 @@
+//! Device sessions: one task per linked device, owning its outbound queue,
+//! its pacing and its window of sends in flight to the upstream.
+//!
+//! The manager is a `DashMap` (sharded locks held for a lookup only); the
+//! per-message path is `get` + `try_send` into the device's bounded queue.
+//! A full queue refuses the message back to the caller (DEVICE_BUSY)
+//! instead of buffering without bound.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use waping_protocol::{
+    Body, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, EventKind, MessageId, Text,
+};
+
+use crate::limiter::{self, MonotonicClock};
+use crate::metrics::Metrics;
+use crate::upstream::{DeviceRef, Upstream, UpstreamError, UpstreamEvent, UpstreamSend};
+use crate::workspace::{Registry, Workspace, WorkspaceIdx};
+
+/// Where a device session sends the outcome of a message: the stream it came from.
+/// Unbounded on purpose: its depth is bounded by the connection's `max_in_flight`.
+pub type ReplySink = mpsc::UnboundedSender<DeliveryReport>;
+
+/// An accepted message on its way to a device.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Gateway id.
+    pub id: MessageId,
+    /// Client's sequence number on its stream.
+    pub seq: u64,
+    /// Recipient.
+    pub recipient: Text,
+    /// Content.
+    pub body: Body,
+    /// Where the report goes.
+    pub reply: ReplySink,
+}
+
+/// The session of one device, as seen by connections.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Owning workspace.
+    pub workspace: Arc<Workspace>,
+    /// Device id.
+    pub device: Text,
+    tx: mpsc::Sender<Outbound>,
+}
+
+/// Why a device refused a message; the message is handed back.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// Queue full (pacing is holding messages back).
+    Busy(Box<Outbound>),
+    /// The session has stopped (gateway shutting down).
+    Stopped(Box<Outbound>),
+}
+
+impl SessionHandle {
+    /// Free queue slots right now (a hint: others may take them first).
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    /// Queues a message without waiting.
+    pub fn submit(&self, m: Outbound) -> Result<(), SubmitError> {
+        self.tx.try_send(m).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(m) => SubmitError::Busy(Box::new(m)),
+            mpsc::error::TrySendError::Closed(m) => SubmitError::Stopped(Box::new(m)),
+        })
+    }
+}
+
+/// Settings shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Queue depth per device.
+    pub queue: usize,
+    /// Upstream sends in flight per device.
+    pub window: usize,
+    /// Upstream send timeout.
+    pub send_timeout: Duration,
+}
+
+/// All device sessions of the node.
+pub struct SessionManager {
+    sessions: DashMap<(WorkspaceIdx, Text), Arc<SessionHandle>>,
+    upstream: Arc<dyn Upstream>,
+    settings: SessionSettings,
+    metrics: Arc<Metrics>,
+    clock: MonotonicClock,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+impl SessionManager {
+    /// A manager over `upstream`.
+    pub fn new(upstream: Arc<dyn Upstream>, settings: SessionSettings, metrics: Arc<Metrics>) -> Self {
+        SessionManager {
+            sessions: DashMap::new(),
+            upstream,
+            settings,
+            metrics,
+            clock: MonotonicClock::new(),
+        }
+    }
+
+    /// Starts the session task of a device and attaches it upstream.
+    pub fn start_device(&self, ws: &Arc<Workspace>, device: &str) {
+        let device = Text::from(device);
+        let (tx, rx) = mpsc::channel(self.settings.queue);
+        let handle = Arc::new(SessionHandle {
+            workspace: ws.clone(),
+            device: device.clone(),
+            tx,
+        });
+        self.sessions.insert((ws.idx, device.clone()), handle);
+        self.metrics.sessions_active.increment(1.0);
+        let pacing = (ws.device_rate_per_second > 0).then(|| {
+            // Burst 1: pacing spaces sends evenly; it never lets a backlog rush out.
+            let q = limiter::Quota::per_second(ws.device_rate_per_second, 1);
+            Arc::new(limiter::Cell::new(q))
+        });
+        let task = SessionTask {
+            ws: ws.clone(),
+            device: DeviceRef {
+                workspace: ws.id.clone(),
+                device,
+            },
+            upstream: self.upstream.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            pacing,
+            clock: self.clock,
+        };
+        tokio::spawn(task.run(rx));
+    }
+
+    /// Finds a device's session inside a workspace.
+    pub fn get(&self, ws: WorkspaceIdx, device: &Text) -> Option<Arc<SessionHandle>> {
+        self.sessions
+            .get(&(ws, device.clone()))
+            .map(|e| e.value().clone())
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True without sessions.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Stops accepting: dropping the handles closes every queue, so each task
+    /// finishes what it holds and exits.
+    pub fn close_all(&self) {
+        self.sessions.clear();
+    }
+}
+
+struct SessionTask {
+    ws: Arc<Workspace>,
+    device: DeviceRef,
+    upstream: Arc<dyn Upstream>,
+    settings: SessionSettings,
+    metrics: Arc<Metrics>,
+    pacing: Option<Arc<limiter::Cell>>,
+    clock: MonotonicClock,
+}
+
+impl SessionTask {
+    async fn run(self, mut rx: mpsc::Receiver<Outbound>) {
+        if let Err(e) = self.upstream.attach(self.device.clone()).await {
+            tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e, "attach failed");
+        }
+        let mut inflight = FuturesUnordered::new();
+        let mut held: Option<Outbound> = None;
+        let mut open = true;
+        loop {
+            // One message may wait here for pacing or for a free window slot; the
+            // rest wait in the bounded queue, so a full queue pushes back on clients.
+            let mut wait = None;
+            if let Some(m) = held.take() {
+                if inflight.len() >= self.settings.window {
+                    held = Some(m);
+                } else {
+                    match self.pace_check() {
+                        Ok(()) => inflight.push(self.dispatch(m)),
+                        Err(d) => {
+                            held = Some(m);
+                            wait = Some(d);
+                        }
+                    }
+                }
+            }
+            let paced = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some((m, started, r)) = inflight.next(), if !inflight.is_empty() => self.finish(m, started, r),
+                () = paced, if wait.is_some() => {}
+                next = rx.recv(), if open && held.is_none() => match next {
+                    Some(m) => held = Some(m),
+                    None => open = false,
+                },
+                else => break,
+            }
+        }
+        self.metrics.sessions_active.decrement(1.0);
+    }
+
+    fn pace_check(&self) -> Result<(), Duration> {
+        match &self.pacing {
+            None => Ok(()),
+            Some(cell) => cell.check(self.clock.now(), 1).map_err(|r| r.retry_after),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        m: Outbound,
+    ) -> impl std::future::Future<
+        Output = (
+            Outbound,
+            Instant,
+            Result<crate::upstream::UpstreamAck, UpstreamError>,
+        ),
+    > + use<> {
+        self.metrics.dispatched.increment(1);
+        let fut = self.upstream.send(UpstreamSend {
+            device: self.device.clone(),
+            recipient: m.recipient.clone(),
+            body: m.body.clone(),
+            upstream_id: m.id.to_string(),
+        });
+        let timeout = self.settings.send_timeout;
+        async move {
+            let started = Instant::now();
+            let r = tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout));
+            (m, started, r)
+        }
+    }
+
+    fn finish(&self, m: Outbound, _started: Instant, r: Result<crate::upstream::UpstreamAck, UpstreamError>) {
+        let report = match r {
+            Ok(ack) => {
+                self.metrics.delivered.increment(1);
+                DeliveryReport {
+                    message_id: m.id,
+                    seq: m.seq,
+                    status: DeliveryStatus::Sent,
+                    code: ErrorCode(0),
+                    timestamp_ms: crate::unix_ms(),
+                    upstream_id: Text::from(ack.upstream_id),
+                    detail: Text::default(),
+                }
+            }
+            Err(e) => {
+                self.metrics.failed(e.code());
+                DeliveryReport {
+                    message_id: m.id,
+                    seq: m.seq,
+                    status: DeliveryStatus::Failed,
+                    code: e.code(),
+                    timestamp_ms: crate::unix_ms(),
+                    upstream_id: Text::default(),
+                    detail: Text::from(e.to_string()),
+                }
+            }
+        };
+        self.ws.publish(EventKind::Report {
+            device_id: self.device.device.clone(),
+            report: report.clone(),
+        });
+        // The stream may be gone (client disconnected); the outcome is still counted and published.
+        let _ = m.reply.send(report);
+    }
+}
+
+/// Routes upstream events (inbound messages, device state) to workspace subscribers until the upstream stops.
+pub async fn route_upstream_events(
+    mut rx: mpsc::Receiver<UpstreamEvent>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let (ws_id, kind, label) = match ev {
+            UpstreamEvent::Inbound {
+                device,
+                from,
+                upstream_id,
+                body,
+            } => (
+                device.workspace,
+                EventKind::Inbound {
+                    device_id: device.device,
+                    from,
+                    upstream_id,
+                    body,
+                },
+                "inbound",
+            ),
+            UpstreamEvent::State {
+                device,
+                state,
+                detail,
+            } => {
+                tracing::info!(workspace = %device.workspace, device = %device.device, state = state.as_str(), %detail, "device state");
+                (
+                    device.workspace,
+                    EventKind::DeviceState {
+                        device_id: device.device,
+                        state,
+                        detail: Text::from(detail),
+                    },
+                    state_label(state),
+                )
+            }
+        };
+        metrics.upstream_event(label);
+        match registry.by_id(&ws_id) {
+            Some(ws) => ws.publish(kind),
+            None => tracing::warn!(workspace = %ws_id, "upstream event for an unknown workspace dropped"),
+        }
+    }
+}
+
+fn state_label(s: DeviceState) -> &'static str {
+    match s {
+        DeviceState::Connected => "state_connected",
+        DeviceState::Disconnected => "state_disconnected",
+        DeviceState::Linking => "state_linking",
+        DeviceState::Unlinked => "state_unlinked",
+        DeviceState::LoggedOut => "state_logged_out",
+        DeviceState::Banned => "state_banned",
+        DeviceState::Disabled => "state_disabled",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::limiter::{Cell, Quota};
+use crate::upstream::{BoxFuture, UpstreamAck};
+use crate::workspace::Registry;
+
+/// An upstream whose sends wait for a permit, recording concurrency and call times.
+struct Gated {
+    gate: Arc<Semaphore>,
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+    calls: Arc<Mutex<Vec<Instant>>>,
+    answer: Result<UpstreamAck, UpstreamError>,
+}
+
+impl Gated {
+    fn new(permits: usize, answer: Result<UpstreamAck, UpstreamError>) -> Arc<Self> {
+        Arc::new(Gated {
+            gate: Arc::new(Semaphore::new(permits)),
+            now: Arc::default(),
+            max: Arc::default(),
+            calls: Arc::default(),
+            answer,
+        })
+    }
+}
+
+impl Upstream for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    fn attach(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn send(&self, _m: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
+        self.calls.lock().unwrap().push(Instant::now());
+        let (gate, now, max, answer) = (
+            self.gate.clone(),
+            self.now.clone(),
+            self.max.clone(),
+            self.answer.clone(),
+        );
+        Box::pin(async move {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(n, Ordering::SeqCst);
+            let permit = gate.acquire().await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+            answer
+        })
+    }
+}
+
+fn setup(
+    up: Arc<dyn Upstream>,
+    queue: usize,
+    window: usize,
+    device_rate: u32,
+) -> (SessionManager, Arc<Workspace>) {
+    let mut reg = Registry::default();
+    let ws = reg.add(
+        "w",
+        Arc::new(Cell::new(Quota::per_second(1000, 1000))),
+        device_rate,
+    );
+    let m = SessionManager::new(
+        up,
+        SessionSettings {
+            queue,
+            window,
+            send_timeout: Duration::from_secs(5),
+        },
+        Arc::new(Metrics::new()),
+    );
+    m.start_device(&ws, "d");
+    (m, ws)
+}
+
+fn outbound(seq: u64, reply: &ReplySink) -> Outbound {
+    Outbound {
+        id: MessageId([seq as u8; 16]),
+        seq,
+        recipient: "4915112345678".into(),
+        body: Body::Text("hi".into()),
+        reply: reply.clone(),
+    }
+}
+
+#[tokio::test]
+async fn every_message_gets_a_report() {
+    let up = Gated::new(
+        1000,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+        }),
+    );
+    let (m, ws) = setup(up, 100, 4, 0);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    assert!(m.get(ws.idx, &"other".into()).is_none());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in 0..50 {
+        h.submit(outbound(seq, &tx)).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let r = rx.recv().await.unwrap();
+        assert_eq!(r.status, DeliveryStatus::Sent);
+        assert_eq!(r.code, ErrorCode(0));
+        assert_eq!(r.message_id, MessageId([r.seq as u8; 16]));
+        assert!(seen.insert(r.seq));
+    }
+}
+
+#[tokio::test]
+async fn window_bounds_sends_in_flight_and_full_queue_hands_message_back() {
+    let up = Gated::new(
+        0,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+        }),
+    );
+    let (m, ws) = setup(up.clone(), 2, 3, 0);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // 3 in flight + 1 held by the task + 2 in the queue; the next is refused.
+    let mut refused = None;
+    for seq in 0..20 {
+        match h.submit(outbound(seq, &tx)) {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(SubmitError::Busy(back)) => {
+                refused = Some(back);
+                break;
+            }
+            Err(SubmitError::Stopped(_)) => panic!("stopped"),
+        }
+    }
+    let back = refused.expect("a full queue refuses");
+    assert_eq!(back.seq, 6, "3 in flight, 1 held, 2 queued: the 7th comes back");
+    assert_eq!(up.max.load(Ordering::SeqCst), 3);
+    up.gate.add_permits(100);
+    for _ in 0..6 {
+        assert_eq!(rx.recv().await.unwrap().status, DeliveryStatus::Sent);
+    }
+    assert_eq!(up.max.load(Ordering::SeqCst), 3, "never more than the window");
+}
+
+#[tokio::test]
+async fn upstream_errors_become_failed_reports() {
+    let up = Gated::new(
+        100,
+        Err(UpstreamError::Throttled {
+            retry_after: Duration::from_secs(1),
+        }),
+    );
+    let (m, ws) = setup(up, 10, 1, 0);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    h.submit(outbound(1, &tx)).unwrap();
+    let r = rx.recv().await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Failed);
+    assert_eq!(r.code, ErrorCode::UPSTREAM_THROTTLED);
+    assert!(r.detail.as_str().contains("throttled"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_upstream_times_out() {
+    let up = Gated::new(
+        0,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+        }),
+    );
+    let (m, ws) = setup(up, 10, 1, 0);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    h.submit(outbound(1, &tx)).unwrap();
+    let r = rx.recv().await.unwrap();
+    assert_eq!(r.code, ErrorCode::UPSTREAM_TIMEOUT);
+}
+
+#[tokio::test]
+async fn pacing_spaces_sends_to_the_upstream() {
+    let up = Gated::new(
+        1000,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+        }),
+    );
+    // 20 per second: at least 50 ms between consecutive sends.
+    let (m, ws) = setup(up.clone(), 100, 16, 20);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in 0..5 {
+        h.submit(outbound(seq, &tx)).unwrap();
+    }
+    for _ in 0..5 {
+        rx.recv().await.unwrap();
+    }
+    let calls = up.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 5);
+    for w in calls.windows(2) {
+        let gap = w[1] - w[0];
+        // A lower bound only: pacing can be late on a busy machine, never early.
+        assert!(gap >= Duration::from_millis(49), "sends {gap:?} apart");
+    }
+}
+
+#[tokio::test]
+async fn closing_the_manager_stops_sessions() {
+    let up = Gated::new(
+        10,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+        }),
+    );
+    let (m, ws) = setup(up, 10, 1, 0);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    m.close_all();
+    assert!(m.get(ws.idx, &"d".into()).is_none());
+    // The handle we still hold keeps the queue open; it is the last sender.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    h.submit(outbound(1, &tx)).unwrap();
+    assert_eq!(rx.recv().await.unwrap().status, DeliveryStatus::Sent);
+}

@@ -1,0 +1,126 @@
+//! Starts the real `waping-gateway` binary on ephemeral ports for integration tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use waping_client::{ClientConfig, Connection, Trust};
+
+/// A workspace to create: id, devices, rate, burst.
+pub struct Ws {
+    pub id: &'static str,
+    pub devices: &'static [&'static str],
+    pub rate: u32,
+    pub burst: u32,
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub pin: String,
+    pub keys: Vec<(String, String)>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the binary with the given workspaces and extra TOML appended to `[upstream.sim]`.
+    pub fn start(workspaces: &[Ws], sim_extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
+             [metrics]\nenabled = false\n[limits]\ndevice_rate_per_second = 0\n[upstream.sim]\n{sim_extra}\n",
+            dir.path().join("state").display().to_string()
+        );
+        let mut keys = Vec::new();
+        for w in workspaces {
+            let k = waping_gateway::auth::generate_key();
+            toml.push_str(&format!(
+                "[[workspaces]]\nid = \"{}\"\nrate_per_second = {}\nburst = {}\ndevices = {:?}\n[[workspaces.keys]]\nid = \"{}\"\nhash = \"{}\"\n",
+                w.id, w.rate, w.burst, w.devices, k.id, k.hash
+            ));
+            keys.push((w.id.to_string(), k.key));
+        }
+        let cfg_path = dir.path().join("gateway.toml");
+        std::fs::write(&cfg_path, toml).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_waping-gateway"))
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", std::env::var("IT_LOG").unwrap_or("warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gateway");
+        let runtime = dir.path().join("state").join("runtime.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info: serde_json::Value = loop {
+            if let Some(v) = std::fs::read_to_string(&runtime)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "gateway did not write runtime.json");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Gateway {
+            child,
+            addr: info["quic"].as_str().unwrap().parse().unwrap(),
+            pin: info["fingerprint"].as_str().unwrap().to_string(),
+            keys,
+            dir,
+        }
+    }
+
+    pub fn key(&self, ws: &str) -> String {
+        self.keys
+            .iter()
+            .find(|(w, _)| w == ws)
+            .map(|(_, k)| k.clone())
+            .expect("workspace key")
+    }
+
+    pub fn client_config(&self, key: &str) -> ClientConfig {
+        ClientConfig {
+            addr: self.addr,
+            server_name: "localhost".into(),
+            trust: Trust::parse_pin(&self.pin).unwrap(),
+            api_key: key.to_string(),
+            client_name: "it".into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub async fn connect(&self, ws: &str) -> Connection {
+        Connection::connect(&self.client_config(&self.key(ws)))
+            .await
+            .expect("connect")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
