@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::KeyStore;
 use crate::config::{Config, UpstreamKind};
-use crate::limiter::{Limiter, Quota};
+use crate::limiter::{Limiter, Nanos, Quota};
 use crate::metrics::Metrics;
 use crate::server::{self, Shared};
 use crate::session::{SessionManager, SessionSettings, route_upstream_events};
@@ -69,12 +69,23 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
 
         let limiter: Limiter<Arc<str>> = Limiter::new();
-        let mut registry = Registry::default();
-        let mut keys = KeyStore::default();
+        let mut quotas = Vec::with_capacity(cfg.workspaces.len());
         for w in &cfg.workspaces {
             let (rate, burst, device_rate) = cfg.workspace_limits(w);
-            let id: Arc<str> = w.id.as_str().into();
-            let cell = limiter.upsert(id.clone(), Quota::per_second(rate, burst));
+            let quota = Quota::per_second(rate, burst)
+                .with_context(|| format!("workspace {}: rate_per_second/burst", w.id))?;
+            if device_rate > 0 {
+                Quota::per_second(device_rate, 1)
+                    .with_context(|| format!("workspace {}: device_rate_per_second", w.id))?;
+            }
+            quotas.push((Arc::<str>::from(w.id.as_str()), quota));
+        }
+        // One batch so the map is copied once; fresh buckets start full whatever `now` is.
+        let cells = limiter.upsert_many(quotas, Nanos::ZERO);
+        let mut registry = Registry::default();
+        let mut keys = KeyStore::default();
+        for (w, cell) in cfg.workspaces.iter().zip(cells) {
+            let (_, _, device_rate) = cfg.workspace_limits(w);
             let ws = registry.add(&w.id, cell, device_rate);
             for k in &w.keys {
                 keys.insert(&k.id, &k.hash, ws.idx)

@@ -7,9 +7,11 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod idempotency;
 pub mod ids;
 pub mod limiter;
 pub mod metrics;
+pub mod retry;
 pub mod server;
 pub mod session;
 pub mod tls;

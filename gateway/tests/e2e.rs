@@ -358,6 +358,37 @@ async fn subscribers_receive_reports_and_inbound_events() {
 }
 
 #[tokio::test]
+async fn resubscribing_keeps_one_event_stream() {
+    let gw = Gateway::start(&[ACME], "");
+    let mut sub = gw.connect("acme").await;
+    let mut ctl = sub.take_control().unwrap();
+    for mask in [subscribe::REPORTS, 0, subscribe::REPORTS] {
+        ctl.send(&Frame::Subscribe { mask }).await.unwrap();
+        assert_eq!(next(&mut ctl).await, Frame::Subscribed { mask });
+    }
+    let mut events = tokio::time::timeout(Duration::from_secs(10), sub.accept_event_stream())
+        .await
+        .unwrap()
+        .unwrap();
+    ctl.send(&send(7, "d1", "once")).await.unwrap();
+    let mut reports = 0;
+    while reports < 1 {
+        if let Frame::Report(_) = next(&mut ctl).await {
+            reports += 1;
+        }
+    }
+    let f = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&f, Frame::Event(e) if matches!(e.kind, EventKind::Report { .. })), "{f:?}");
+    // A second event stream would be offered now, carrying the same report again.
+    let second = tokio::time::timeout(Duration::from_millis(500), sub.accept_event_stream()).await;
+    assert!(second.is_err(), "a second event stream was opened");
+}
+
+#[tokio::test]
 async fn failures_are_reported_with_their_reason() {
     let gw = Gateway::start(&[ACME], "failure_rate = 1.0");
     let mut conn = gw.connect("acme").await;

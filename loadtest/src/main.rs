@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod init;
 mod run;
 mod stats;
+mod target;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,7 +25,8 @@ struct Cli {
 enum Cmd {
     /// Write a gateway config with fresh keys for M workspaces × K devices, and the harness's key file.
     Init(init::InitArgs),
-    /// Drive load against a running gateway and report throughput and latency.
+    /// Drive load against a running gateway (or, with `--target jetstream`, a NATS JetStream
+    /// baseline) and report throughput and latency.
     Run(Box<run::RunArgs>),
     /// Run the simulated WhatsApp side as its own process (gateway `upstream.kind = "sim-remote"`).
     Sim {
@@ -66,6 +68,9 @@ impl SimArgs {
             device_rate_per_second: self.device_rate,
             inbound_per_second: self.inbound_rate,
             seed: 1,
+            // Newer simulator knobs (transient failures, lost answers, dedup, ledger)
+            // keep their defaults here.
+            ..Default::default()
         }
     }
 }
@@ -142,4 +147,136 @@ pub struct KeyEntry {
 pub fn read_keys(path: &PathBuf) -> anyhow::Result<KeyFile> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(toml::from_str(&text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use clap::Parser;
+    use waping_protocol::{Body, Frame, Text};
+
+    use super::{Cli, Cmd};
+    use crate::run::{RunArgs, TargetKind};
+    use crate::target::jetstream::publish_for;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["waping-loadtest", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(Cmd::Run(a)) => *a,
+            other => panic!("expected run arguments, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_defaults_to_the_gateway_target() {
+        let a = run_args(&[]);
+        assert_eq!(a.target, TargetKind::Gateway);
+        assert_eq!(a.body_size, 200);
+        assert_eq!(a.connections, 4);
+        assert_eq!(a.closed_loop, None);
+        assert_eq!(a.js.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(a.js.js_stream, "WAPING_LT");
+        assert_eq!(a.js.subjects(), "waping.lt.>");
+        assert!(!a.js.js_recreate);
+        assert!(!a.js.js_delete_after);
+        assert_eq!(a.js.js_max_bytes, 1 << 30);
+        assert_eq!(a.js.js_dedup_window, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn run_parses_the_jetstream_flags() {
+        let a = run_args(&[
+            "--target",
+            "jetstream",
+            "--nats-url",
+            "nats://127.0.0.1:4223",
+            "--js-stream",
+            "BENCH",
+            "--js-subject-prefix",
+            "bench.x",
+            "--js-recreate",
+            "--js-delete-after",
+            "--js-max-bytes",
+            "2048",
+            "--js-dedup-window",
+            "30s",
+            "--closed-loop",
+            "64",
+            "-c",
+            "2",
+            "--body-bytes",
+            "512",
+            "--duration",
+            "500ms",
+        ]);
+        assert_eq!(a.target, TargetKind::Jetstream);
+        assert_eq!(a.js.nats_url, "nats://127.0.0.1:4223");
+        assert_eq!(a.js.js_stream, "BENCH");
+        assert!(a.js.js_recreate);
+        assert!(a.js.js_delete_after);
+        assert_eq!(a.js.js_max_bytes, 2048);
+        assert_eq!(a.js.js_dedup_window, Duration::from_secs(30));
+        assert_eq!(a.closed_loop, Some(64));
+        assert_eq!(a.connections, 2);
+        assert_eq!(a.body_size, 512);
+        assert_eq!(a.duration, Duration::from_millis(500));
+        // `--body-size` still works and means the same.
+        assert_eq!(run_args(&["--body-size", "7"]).body_size, 7);
+        let cfg = a.js.stream_config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.subjects, vec!["bench.x.>".to_string()]);
+        assert_eq!(a.js.subject("lt-1", "dev-2"), "bench.x.lt-1.dev-2");
+        assert_eq!(cfg.storage, async_nats::jetstream::stream::StorageType::File);
+        assert_eq!(cfg.discard, async_nats::jetstream::stream::DiscardPolicy::Old);
+        assert_eq!(cfg.max_bytes, 2048);
+    }
+
+    #[test]
+    fn run_rejects_an_unknown_target() {
+        let r = Cli::try_parse_from(["waping-loadtest", "run", "--target", "kafka"]);
+        assert!(r.is_err());
+    }
+
+    fn send(key: &str, device: &str, body_bytes: usize) -> Frame {
+        Frame::Send {
+            seq: 123_456_789,
+            idempotency_key: Text::from(key),
+            device_id: Text::from(device),
+            recipient: Text::from("4915110000042"),
+            body: Body::Text(Text::from("x".repeat(body_bytes))),
+        }
+    }
+
+    #[test]
+    fn jetstream_payload_is_the_gateway_send_frame() {
+        let mut buf = BytesMut::new();
+        for body_bytes in [0, 1, 200, 4096] {
+            let frame = send("0badcafe-3-0-1234567", "dev-5", body_bytes);
+            // What the gateway path writes for this message (FrameWriter::queue encodes it so).
+            let mut wire = BytesMut::new();
+            waping_protocol::encode(&frame, &mut wire).unwrap_or_else(|e| panic!("{e}"));
+            let (seq, payload, msg_id) = publish_for(&frame, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(seq, 123_456_789);
+            assert_eq!(msg_id, "0badcafe-3-0-1234567");
+            assert_eq!(payload.len(), wire.len(), "body {body_bytes}");
+            assert_eq!(&payload[..], &wire[..]);
+            // Frame header 6, seq 8, three 1-byte-length strings, body type 1 + length 4 + text.
+            let expected = 6 + 8 + (1 + 20) + (1 + 5) + (1 + 13) + 1 + 4 + body_bytes;
+            assert_eq!(payload.len(), expected, "body {body_bytes}");
+        }
+        assert!(publish_for(&Frame::Ping { nonce: 1 }, &mut buf).is_err());
+    }
+
+    #[test]
+    fn jetstream_subjects_are_single_tokens() {
+        let a = run_args(&["--target", "jetstream"]);
+        assert_eq!(a.js.subject("lt-0", "dev-3"), "waping.lt.lt-0.dev-3");
+        assert_eq!(a.js.subject("a.b", "c d*>"), "waping.lt.a_b.c_d__");
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
+            let a = run_args(&["--target", "jetstream", "--js-subject-prefix", bad]);
+            assert!(a.js.stream_config().is_err(), "{bad:?}");
+        }
+    }
 }

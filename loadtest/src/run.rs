@@ -1,10 +1,14 @@
 //! `waping-loadtest run`: open-loop or closed-loop load with latency histograms.
 //!
 //! Open loop: each stream has a schedule (message i is due at start + i/rate)
-//! and latency is measured from that intended time, so a gateway that stalls
+//! and latency is measured from that intended time, so a target that stalls
 //! is charged for every message it delayed (no coordinated omission).
-//! The SEND's `seq` *is* the intended send time in nanoseconds since the start,
-//! so the reader needs no shared map to compute latencies.
+//! A message's `seq` *is* its intended send time in nanoseconds since the
+//! start, so the reader needs no shared map to compute latencies.
+//!
+//! The schedule, the closed-loop window, the statistics and the summary are
+//! shared by every target; what differs (how a message is written and how the
+//! answers come back) sits behind [`crate::target`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,17 +17,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tokio::sync::{Semaphore, watch};
-use waping_client::{ClientConfig, Connection, FrameReader, FrameWriter, Trust};
-use waping_protocol::{Body, DeliveryStatus, Frame, Text, subscribe};
+use waping_protocol::{Body, Frame, Text};
 
-use crate::stats::{Percentiles, StreamStats, Summary, code_name};
+use crate::stats::{Percentiles, StreamStats, Summary};
+use crate::target::{Answer, Answers, Sink, StreamEnds, Target};
+
+/// What `run` drives.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A running waping gateway over QUIC.
+    #[default]
+    Gateway,
+    /// NATS JetStream (a file-storage stream), as a durability/throughput baseline.
+    Jetstream,
+}
 
 /// Options of `run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Key file from `waping-loadtest init`.
+    /// What to drive: the gateway, or NATS JetStream as a baseline.
+    #[arg(long, value_enum, default_value_t = TargetKind::Gateway)]
+    pub target: TargetKind,
+    /// Key file from `waping-loadtest init` (workspaces and devices; with `--target jetstream`
+    /// only the ids are used, and the `init` defaults stand in if the file is missing).
     #[arg(long, default_value = "loadtest-out/keys.toml")]
     pub keys: PathBuf,
     /// Gateway state directory: address and certificate fingerprint are read from its runtime.json.
@@ -38,28 +56,30 @@ pub struct RunArgs {
     /// Trust this PEM certificate instead of pinning.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// Connections (spread over the key file's workspaces).
+    /// Connections (spread over the key file's workspaces); with JetStream, NATS clients.
     #[arg(long, short = 'c', default_value_t = 4)]
     pub connections: usize,
-    /// Streams per connection.
+    /// Streams per connection; with JetStream, independent publishers per client.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
     /// Open-loop total arrival rate, messages per second.
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
     /// Closed loop: as fast as possible with this many in flight per stream (ignores --rate).
+    /// A message leaves the window with its last answer: the delivery report or a
+    /// refusal (gateway), the publish ack or an error (JetStream).
     #[arg(long)]
     pub closed_loop: Option<u32>,
     /// How long to send.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// How long to wait for outstanding reports after sending stops.
+    /// How long to wait for outstanding answers after sending stops.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain: Duration,
     /// Text body size in bytes.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, visible_alias = "body-bytes", default_value_t = 200)]
     pub body_size: usize,
-    /// Also subscribe to every workspace's events on one extra connection each and count them.
+    /// Also subscribe to every workspace's events on one extra connection each and count them (gateway only).
     #[arg(long)]
     pub subscribe: bool,
     /// Write the JSON summary here too.
@@ -70,6 +90,8 @@ pub struct RunArgs {
     pub spawn_sim: Option<SocketAddr>,
     #[command(flatten)]
     pub sim: crate::SimArgs,
+    #[command(flatten)]
+    pub js: crate::target::jetstream::JetStreamArgs,
 }
 
 /// Parses `500ms`, `10s`, `2m` or plain seconds.
@@ -91,13 +113,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-#[derive(Default)]
-struct Live {
-    sent: AtomicU64,
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    reports: AtomicU64,
-    events: AtomicU64,
+/// Counters the progress line reads while the run goes on.
+#[derive(Default, Debug)]
+pub struct Live {
+    /// Messages written.
+    pub sent: AtomicU64,
+    /// Accepted (gateway ACCEPTED, JetStream publish ack).
+    pub accepted: AtomicU64,
+    /// Refused.
+    pub rejected: AtomicU64,
+    /// Delivery reports (gateway only).
+    pub reports: AtomicU64,
+    /// Subscription events (gateway `--subscribe` only).
+    pub events: AtomicU64,
 }
 
 struct StreamPlan {
@@ -109,157 +137,81 @@ struct StreamPlan {
     window: Option<u32>,
 }
 
-fn runtime_info(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, String)> {
-    let p = dir.join("runtime.json");
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&p).with_context(|| format!("{} (is the gateway running?)", p.display()))?,
-    )?;
-    let addr: SocketAddr = v["quic"].as_str().context("runtime.json: quic")?.parse()?;
-    let fp = v["fingerprint"]
-        .as_str()
-        .context("runtime.json: fingerprint")?
-        .to_string();
-    // The gateway may listen on 0.0.0.0; connect over loopback then.
-    let addr = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    Ok((addr, fp))
-}
-
 /// Runs the load test and prints the summary.
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
-    if let Some(listen) = a.spawn_sim {
-        let addr = crate::spawn_sim(listen, &a.sim).await?;
-        eprintln!("simulated WhatsApp listening on tcp {addr}");
-    }
-    let keys = crate::read_keys(&a.keys)?;
-    if keys.workspaces.is_empty() {
-        bail!("{}: no workspaces", a.keys.display());
-    }
-    let (mut addr, mut pin) = (a.addr, a.pin.clone());
-    if let Some(dir) = &a.gateway_state {
-        let (ra, rp) = runtime_info(dir)?;
-        addr = addr.or(Some(ra));
-        pin = pin.or(Some(rp));
-    }
-    let addr = addr.context("give --addr or --gateway-state")?;
-    let trust = match (&a.ca_cert, &pin) {
-        (Some(ca), _) => Trust::CaFile(ca.clone()),
-        (None, Some(p)) => Trust::parse_pin(p)?,
-        (None, None) => {
-            bail!("give --pin, --ca-cert or --gateway-state so the gateway's certificate can be verified")
-        }
-    };
-    let client_cfg = |key: &str, i: usize| ClientConfig {
-        addr,
-        server_name: "localhost".into(),
-        trust: trust.clone(),
-        api_key: key.to_string(),
-        client_name: format!("waping-loadtest/{i}"),
-        connect_timeout: Duration::from_secs(10),
-    };
     if a.connections == 0 || a.streams == 0 {
         bail!("--connections and --streams must be at least 1");
     }
-    let total_streams = a.connections * a.streams;
+    if a.closed_loop.is_none() && (!a.rate.is_finite() || a.rate <= 0.0) {
+        bail!("--rate must be positive");
+    }
+    if a.closed_loop == Some(0) {
+        bail!("--closed-loop must be at least 1");
+    }
+    let live = Arc::new(Live::default());
+    match a.target {
+        TargetKind::Gateway => {
+            let (t, ends) = crate::target::gateway::connect(&a, &live).await?;
+            drive(&a, t, ends, live).await
+        }
+        TargetKind::Jetstream => {
+            let (t, ends) = crate::target::jetstream::connect(&a).await?;
+            drive(&a, t, ends, live).await
+        }
+    }
+}
+
+/// The shared part of every run: schedule, window, statistics, summary.
+async fn drive<T: Target>(
+    a: &RunArgs,
+    target: T,
+    ends: Vec<StreamEnds<T::Sink, T::Answers>>,
+    live: Arc<Live>,
+) -> anyhow::Result<()> {
+    let total_streams = ends.len();
     let interval_ns = match a.closed_loop {
         Some(_) => None,
-        None => {
-            if !a.rate.is_finite() || a.rate <= 0.0 {
-                bail!("--rate must be positive");
-            }
-            Some(1e9 * total_streams as f64 / a.rate)
-        }
+        None => Some(1e9 * total_streams as f64 / a.rate),
     };
-
-    let live = Arc::new(Live::default());
-    let mut event_tasks = Vec::new();
-    if a.subscribe {
-        for (i, w) in keys.workspaces.iter().enumerate() {
-            let mut conn = Connection::connect(&client_cfg(&w.key, 10_000 + i)).await?;
-            let mut control = conn.take_control().context("control stream")?;
-            control.send(&Frame::Subscribe { mask: subscribe::ALL }).await?;
-            match control.next().await? {
-                Some(Frame::Subscribed { .. }) => {}
-                other => bail!("expected SUBSCRIBED, got {other:?}"),
-            }
-            let mut events = conn.accept_event_stream().await?;
-            let live = live.clone();
-            event_tasks.push(tokio::spawn(async move {
-                while let Ok(Some(Frame::Event(_))) = events.next().await {
-                    live.events.fetch_add(1, Ordering::Relaxed);
-                }
-                drop(control);
-                drop(conn);
-            }));
-        }
-    }
-
-    let mut conns = Vec::new();
-    let mut plans = Vec::new();
-    for c in 0..a.connections {
-        let w = &keys.workspaces[c % keys.workspaces.len()];
-        let mut conn = Connection::connect(&client_cfg(&w.key, c))
-            .await
-            .with_context(|| format!("connection {c}"))?;
-        let devices: Vec<Text> = w.devices.iter().map(|d| Text::from(d.as_str())).collect();
-        if devices.is_empty() {
-            bail!("workspace {} has no devices", w.id);
-        }
-        let mut streams = Vec::new();
-        for s in 0..a.streams {
-            let st = if s == 0 {
-                conn.take_control().context("control stream")?
-            } else {
-                conn.open_stream().await?
-            };
-            streams.push(st);
-            plans.push(StreamPlan {
-                conn: c,
-                stream: s,
-                devices: devices.clone(),
-                interval_ns,
-                window: a.closed_loop,
-            });
-        }
-        conns.push((conn, streams));
-    }
-
+    // Idempotency keys are unique per run, so a target that deduplicates
+    // (the gateway's journal, JetStream's Nats-Msg-Id window) never drops a
+    // message of this run as a repeat of an earlier one.
+    let run_id: u32 = rand::random();
     let body = Text::from("x".repeat(a.body_size));
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + a.duration;
     let mut tasks = Vec::new();
-    let mut plan_iter = plans.into_iter();
-    let mut keep = Vec::new();
-    for (conn, streams) in conns {
-        for st in streams {
-            let Some(plan) = plan_iter.next() else { break };
-            let (writer, reader) = st.split();
-            let (done_tx, done_rx) = watch::channel(None);
-            let sem = plan.window.map(|w| Arc::new(Semaphore::new(w as usize)));
-            let w = tokio::spawn(write_loop(
-                writer,
-                plan,
-                body.clone(),
-                start,
-                end,
-                live.clone(),
-                sem.clone(),
-                done_tx,
-            ));
-            let r = tokio::spawn(read_loop(
-                reader,
-                start,
-                live.clone(),
-                sem,
-                done_rx,
-                end + a.drain,
-            ));
-            tasks.push((w, r));
-        }
-        keep.push(conn);
+    for e in ends {
+        let plan = StreamPlan {
+            conn: e.conn,
+            stream: e.stream,
+            devices: e.devices,
+            interval_ns,
+            window: a.closed_loop,
+        };
+        let (done_tx, done_rx) = watch::channel(None);
+        let sem = plan.window.map(|w| Arc::new(Semaphore::new(w as usize)));
+        let w = tokio::spawn(write_loop(
+            e.sink,
+            plan,
+            run_id,
+            body.clone(),
+            start,
+            end,
+            live.clone(),
+            sem.clone(),
+            done_tx,
+        ));
+        let r = tokio::spawn(read_loop(
+            e.answers,
+            T::REPORTS,
+            start,
+            live.clone(),
+            sem,
+            done_rx,
+            end + a.drain,
+        ));
+        tasks.push((w, r));
     }
 
     let bar = indicatif::ProgressBar::new(a.duration.as_millis() as u64);
@@ -279,13 +231,17 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 let rate = (acc - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
                 last = (now, acc);
                 bar.set_position(now.saturating_duration_since(start).as_millis() as u64);
+                let reports = if T::REPORTS {
+                    format!(" reports {}", live.reports.load(Ordering::Relaxed))
+                } else {
+                    String::new()
+                };
                 bar.set_message(format!(
-                    "sent {} accepted {} ({:.0}/s) rejected {} reports {}",
+                    "sent {} accepted {} ({:.0}/s) rejected {}{reports}",
                     live.sent.load(Ordering::Relaxed),
                     acc,
                     rate,
                     live.rejected.load(Ordering::Relaxed),
-                    live.reports.load(Ordering::Relaxed)
                 ));
             }
         })
@@ -303,16 +259,14 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     progress.abort();
     bar.finish_and_clear();
-    for c in keep {
-        c.close().await;
-    }
-    for t in event_tasks {
-        t.abort();
-    }
+    target.finish().await?;
 
     let secs = send_end.saturating_duration_since(start).as_secs_f64().max(1e-9);
     let resolved_failed: u64 = total.failed.values().sum();
+    let rejected: u64 = total.rejected.values().sum();
+    let reports = T::REPORTS;
     let summary = Summary {
+        target: T::NAME,
         mode: if a.closed_loop.is_some() {
             "closed-loop".into()
         } else {
@@ -327,44 +281,51 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         sent,
         accepted: total.accepted,
         accepted_per_s: total.accepted as f64 / secs,
-        rejected: total.rejected.iter().map(|(k, v)| (code_name(*k), *v)).collect(),
-        delivered: total.delivered,
-        failed: total.failed.iter().map(|(k, v)| (code_name(*k), *v)).collect(),
-        missing_reports: total.accepted.saturating_sub(total.delivered + resolved_failed),
+        rejected: total.rejected.clone(),
+        unanswered: sent.saturating_sub(total.accepted + rejected),
+        delivered: reports.then_some(total.delivered),
+        failed: reports.then(|| total.failed.clone()),
+        missing_reports: reports.then(|| total.accepted.saturating_sub(total.delivered + resolved_failed)),
         events: live.events.load(Ordering::Relaxed),
         accept_latency: Percentiles::of(&total.accept),
-        delivery_latency: Percentiles::of(&total.delivery),
+        delivery_latency: reports.then(|| Percentiles::of(&total.delivery)),
     };
     let json = serde_json::to_string_pretty(&summary)?;
     println!("{json}");
     if let Some(p) = &a.json {
         std::fs::write(p, &json)?;
     }
-    eprintln!(
-        "accepted {} of {} sent ({:.0}/s), delivered {}, failed {}, missing reports {}; accept p50 {:.2} ms p99 {:.2} ms; delivery p99 {:.2} ms",
+    let mut line = format!(
+        "{}: accepted {} of {} sent ({:.0}/s), rejected {}, unanswered {}; accept p50 {:.2} ms p99 {:.2} ms",
+        T::NAME,
         summary.accepted,
         summary.sent,
         summary.accepted_per_s,
-        summary.delivered,
-        resolved_failed,
-        summary.missing_reports,
+        rejected,
+        summary.unanswered,
         summary.accept_latency.p50_ms,
         summary.accept_latency.p99_ms,
-        summary.delivery_latency.p99_ms
     );
-    if summary.missing_reports > 0 {
-        bail!(
-            "{} accepted messages got no delivery report",
-            summary.missing_reports
+    if let (Some(missing), Some(d)) = (summary.missing_reports, &summary.delivery_latency) {
+        line += &format!(
+            "; delivered {}, failed {}, missing reports {missing}; delivery p99 {:.2} ms",
+            total.delivered, resolved_failed, d.p99_ms
         );
+    }
+    eprintln!("{line}");
+    if let Some(missing) = summary.missing_reports
+        && missing > 0
+    {
+        bail!("{missing} accepted messages got no delivery report");
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn write_loop(
-    mut w: FrameWriter,
+async fn write_loop<S: Sink>(
+    mut sink: S,
     plan: StreamPlan,
+    run_id: u32,
     body: Text,
     start: Instant,
     end: Instant,
@@ -420,15 +381,24 @@ async fn write_loop(
                 let seq = intended.max(last_seq + 1);
                 last_seq = seq;
                 let idx = (i + k) as usize;
-                w.queue(&Frame::Send {
-                    seq,
-                    idempotency_key: Text::from(format!("{}-{}-{}", plan.conn, plan.stream, i + k)),
-                    device_id: plan.devices[idx % plan.devices.len()].clone(),
-                    recipient: recipients[idx % recipients.len()].clone(),
-                    body: Body::Text(body.clone()),
-                })?;
+                let device = idx % plan.devices.len();
+                sink.queue(
+                    device,
+                    Frame::Send {
+                        seq,
+                        idempotency_key: Text::from(format!(
+                            "{run_id:08x}-{}-{}-{}",
+                            plan.conn,
+                            plan.stream,
+                            i + k
+                        )),
+                        device_id: plan.devices[device].clone(),
+                        recipient: recipients[idx % recipients.len()].clone(),
+                        body: Body::Text(body.clone()),
+                    },
+                )?;
             }
-            w.flush().await?;
+            sink.flush().await?;
             i += n;
             live.sent.fetch_add(n, Ordering::Relaxed);
         }
@@ -439,8 +409,11 @@ async fn write_loop(
     result.map(|()| (i, Instant::now().min(end)))
 }
 
-async fn read_loop(
-    mut r: FrameReader,
+/// Collects one stream's answers until every message it sent is resolved
+/// (its last answer came: see [`Target::REPORTS`]) or the deadline passes.
+async fn read_loop<A: Answers>(
+    mut answers: A,
+    reports: bool,
     start: Instant,
     live: Arc<Live>,
     sem: Option<Arc<Semaphore>>,
@@ -456,48 +429,47 @@ async fn read_loop(
             .as_micros()
             .max(1) as u64
     };
+    let resolve = |resolved: &mut u64| {
+        *resolved += 1;
+        if let Some(s) = &sem {
+            s.add_permits(1);
+        }
+    };
     loop {
         let finished = matches!(*done.borrow(), Some(total) if resolved >= total);
         if finished {
             break;
         }
-        let frame = tokio::select! {
-            f = r.next() => f?,
+        let answer = tokio::select! {
+            a = answers.next() => a?,
             _ = done.changed() => continue,
             _ = tokio::time::sleep_until(deadline.into()) => break,
         };
-        let Some(frame) = frame else { break };
-        match frame {
-            Frame::Accepted { seq, .. } => {
+        let Some(answer) = answer else { break };
+        match answer {
+            Answer::Accepted { seq } => {
                 st.accepted += 1;
                 live.accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = st.accept.record(us_since(seq));
+                if !reports {
+                    resolve(&mut resolved);
+                }
             }
-            Frame::Rejected { code, .. } => {
-                *st.rejected.entry(code.0).or_default() += 1;
+            Answer::Rejected { reason } => {
+                *st.rejected.entry(reason).or_default() += 1;
                 live.rejected.fetch_add(1, Ordering::Relaxed);
-                resolved += 1;
-                if let Some(s) = &sem {
-                    s.add_permits(1);
-                }
+                resolve(&mut resolved);
             }
-            Frame::Report(rep) => {
+            Answer::Report { seq, failed } => {
                 live.reports.fetch_add(1, Ordering::Relaxed);
-                let _ = st.delivery.record(us_since(rep.seq));
-                match rep.status {
-                    DeliveryStatus::Sent => st.delivered += 1,
-                    DeliveryStatus::Failed => *st.failed.entry(rep.code.0).or_default() += 1,
+                let _ = st.delivery.record(us_since(seq));
+                match failed {
+                    None => st.delivered += 1,
+                    Some(reason) => *st.failed.entry(reason).or_default() += 1,
                 }
-                resolved += 1;
-                if let Some(s) = &sem {
-                    s.add_permits(1);
-                }
+                resolve(&mut resolved);
             }
-            Frame::Goodbye { code, message } => {
-                eprintln!("gateway said GOODBYE {code}: {message}");
-            }
-            Frame::Error { code, message, .. } => bail!("gateway error {code}: {message}"),
-            _ => {}
+            Answer::Other => {}
         }
     }
     Ok(st)

@@ -13,10 +13,10 @@ pub struct StreamStats {
     pub accept: Histogram<u64>,
     /// From intended send time to REPORT, µs.
     pub delivery: Histogram<u64>,
-    /// REJECTED by code.
-    pub rejected: BTreeMap<u16, u64>,
-    /// Failed reports by code.
-    pub failed: BTreeMap<u16, u64>,
+    /// Refusals by reason name (gateway REJECTED codes, JetStream publish errors).
+    pub rejected: BTreeMap<String, u64>,
+    /// Failed reports by reason name.
+    pub failed: BTreeMap<String, u64>,
     /// ACCEPTED count.
     pub accepted: u64,
     /// REPORT with status sent.
@@ -48,10 +48,10 @@ impl StreamStats {
         let _ = self.accept.add(&o.accept);
         let _ = self.delivery.add(&o.delivery);
         for (k, v) in &o.rejected {
-            *self.rejected.entry(*k).or_default() += v;
+            *self.rejected.entry(k.clone()).or_default() += v;
         }
         for (k, v) in &o.failed {
-            *self.failed.entry(*k).or_default() += v;
+            *self.failed.entry(k.clone()).or_default() += v;
         }
         self.accepted += o.accepted;
         self.delivered += o.delivered;
@@ -91,8 +91,13 @@ impl Percentiles {
 }
 
 /// The JSON summary printed at the end.
+///
+/// Fields a target cannot measure are `null`: the JetStream baseline has no
+/// delivery reports.
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// `gateway` or `jetstream`.
+    pub target: &'static str,
     /// `open-loop` or `closed-loop`.
     pub mode: String,
     /// Target rate (open loop), messages per second.
@@ -113,20 +118,22 @@ pub struct Summary {
     pub accepted: u64,
     /// Accepted per second of sending.
     pub accepted_per_s: f64,
-    /// REJECTED by reason name.
+    /// Refused, by reason name.
     pub rejected: BTreeMap<String, u64>,
+    /// Sent but neither accepted nor refused when the harness stopped waiting.
+    pub unanswered: u64,
     /// Reports with status sent.
-    pub delivered: u64,
+    pub delivered: Option<u64>,
     /// Reports with status failed, by reason.
-    pub failed: BTreeMap<String, u64>,
+    pub failed: Option<BTreeMap<String, u64>>,
     /// Accepted messages without a report when the harness stopped waiting.
-    pub missing_reports: u64,
+    pub missing_reports: Option<u64>,
     /// Events received on subscriptions, if any.
     pub events: u64,
     /// Accept latency from the intended send time.
     pub accept_latency: Percentiles,
     /// Delivery-report latency from the intended send time.
-    pub delivery_latency: Percentiles,
+    pub delivery_latency: Option<Percentiles>,
 }
 
 /// Names a numeric code for the summary.

@@ -91,7 +91,8 @@ impl DecodeError {
     }
 }
 
-/// Why a frame could not be encoded (a caller bug: a field is wider than its length prefix).
+/// Why a frame could not be encoded (a caller bug: a field is wider than its
+/// length prefix or holds a value the decoder refuses).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// A text field does not fit its length prefix.
@@ -103,6 +104,15 @@ pub enum EncodeError {
         len: usize,
         /// Largest encodable.
         max: usize,
+    },
+    /// A field holds a value the decoder would refuse (a REPORT whose status
+    /// and code disagree), so the frame must not be sent.
+    #[error("field `{field}` has invalid value {value}")]
+    InvalidValue {
+        /// Field.
+        field: &'static str,
+        /// The value.
+        value: u64,
     },
     /// The whole body exceeds the protocol's hard maximum.
     #[error("frame body of {len} bytes exceeds the hard maximum of {max}")]
@@ -144,10 +154,18 @@ impl Decoder {
 
     /// Takes one frame off the front of `buf`.
     ///
-    /// `Ok(None)`: not enough bytes yet; `buf` is untouched. An oversized or
-    /// unknown header is reported as soon as the header is complete, before
-    /// the body arrives, so a peer cannot make us buffer a huge frame. After
-    /// an error the connection must be closed; `buf` is left as it was.
+    /// `Ok(Some(frame))`: exactly that frame's bytes were removed from the front
+    /// of `buf`. `Ok(None)`: not enough bytes yet; `buf`'s contents are untouched
+    /// (its capacity may grow to fit the announced frame).
+    ///
+    /// The header is checked as soon as its 6 bytes are there, in this order:
+    /// length (against [`Decoder::max_frame_len`]), type, flags; so an
+    /// oversized or unknown frame is refused before its body arrives and a peer
+    /// cannot make us buffer it. The body is checked once it is complete.
+    ///
+    /// Errors are sticky: after an `Err` the contents of `buf` are exactly as
+    /// before the call, so calling again returns the same error and a bad
+    /// frame is never skipped. Every error is fatal for the connection.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         if buf.len() < HEADER_LEN {
             return Ok(None);
@@ -173,9 +191,19 @@ impl Decoder {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        let mut whole = buf.split_to(total).freeze();
-        whole.advance(HEADER_LEN);
-        decode_body(t, whole).map(Some)
+        let whole = buf.split_to(total).freeze();
+        match decode_body(t, whole.slice(HEADER_LEN..)) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(e) => {
+                // Put the frame back in front of what followed it, so `buf` is as it
+                // was. This copies, but only on this path, which ends the connection.
+                let rest = std::mem::take(buf);
+                buf.reserve(whole.len() + rest.len());
+                buf.extend_from_slice(&whole);
+                buf.extend_from_slice(&rest);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -545,6 +573,13 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
 }
 
 fn put_report(dst: &mut BytesMut, r: &DeliveryReport) -> Result<(), EncodeError> {
+    // The decoder refuses these (see `Reader::report`); never emit bytes it would refuse.
+    if (r.status == DeliveryStatus::Sent) != (r.code.0 == 0) {
+        return Err(EncodeError::InvalidValue {
+            field: "code",
+            value: r.code.0.into(),
+        });
+    }
     dst.put_slice(&r.message_id.0);
     dst.put_u64(r.seq);
     dst.put_u8(r.status as u8);

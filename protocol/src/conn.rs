@@ -111,7 +111,9 @@ impl ServerConn {
             (ServerConn::Open { .. } | ServerConn::Draining, Frame::Hello { .. }) => {
                 Err(self.fail(violation(ErrorCode::UNEXPECTED_FRAME, "second HELLO")))
             }
-            (ServerConn::Open { .. }, Frame::Goodbye { .. }) => {
+            // A GOODBYE while already draining (the client answering the server's
+            // GOODBYE, or saying it twice) is the same request again, not an error.
+            (ServerConn::Open { .. } | ServerConn::Draining, Frame::Goodbye { .. }) => {
                 *self = ServerConn::Draining;
                 Ok(ServerAction::Drain)
             }
@@ -271,6 +273,24 @@ mod tests {
             Ok(ServerAction::Drain)
         );
         assert_eq!(s.on_frame(&send()).unwrap_err().code, ErrorCode::SHUTTING_DOWN);
+    }
+
+    /// Found while writing PROTOCOL.md: a GOODBYE on a draining connection
+    /// (e.g. the client's answer to the server's GOODBYE) came back as
+    /// `Handle`, which the gateway turned into a fatal UNEXPECTED_FRAME.
+    #[test]
+    fn goodbye_while_draining_is_idempotent() {
+        let bye = Frame::Goodbye {
+            code: ErrorCode::SHUTTING_DOWN,
+            message: Text::default(),
+        };
+        let mut s = ServerConn::Open { version: 1 };
+        s.drain();
+        assert_eq!(s, ServerConn::Draining);
+        assert_eq!(s.on_frame(&bye), Ok(ServerAction::Drain));
+        assert_eq!(s.on_frame(&bye), Ok(ServerAction::Drain));
+        assert_eq!(s, ServerConn::Draining);
+        assert_eq!(s.on_frame(&Frame::Ping { nonce: 1 }), Ok(ServerAction::Handle));
     }
 
     #[test]

@@ -90,7 +90,7 @@ catalogue! {
     UNKNOWN_FLAGS = 1006, Client, retry: false, fatal: true, "A frame header sets flag bits this version does not define.";
     HANDSHAKE_TIMEOUT = 1007, Client, retry: true, fatal: true, "HELLO did not arrive within the handshake timeout.";
     INVALID_FIELD = 1008, Client, retry: false, fatal: false, "A field is empty, too long or out of range (the message says which).";
-    DUPLICATE_SEQ = 1009, Client, retry: false, fatal: false, "A SEND reused a sequence number that is still in flight on this connection.";
+    DUPLICATE_SEQ = 1009, Client, retry: false, fatal: false, "A SEND reused a sequence number that is still in flight on the same stream.";
     // 2xxx: who the caller is and what it may do.
     AUTH_FAILED = 2000, Client, retry: false, fatal: true, "The API key is unknown, malformed, expired or revoked.";
     FORBIDDEN = 2001, Client, retry: false, fatal: false, "The key is valid but its role does not allow this operation.";

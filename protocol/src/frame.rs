@@ -124,7 +124,7 @@ pub enum DeliveryStatus {
 pub struct DeliveryReport {
     /// The id from ACCEPTED.
     pub message_id: MessageId,
-    /// The client's sequence number of the SEND (only meaningful on the sending connection).
+    /// The client's sequence number of the SEND (only meaningful on the stream that sent it).
     pub seq: u64,
     /// Sent or failed.
     pub status: DeliveryStatus,
@@ -307,7 +307,9 @@ pub enum Frame {
     },
     /// Client → server: send one message.
     Send {
-        /// Client-chosen correlation number, unique among in-flight SENDs of the connection.
+        /// Client-chosen correlation number, unique among the in-flight SENDs of
+        /// the stream it is sent on (the ACCEPTED/REJECTED and REPORT answering it
+        /// come back on that stream). Different streams may use the same numbers.
         seq: u64,
         /// Deduplication key, unique per workspace (1–128 bytes).
         idempotency_key: Text,

@@ -11,6 +11,8 @@ pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod validate;
 

@@ -53,7 +53,9 @@ pub struct ServerConfig {
     pub max_streams: u16,
     /// Unacknowledged SENDs per connection. Default 4096; 1..=1 000 000.
     pub max_in_flight: u32,
-    /// Largest frame body accepted. Default 131 072; 1024..=1 048 576.
+    /// Largest frame body accepted. Default 131 072; 73 728..=1 048 576. The floor (72 KiB) is
+    /// above the largest frame whose fields are all within their limits (68 632 bytes), so a
+    /// long but valid message is refused per message, never by closing the connection.
     pub max_frame_len: u32,
     /// Time allowed for HELLO after the QUIC handshake. Default 5000 ms.
     pub handshake_timeout_ms: u64,
@@ -232,6 +234,20 @@ pub struct SimConfig {
     pub latency_jitter_ms: u64,
     /// Probability a send fails permanently (UPSTREAM_REJECTED). Default 0; 0.0..=1.0.
     pub failure_rate: f64,
+    /// Probability a send fails transiently (UPSTREAM_UNAVAILABLE, retryable). Default 0; 0.0..=1.0.
+    pub transient_failure_rate: f64,
+    /// Probability the message is delivered but the answer is lost (UPSTREAM_TIMEOUT), so
+    /// the gateway resends it and must get "already sent". Default 0; 0.0..=1.0.
+    pub lost_answer_rate: f64,
+    /// How many recently delivered upstream ids the simulator remembers to answer a resend
+    /// with "already sent" instead of delivering twice, like WhatsApp's message-id dedup.
+    /// Default 1 000 000; 0 turns deduplication off (every send is a new delivery).
+    pub dedup_capacity: u32,
+    /// Append one line per delivered message (`upstream_id`, workspace, device, recipient,
+    /// text) to this file, for crash tests that compare deliveries with acknowledgements.
+    /// Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<std::path::PathBuf>,
     /// Sends per second per device the simulated WhatsApp tolerates before answering
     /// "rate-overlimit" (UPSTREAM_THROTTLED). Default 0 = unlimited.
     pub device_rate_per_second: u32,
@@ -247,6 +263,10 @@ impl Default for SimConfig {
             latency_ms: 0,
             latency_jitter_ms: 0,
             failure_rate: 0.0,
+            transient_failure_rate: 0.0,
+            lost_answer_rate: 0.0,
+            dedup_capacity: 1_000_000,
+            ledger: None,
             device_rate_per_second: 0,
             inbound_per_second: 0.0,
             seed: 1,
@@ -371,7 +391,7 @@ impl Config {
         range!(
             "server.max_frame_len",
             s.max_frame_len.into(),
-            1024,
+            72 * 1024,
             waping_protocol::limits::HARD_MAX_FRAME_LEN.into()
         );
         range!(
@@ -412,11 +432,14 @@ impl Config {
             0,
             600_000
         );
-        if !(0.0..=1.0).contains(&sim.failure_rate) {
-            p.push(format!(
-                "upstream.sim.failure_rate: {} is outside 0.0..=1.0",
-                sim.failure_rate
-            ));
+        for (name, v) in [
+            ("failure_rate", sim.failure_rate),
+            ("transient_failure_rate", sim.transient_failure_rate),
+            ("lost_answer_rate", sim.lost_answer_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                p.push(format!("upstream.sim.{name}: {v} is outside 0.0..=1.0"));
+            }
         }
         if !(0.0..=100_000.0).contains(&sim.inbound_per_second) {
             p.push(format!(

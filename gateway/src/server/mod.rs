@@ -87,6 +87,8 @@ pub(crate) struct ConnCtx {
     pub draining: AtomicBool,
     /// Current subscription mask (0 = none).
     pub subscription: AtomicU32,
+    /// Whether the connection's event stream was opened (at most one per connection).
+    pub events_open: std::sync::atomic::AtomicBool,
 }
 
 /// Accepts connections until shutdown, then waits for them to drain.
@@ -211,6 +213,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
         in_flight: AtomicU32::new(0),
         draining: AtomicBool::new(false),
         subscription: AtomicU32::new(0),
+        events_open: std::sync::atomic::AtomicBool::new(false),
     });
     let streams = TaskTracker::new();
     streams.spawn(stream::run(ctx.clone(), io, state, true));

@@ -15,6 +15,7 @@ use waping_protocol::conn::{ServerAction, ServerConn};
 use waping_protocol::{DecodeError, Decoder, ErrorCode, Event, EventKind, Frame, Text, subscribe, validate};
 
 use super::{ConnCtx, close};
+use crate::limiter::RefusalReason;
 use crate::session::{Outbound, SubmitError};
 use crate::workspace::WsEvent;
 
@@ -260,8 +261,10 @@ fn handle(
         Frame::Pong { .. } => {}
         Frame::Subscribe { mask } => {
             let granted = mask & subscribe::ALL;
-            let before = ctx.subscription.swap(granted, Ordering::AcqRel);
-            if before == 0 && granted != 0 {
+            ctx.subscription.store(granted, Ordering::Release);
+            // One event stream per connection: later SUBSCRIBEs (even after a mask of 0) only
+            // change the mask it filters with.
+            if granted != 0 && !ctx.events_open.swap(true, Ordering::AcqRel) {
                 // Subscribe before answering so no event published after SUBSCRIBED is missed.
                 let rx = ctx.ws.events.subscribe();
                 tokio::spawn(event_stream(ctx.clone(), rx));
@@ -354,12 +357,21 @@ fn handle_send(
         return give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full");
     }
     if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
-        return give_back(
-            io,
-            ErrorCode::RATE_LIMITED,
-            ceil_ms(r.retry_after),
-            "workspace send rate exceeded",
-        );
+        return match r.reason {
+            RefusalReason::RateExceeded => give_back(
+                io,
+                ErrorCode::RATE_LIMITED,
+                ceil_ms(r.retry_after),
+                "workspace send rate exceeded",
+            ),
+            // Waiting cannot help, so not a (retryable) 3xxx limit code.
+            RefusalReason::ExceedsBurst => give_back(
+                io,
+                ErrorCode::INVALID_FIELD,
+                0,
+                "message costs more than the workspace burst",
+            ),
+        };
     }
     let id = ctx.shared.ids.next();
     let out = Outbound {

@@ -126,11 +126,18 @@ impl SessionManager {
         });
         self.sessions.insert((ws.idx, device.clone()), handle);
         self.metrics.sessions_active.increment(1.0);
-        let pacing = (ws.device_rate_per_second > 0).then(|| {
-            // Burst 1: pacing spaces sends evenly; it never lets a backlog rush out.
-            let q = limiter::Quota::per_second(ws.device_rate_per_second, 1);
-            Arc::new(limiter::Cell::new(q))
-        });
+        // Burst 1: pacing spaces sends evenly; it never lets a backlog rush out.
+        let pacing = match ws.device_rate_per_second {
+            0 => None,
+            rate => match limiter::Quota::per_second(rate, 1) {
+                Ok(q) => Some(Arc::new(limiter::Cell::new(q))),
+                // Unreachable: Gateway::start refuses such a workspace before any device starts.
+                Err(e) => {
+                    tracing::error!(workspace = %ws.id, error = %e, "device pacing quota invalid; pacing off");
+                    None
+                }
+            },
+        };
         let task = SessionTask {
             ws: ws.clone(),
             device: DeviceRef {
@@ -228,7 +235,15 @@ impl SessionTask {
     fn pace_check(&self) -> Result<(), Duration> {
         match &self.pacing {
             None => Ok(()),
-            Some(cell) => cell.check(self.clock.now(), 1).map_err(|r| r.retry_after),
+            Some(cell) => match cell.check(self.clock.now(), 1) {
+                Ok(()) => Ok(()),
+                Err(r) => match r.reason {
+                    limiter::RefusalReason::RateExceeded => Err(r.retry_after),
+                    // Cost 1 never exceeds burst 1; should it ever, holding the
+                    // message would stall the device forever, so send it.
+                    limiter::RefusalReason::ExceedsBurst => Ok(()),
+                },
+            },
         }
     }
 

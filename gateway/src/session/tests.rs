@@ -64,7 +64,7 @@ fn setup(
     let mut reg = Registry::default();
     let ws = reg.add(
         "w",
-        Arc::new(Cell::new(Quota::per_second(1000, 1000))),
+        Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),
         device_rate,
     );
     let m = SessionManager::new(
@@ -96,6 +96,7 @@ async fn every_message_gets_a_report() {
         1000,
         Ok(UpstreamAck {
             upstream_id: "u".into(),
+            already_sent: false,
         }),
     );
     let (m, ws) = setup(up, 100, 4, 0);
@@ -121,6 +122,7 @@ async fn window_bounds_sends_in_flight_and_full_queue_hands_message_back() {
         0,
         Ok(UpstreamAck {
             upstream_id: "u".into(),
+            already_sent: false,
         }),
     );
     let (m, ws) = setup(up.clone(), 2, 3, 0);
@@ -172,6 +174,7 @@ async fn silent_upstream_times_out() {
         0,
         Ok(UpstreamAck {
             upstream_id: "u".into(),
+            already_sent: false,
         }),
     );
     let (m, ws) = setup(up, 10, 1, 0);
@@ -188,6 +191,7 @@ async fn pacing_spaces_sends_to_the_upstream() {
         1000,
         Ok(UpstreamAck {
             upstream_id: "u".into(),
+            already_sent: false,
         }),
     );
     // 20 per second: at least 50 ms between consecutive sends.
@@ -215,6 +219,7 @@ async fn closing_the_manager_stops_sessions() {
         10,
         Ok(UpstreamAck {
             upstream_id: "u".into(),
+            already_sent: false,
         }),
     );
     let (m, ws) = setup(up, 10, 1, 0);

@@ -49,6 +49,9 @@ pub struct UpstreamSend {
 pub struct UpstreamAck {
     /// The upstream's id of the message.
     pub upstream_id: String,
+    /// The upstream had already taken a message with this `upstream_id` (a resend
+    /// after a lost answer or a crash); it was not delivered a second time.
+    pub already_sent: bool,
 }
 
 /// Why an upstream send failed; each maps to a catalogue code and says whether a retry can help.

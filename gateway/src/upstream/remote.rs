@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use waping_protocol::{Body, DeviceState, Text};
 
-use super::sim::SimUpstream;
+use super::sim::{self, SimUpstream};
 use super::*;
 use crate::config::SimConfig;
 
@@ -224,9 +224,11 @@ const S_TIMEOUT: u8 = 3;
 const S_THROTTLED: u8 = 4;
 const S_DISCONNECTED: u8 = 5;
 const S_LOGGED_OUT: u8 = 6;
+const S_ALREADY_SENT: u8 = 7;
 
 fn result_msg(id: u64, r: Result<UpstreamAck, UpstreamError>) -> Msg {
     let (status, retry_after_ms, text) = match r {
+        Ok(a) if a.already_sent => (S_ALREADY_SENT, 0, a.upstream_id),
         Ok(a) => (S_OK, 0, a.upstream_id),
         Err(UpstreamError::Unavailable(s)) => (S_UNAVAILABLE, 0, s),
         Err(UpstreamError::Rejected(s)) => (S_REJECTED, 0, s),
@@ -249,7 +251,10 @@ fn result_msg(id: u64, r: Result<UpstreamAck, UpstreamError>) -> Msg {
 
 fn result_from(status: u8, retry_after_ms: u32, text: String) -> Result<UpstreamAck, UpstreamError> {
     match status {
-        S_OK => Ok(UpstreamAck { upstream_id: text }),
+        S_OK | S_ALREADY_SENT => Ok(UpstreamAck {
+            upstream_id: text,
+            already_sent: status == S_ALREADY_SENT,
+        }),
         S_UNAVAILABLE => Err(UpstreamError::Unavailable(text)),
         S_REJECTED => Err(UpstreamError::Rejected(text)),
         S_TIMEOUT => Err(UpstreamError::Timeout),
@@ -264,25 +269,40 @@ fn result_from(status: u8, retry_after_ms: u32, text: String) -> Result<Upstream
     }
 }
 
-/// Runs the simulator server until the listener fails. Each gateway connection gets its own simulator state.
+/// Runs the simulator server until the listener fails.
+///
+/// Each gateway connection gets its own device and rate state, but all share one
+/// record of deliveries: a gateway that reconnects (after a crash) and resends
+/// is answered "already sent", never delivered twice.
 pub async fn serve(listener: TcpListener, cfg: SimConfig) -> std::io::Result<()> {
+    let deliveries = Arc::new(sim::Deliveries::new(cfg.dedup_capacity, cfg.ledger.as_deref())?);
+    serve_with(listener, cfg, deliveries).await
+}
+
+/// [`serve`] with a delivery record the caller keeps (tests read its counters).
+pub async fn serve_with(
+    listener: TcpListener,
+    cfg: SimConfig,
+    deliveries: Arc<sim::Deliveries>,
+) -> std::io::Result<()> {
     loop {
         let (sock, peer) = listener.accept().await?;
         let cfg = cfg.clone();
+        let deliveries = deliveries.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(sock, cfg).await {
+            if let Err(e) = serve_conn(sock, cfg, deliveries).await {
                 tracing::debug!(%peer, error = %e, "simulator connection ended");
             }
         });
     }
 }
 
-async fn serve_conn(sock: TcpStream, cfg: SimConfig) -> anyhow::Result<()> {
+async fn serve_conn(sock: TcpStream, cfg: SimConfig, deliveries: Arc<sim::Deliveries>) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
     let (mut rd, mut wr) = sock.into_split();
     let (ev_tx, mut ev_rx) = mpsc::channel::<UpstreamEvent>(1024);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Msg>();
-    let sim = SimUpstream::new(cfg, ev_tx);
+    let sim = SimUpstream::with_deliveries(cfg, ev_tx, deliveries);
     let writer = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut batch = Vec::with_capacity(256);
@@ -315,6 +335,7 @@ async fn serve_conn(sock: TcpStream, cfg: SimConfig) -> anyhow::Result<()> {
                         id,
                         r.map(|()| UpstreamAck {
                             upstream_id: String::new(),
+                            already_sent: false,
                         }),
                     ));
                 }
@@ -689,6 +710,11 @@ mod tests {
         for e in [
             Ok(UpstreamAck {
                 upstream_id: "a".into(),
+                already_sent: false,
+            }),
+            Ok(UpstreamAck {
+                upstream_id: "b".into(),
+                already_sent: true,
             }),
             Err(UpstreamError::Unavailable("x".into())),
             Err(UpstreamError::Rejected("y".into())),

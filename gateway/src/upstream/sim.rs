@@ -5,6 +5,7 @@
 //! It models the other side, not our limiter, so it keeps its own tiny rate
 //! model instead of reusing [`crate::limiter`]: a bug in one must not hide in the other.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +37,130 @@ struct Inner {
     devices: DashMap<DeviceRef, DeviceSim>,
     events: EventSink,
     counter: AtomicU64,
+    deliveries: Arc<Deliveries>,
+}
+
+/// What the simulated WhatsApp has delivered: upstream-id deduplication and an optional ledger.
+///
+/// Shared by every connection of a simulator process, so a gateway that
+/// reconnects after a crash and resends is answered "already sent", the way
+/// WhatsApp treats a repeated message id.
+#[derive(Debug)]
+pub struct Deliveries {
+    capacity: usize,
+    /// Two generations of 128-bit id hashes: when `current` is full it becomes
+    /// `previous`, so memory is bounded and the most recent `capacity` ids are
+    /// always remembered.
+    seen: std::sync::Mutex<(HashSet<u128>, HashSet<u128>)>,
+    ledger: Option<std::sync::Mutex<std::fs::File>>,
+    delivered: AtomicU64,
+    repeats: AtomicU64,
+}
+
+/// Counters of a [`Deliveries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Distinct messages delivered.
+    pub delivered: u64,
+    /// Resends answered "already sent".
+    pub repeats: u64,
+}
+
+impl Deliveries {
+    /// Remembers `capacity` ids (0: no deduplication) and appends to `ledger` if given.
+    pub fn new(capacity: u32, ledger: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let ledger = match ledger {
+            Some(p) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+            )),
+            None => None,
+        };
+        Ok(Deliveries {
+            capacity: capacity as usize,
+            seen: Default::default(),
+            ledger,
+            delivered: AtomicU64::new(0),
+            repeats: AtomicU64::new(0),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DeliveryStats {
+        DeliveryStats {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            repeats: self.repeats.load(Ordering::Relaxed),
+        }
+    }
+
+    /// True if `msg` was delivered before (counted as a repeat), without recording anything new.
+    fn repeat(&self, msg: &UpstreamSend) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let h = id_hash(&msg.upstream_id);
+        let g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let known = g.0.contains(&h) || g.1.contains(&h);
+        drop(g);
+        if known {
+            self.repeats.fetch_add(1, Ordering::Relaxed);
+        }
+        known
+    }
+
+    /// True if `msg` was delivered before; otherwise records it as delivered now.
+    fn deliver(&self, msg: &UpstreamSend) -> bool {
+        if self.capacity > 0 {
+            let h = id_hash(&msg.upstream_id);
+            let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0.contains(&h) || g.1.contains(&h) {
+                drop(g);
+                self.repeats.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            if g.0.len() >= self.capacity.div_ceil(2) {
+                let full = std::mem::take(&mut g.0);
+                g.1 = full;
+            }
+            g.0.insert(h);
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = &self.ledger {
+            use std::io::Write;
+            let text = match &msg.body {
+                Body::Text(t) => t.as_str().to_string(),
+                Body::Media { reference, .. } => format!("media:{}", reference.as_str()),
+            };
+            let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+            let line = format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                msg.upstream_id,
+                clean(&msg.device.workspace),
+                clean(msg.device.device.as_str()),
+                clean(msg.recipient.as_str()),
+                clean(&text)
+            );
+            // One write per line on an O_APPEND file: lines from concurrent sends never interleave.
+            let mut f = l.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::error!(error = %e, "simulator ledger write failed");
+            }
+        }
+        false
+    }
+}
+
+fn id_hash(id: &str) -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    // Two differently keyed SipHashes: 128 bits, so distinct ids never collide in practice.
+    let mut a =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    a.write_u8(1);
+    a.write(id.as_bytes());
+    let mut b =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    b.write_u8(2);
+    b.write(id.as_bytes());
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 struct DeviceSim {
@@ -52,8 +177,19 @@ fn splitmix(mut x: u64) -> u64 {
 
 impl SimUpstream {
     /// A simulator pushing its events into `events`; starts the inbound generator if configured.
+    ///
+    /// # Panics
+    /// If `cfg.ledger` cannot be opened; use [`SimUpstream::with_deliveries`] to handle that.
     pub fn new(cfg: SimConfig, events: EventSink) -> Self {
+        let deliveries = Deliveries::new(cfg.dedup_capacity, cfg.ledger.as_deref())
+            .unwrap_or_else(|e| panic!("opening simulator ledger {:?}: {e}", cfg.ledger));
+        SimUpstream::with_deliveries(cfg, events, Arc::new(deliveries))
+    }
+
+    /// A simulator sharing its delivery record with others (one per gateway connection of a sim process).
+    pub fn with_deliveries(cfg: SimConfig, events: EventSink, deliveries: Arc<Deliveries>) -> Self {
         let inner = Arc::new(Inner {
+            deliveries,
             cfg,
             origin: Instant::now(),
             devices: DashMap::new(),
@@ -65,6 +201,11 @@ impl SimUpstream {
             tokio::spawn(async move { inbound_generator(weak).await });
         }
         SimUpstream { inner }
+    }
+
+    /// Delivery counters.
+    pub fn stats(&self) -> DeliveryStats {
+        self.inner.deliveries.stats()
     }
 
     /// Number of attached devices.
@@ -92,6 +233,15 @@ impl SimUpstream {
         let Some(dev) = self.inner.devices.get(&msg.device) else {
             return (latency, Err(UpstreamError::Disconnected));
         };
+        // A resend of something delivered is answered before any failure is simulated:
+        // WhatsApp would not fail a message it already has.
+        if self.inner.deliveries.repeat(msg) {
+            let ack = UpstreamAck {
+                upstream_id: format!("SIM.{}", msg.upstream_id),
+                already_sent: true,
+            };
+            return (latency, Ok(ack));
+        }
         if cfg.device_rate_per_second > 0 {
             let now = self.inner.origin.elapsed().as_nanos() as u64;
             let interval = 1_000_000_000 / u64::from(cfg.device_rate_per_second);
@@ -116,10 +266,22 @@ impl SimUpstream {
         if cfg.failure_rate > 0.0 && rng.random_bool(cfg.failure_rate) {
             return (latency, Err(UpstreamError::Rejected("simulated failure".into())));
         }
+        if cfg.transient_failure_rate > 0.0 && rng.random_bool(cfg.transient_failure_rate) {
+            return (
+                latency,
+                Err(UpstreamError::Unavailable("simulated transient failure".into())),
+            );
+        }
+        let already_sent = self.inner.deliveries.deliver(msg);
+        if !already_sent && cfg.lost_answer_rate > 0.0 && rng.random_bool(cfg.lost_answer_rate) {
+            // Delivered, but the gateway never hears so: it must resend and be told "already sent".
+            return (latency, Err(UpstreamError::Timeout));
+        }
         (
             latency,
             Ok(UpstreamAck {
                 upstream_id: format!("SIM.{}", msg.upstream_id),
+                already_sent,
             }),
         )
     }
@@ -204,12 +366,18 @@ mod tests {
         }
     }
 
+    /// A message with a fresh upstream id.
     fn msg(d: &str) -> UpstreamSend {
+        static N: AtomicU64 = AtomicU64::new(0);
+        msg_id(d, &format!("x{}", N.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn msg_id(d: &str, id: &str) -> UpstreamSend {
         UpstreamSend {
             device: dev(d),
             recipient: "4915112345678".into(),
-            body: Body::Text("hi".into()),
-            upstream_id: "x".into(),
+            body: Body::Text(format!("hi {id}").into()),
+            upstream_id: id.into(),
         }
     }
 
@@ -223,7 +391,90 @@ mod tests {
             UpstreamEvent::State { state, .. } => assert_eq!(state, DeviceState::Connected),
             other => panic!("{other:?}"),
         }
-        assert_eq!(sim.send(msg("a")).await.unwrap().upstream_id, "SIM.x");
+        assert_eq!(sim.send(msg_id("a", "x")).await.unwrap().upstream_id, "SIM.x");
+    }
+
+    #[tokio::test]
+    async fn resends_are_answered_already_sent_and_delivered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger.tsv");
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let cfg = SimConfig {
+            ledger: Some(ledger.clone()),
+            ..Default::default()
+        };
+        let shared = Arc::new(Deliveries::new(cfg.dedup_capacity, cfg.ledger.as_deref()).unwrap());
+        // Two simulators (two gateway connections, e.g. before and after a crash) share deliveries.
+        let a = SimUpstream::with_deliveries(cfg.clone(), tx.clone(), shared.clone());
+        let b = SimUpstream::with_deliveries(cfg, tx, shared);
+        a.attach(dev("a")).await.unwrap();
+        b.attach(dev("a")).await.unwrap();
+        let first = a.send(msg_id("a", "m1")).await.unwrap();
+        assert!(!first.already_sent);
+        let again = b.send(msg_id("a", "m1")).await.unwrap();
+        assert!(again.already_sent);
+        assert_eq!(again.upstream_id, first.upstream_id, "same upstream id on resend");
+        assert!(!b.send(msg_id("a", "m2")).await.unwrap().already_sent);
+        assert_eq!(
+            a.stats(),
+            DeliveryStats {
+                delivered: 2,
+                repeats: 1
+            }
+        );
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(
+            lines,
+            ["m1\tw\ta\t4915112345678\thi m1", "m2\tw\ta\t4915112345678\thi m2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn dedup_memory_is_bounded_but_keeps_the_most_recent() {
+        let d = Deliveries::new(100, None).unwrap();
+        for i in 0..1000 {
+            assert!(!d.deliver(&msg_id("a", &format!("id{i}"))));
+        }
+        let g = d.seen.lock().unwrap();
+        assert!(g.0.len() + g.1.len() <= 100);
+        drop(g);
+        // The last capacity/2 ids are always remembered.
+        for i in 950..1000 {
+            assert!(d.repeat(&msg_id("a", &format!("id{i}"))), "id{i} forgotten");
+        }
+        assert!(!d.repeat(&msg_id("a", "id0")), "old ids age out");
+    }
+
+    #[tokio::test]
+    async fn lost_answers_and_transient_failures_are_retryable() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let sim = SimUpstream::new(
+            SimConfig {
+                lost_answer_rate: 1.0,
+                ..Default::default()
+            },
+            tx.clone(),
+        );
+        sim.attach(dev("a")).await.unwrap();
+        let e = sim.send(msg_id("a", "z")).await.unwrap_err();
+        assert_eq!(e, UpstreamError::Timeout);
+        assert!(e.retryable());
+        // The resend finds it delivered.
+        assert!(sim.send(msg_id("a", "z")).await.unwrap().already_sent);
+        assert_eq!(sim.stats().delivered, 1);
+
+        let sim = SimUpstream::new(
+            SimConfig {
+                transient_failure_rate: 1.0,
+                ..Default::default()
+            },
+            tx,
+        );
+        sim.attach(dev("a")).await.unwrap();
+        let e = sim.send(msg_id("a", "z")).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Unavailable(_)) && e.retryable());
+        assert_eq!(sim.stats().delivered, 0);
     }
 
     #[tokio::test]

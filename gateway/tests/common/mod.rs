@@ -22,15 +22,22 @@ pub struct Gateway {
     pub pin: String,
     pub keys: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
+    /// Prometheus listener, when started with metrics on.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Gateway {
     /// Starts the binary with the given workspaces and extra TOML appended to `[upstream.sim]`.
     pub fn start(workspaces: &[Ws], sim_extra: &str) -> Gateway {
+        Gateway::start_with(workspaces, sim_extra, false)
+    }
+
+    /// Like [`Gateway::start`]; `metrics` turns the Prometheus listener on (ephemeral port).
+    pub fn start_with(workspaces: &[Ws], sim_extra: &str, metrics: bool) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
-             [metrics]\nenabled = false\n[limits]\ndevice_rate_per_second = 0\n[upstream.sim]\n{sim_extra}\n",
+             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n[upstream.sim]\n{sim_extra}\n",
             dir.path().join("state").display().to_string()
         );
         let mut keys = Vec::new();
@@ -70,6 +77,7 @@ impl Gateway {
             pin: info["fingerprint"].as_str().unwrap().to_string(),
             keys,
             dir,
+            metrics: info["metrics"].as_str().map(|a| a.parse().unwrap()),
         }
     }
 

@@ -1,0 +1,394 @@
+//! The journal handle used by the gateway: appends, barriers, dead-letter operations, stats.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+
+use crate::completion::{Completion, pair};
+use crate::config::JournalConfig;
+use crate::error::{JournalError, OverloadReason, Result};
+use crate::lock::{self, DirLock};
+use crate::record::{MessageId, Record};
+use crate::replay::{DeadLetter, Pending, Recovered, recover};
+use crate::segment::{HEADER_LEN, create_segment, segment_path};
+use crate::state::SegInfo;
+use crate::writer::{Request, Writer};
+
+/// Log sequence number: a position in the log (segment number, byte offset in its file).
+/// Ordered: a larger LSN was written later.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The position `offset` in segment `segment`.
+    pub fn new(segment: u64, offset: u64) -> Lsn {
+        Lsn((segment << 32) | (offset & 0xffff_ffff))
+    }
+    /// Segment number.
+    pub fn segment(self) -> u64 {
+        self.0 >> 32
+    }
+    /// Byte offset in the segment file.
+    pub fn offset(self) -> u64 {
+        self.0 & 0xffff_ffff
+    }
+}
+
+impl fmt::Debug for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lsn({}:{})", self.segment(), self.offset())
+    }
+}
+
+/// Counters, cumulative since open (except the gauges `queued_bytes`, `disk_bytes`, `segments`,
+/// `unfinished`, `dead`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Syncs (fdatasync calls) issued; one per group commit.
+    pub syncs: u64,
+    /// Records written (including those carried forward by compaction).
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// `append`/`append_background` calls taken.
+    pub appends: u64,
+    /// Appends refused with `Overloaded`.
+    pub overloaded: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Segments compacted (live records carried forward, then deleted).
+    pub compactions: u64,
+    /// Records carried forward by compaction.
+    pub carried_records: u64,
+    /// Bad records met by compaction at run time (logged).
+    pub compaction_corruptions: u64,
+    /// Bytes waiting for the writer (gauge).
+    pub queued_bytes: u64,
+    /// Bytes of segment files (gauge).
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub queued_bytes: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    pub poisoned: AtomicBool,
+    pub poison_msg: Mutex<String>,
+    pub syncs: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub appends: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub segments_created: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub compactions: AtomicU64,
+    pub carried_records: AtomicU64,
+    pub compaction_corruptions: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn poison(&self, msg: String) {
+        *self.poison_msg.lock().unwrap_or_else(|e| e.into_inner()) = msg;
+        self.poisoned.store(true, Ordering::Release);
+    }
+    fn poisoned(&self) -> Option<JournalError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Some(JournalError::Poisoned(
+                self.poison_msg.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// What a forced compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments rewritten and deleted.
+    pub segments_compacted: u64,
+    /// Segments deleted without rewriting (nothing live in them).
+    pub segments_deleted: u64,
+    /// Records carried forward.
+    pub records_carried: u64,
+    /// Segment bytes before.
+    pub bytes_before: u64,
+    /// Segment bytes after.
+    pub bytes_after: u64,
+}
+
+/// An open journal. Cheap to share behind an `Arc`; all methods take `&self`.
+///
+/// Dropping it (or [`Journal::close`]) writes and syncs everything queued, then stops the
+/// writer thread and releases the directory lock.
+pub struct Journal {
+    tx: Option<Sender<Request>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    cfg: JournalConfig,
+    dir: PathBuf,
+    max_batch: u64,
+    _lock: DirLock,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, takes the directory lock, replays
+    /// the log and starts the writer thread.
+    ///
+    /// A torn tail is truncated; corruption elsewhere is reported in
+    /// [`Recovered::corruptions`] and skipped: the caller decides whether to go on.
+    pub fn open(dir: impl AsRef<Path>, cfg: JournalConfig) -> Result<(Journal, Recovered)> {
+        cfg.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| JournalError::io("create directory", &dir, e))?;
+        let lock = lock::acquire(&dir)?;
+        let now = cfg.clock.now_ms();
+        let out = recover(&dir, &cfg, now)?;
+        let mut index = out.index;
+        let (seg, written, file) = match out.last_segment {
+            Some((seg, end)) => {
+                let path = segment_path(&dir, seg);
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| JournalError::io("open segment", &path, e))?;
+                (seg, end, f)
+            }
+            None => {
+                let n = index.segs.keys().next_back().map_or(1, |m| m + 1);
+                let f = create_segment(&dir, n, cfg.sync != crate::config::SyncMode::None)?;
+                index.segs.insert(
+                    n,
+                    SegInfo {
+                        size: HEADER_LEN as u64,
+                        ..Default::default()
+                    },
+                );
+                (n, HEADER_LEN as u64, f)
+            }
+        };
+        let shared = Arc::new(Shared::default());
+        shared
+            .disk_bytes
+            .store(index.segs.values().map(|s| s.size).sum(), Ordering::Relaxed);
+        shared
+            .durable_lsn
+            .store(Lsn::new(seg, written).0, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = Writer::new(
+            dir.clone(),
+            cfg.clone(),
+            rx,
+            shared.clone(),
+            index,
+            file,
+            seg,
+            written,
+        );
+        let thread = std::thread::Builder::new()
+            .name("waping-journal".into())
+            .spawn(move || writer.run())
+            .map_err(|e| JournalError::io("spawn writer thread", &dir, e))?;
+        let max_batch = cfg.max_batch_len();
+        Ok((
+            Journal {
+                tx: Some(tx),
+                shared,
+                thread: Some(thread),
+                cfg,
+                dir,
+                max_batch,
+                _lock: lock,
+            },
+            out.recovered,
+        ))
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &JournalConfig {
+        &self.cfg
+    }
+
+    /// Appends `records` durably: the completion resolves once they are written and synced
+    /// (or with the error). Batches that contain an `Accepted` record are refused with
+    /// [`JournalError::Overloaded`] when the journal is at its bounds; transitions of
+    /// existing messages are always taken so that work can finish and space be freed.
+    ///
+    /// Records are encoded (and checksummed) on the calling thread.
+    pub fn append(&self, records: Vec<Record>) -> Completion<Lsn> {
+        let (done, completion) = pair();
+        match self.submit(records, Some(done)) {
+            Ok(()) => completion,
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Appends `records` without a waiter: they are made durable by the same group commits
+    /// (use for transitions such as `Dispatched` and `Sent`; a crash before the next sync may
+    /// lose them, which at-least-once redelivery covers). Fails only when the journal is
+    /// closed, poisoned, overloaded (batches with `Accepted` only) or the batch is too large.
+    pub fn append_background(&self, records: Vec<Record>) -> Result<()> {
+        self.submit(records, None)
+    }
+
+    fn submit(&self, records: Vec<Record>, done: Option<crate::completion::Completer<Lsn>>) -> Result<()> {
+        if let Some(e) = self.shared.poisoned() {
+            return Err(e);
+        }
+        let mut bytes = Vec::with_capacity(records.len() * 96);
+        let mut admits_new = false;
+        for r in &records {
+            admits_new |= matches!(r, Record::Accepted(_));
+            r.encode_into(&mut bytes);
+        }
+        let size = bytes.len() as u64;
+        if size > self.max_batch {
+            return Err(JournalError::TooLarge {
+                size,
+                max: self.max_batch,
+            });
+        }
+        let queued = self.shared.queued_bytes.load(Ordering::Relaxed);
+        if admits_new {
+            let overloaded = |reason, retry_after| {
+                self.shared.overloaded.fetch_add(1, Ordering::Relaxed);
+                Err(JournalError::Overloaded { reason, retry_after })
+            };
+            if queued + size > self.cfg.max_queued_bytes {
+                return overloaded(OverloadReason::QueueFull, self.cfg.queue_full_retry_after);
+            }
+            if self.shared.disk_bytes.load(Ordering::Relaxed) + queued + size > self.cfg.max_disk_bytes {
+                return overloaded(OverloadReason::DiskFull, self.cfg.disk_full_retry_after);
+            }
+        }
+        self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        self.shared.appends.fetch_add(1, Ordering::Relaxed);
+        self.send(Request::Append { bytes, records, done })
+            .inspect_err(|_| {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            })
+    }
+
+    fn send(&self, r: Request) -> Result<()> {
+        match &self.tx {
+            Some(tx) => tx.send(r).map_err(|_| JournalError::Closed),
+            None => Err(JournalError::Closed),
+        }
+    }
+
+    fn request<T>(&self, make: impl FnOnce(crate::completion::Completer<T>) -> Request) -> Completion<T> {
+        if let Some(e) = self.shared.poisoned() {
+            return Completion::ready(Err(e));
+        }
+        let (done, completion) = pair();
+        match self.send(make(done)) {
+            Ok(()) => completion,
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Durability barrier: resolves once everything appended before it is written and
+    /// synced (written only, with [`crate::SyncMode::None`]). Use at shutdown.
+    pub fn flush(&self) -> Completion<Lsn> {
+        self.request(Request::Flush)
+    }
+
+    /// Highest position known to be synced.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.shared.durable_lsn.load(Ordering::Acquire))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> JournalStats {
+        let s = &self.shared;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        JournalStats {
+            syncs: g(&s.syncs),
+            records: g(&s.records),
+            bytes: g(&s.bytes),
+            appends: g(&s.appends),
+            overloaded: g(&s.overloaded),
+            segments_created: g(&s.segments_created),
+            segments_deleted: g(&s.segments_deleted),
+            compactions: g(&s.compactions),
+            carried_records: g(&s.carried_records),
+            compaction_corruptions: g(&s.compaction_corruptions),
+            queued_bytes: g(&s.queued_bytes),
+            disk_bytes: g(&s.disk_bytes),
+        }
+    }
+
+    /// Dead letters in id order (ids are time-ordered), starting after `after`, at most `limit`.
+    pub fn dead_letters(&self, after: Option<MessageId>, limit: usize) -> Completion<Vec<DeadLetter>> {
+        self.request(|done| Request::DeadList { after, limit, done })
+    }
+
+    /// One dead letter, `None` if `id` is not a dead letter.
+    pub fn dead_letter(&self, id: MessageId) -> Completion<Option<DeadLetter>> {
+        self.request(|done| Request::DeadGet { id, done })
+    }
+
+    /// Replays a dead letter: records `DeadReplayed` durably and returns the message, now
+    /// unfinished again with its attempts reset, for the caller to queue.
+    /// [`JournalError::NotFound`] if `id` is not a dead letter.
+    pub fn replay_dead(&self, id: MessageId) -> Completion<Pending> {
+        self.request(|done| Request::DeadReplay { id, done })
+    }
+
+    /// Purges a dead letter (durably). [`JournalError::NotFound`] if `id` is not a dead letter.
+    pub fn purge_dead(&self, id: MessageId) -> Completion<()> {
+        self.request(|done| Request::DeadPurge { id, done })
+    }
+
+    /// Purges every dead letter; returns how many.
+    pub fn purge_all_dead(&self) -> Completion<usize> {
+        self.request(Request::DeadPurgeAll)
+    }
+
+    /// Compacts now: seals the active segment, carries every live record of the sealed
+    /// segments forward and deletes them (ignores the compaction thresholds).
+    pub fn compact_now(&self) -> Completion<CompactionReport> {
+        self.request(Request::Compact)
+    }
+
+    /// Syncs what is queued, stops the writer and releases the lock.
+    pub fn close(mut self) -> Result<()> {
+        let r = self.flush().wait();
+        self.shutdown();
+        r.map(|_| ())
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

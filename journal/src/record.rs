@@ -1,0 +1,696 @@
+//! Journal records, their hand-written payload encoding and the checksummed frame.
+//!
+//! Frame: `len u32 LE | crc32c u32 LE | kind u8 | payload`, where `len` counts
+//! `kind + payload` and the CRC covers `kind + payload`. Payload fields:
+//! message ids are 16 raw bytes, integers are little-endian fixed width,
+//! strings are a LEB128 length followed by UTF-8 bytes. A new layout of a
+//! record gets a new kind byte; decoders refuse unknown kinds.
+
+use std::fmt;
+
+/// Bytes before the kind byte: `len u32 | crc u32`.
+pub const FRAME_HEADER: usize = 8;
+/// Largest `len` a frame may carry (kind + payload), whatever the segment size.
+pub const MAX_RECORD_LEN: usize = 16 << 20;
+
+/// Gateway-assigned message id (16 bytes, UUIDv7 layout; mirrors `waping_protocol::MessageId`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MessageId(pub [u8; 16]);
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a message carries (mirrors `waping_protocol::Body` with owned strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Plain text.
+    Text(String),
+    /// Reference to media stored elsewhere.
+    Media {
+        /// URL or storage key.
+        reference: String,
+        /// MIME type.
+        mime: String,
+        /// Caption (may be empty).
+        caption: String,
+    },
+}
+
+/// A message the gateway accepted: everything needed to send it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedMessage {
+    /// Gateway message id.
+    pub id: MessageId,
+    /// Workspace (tenant) name.
+    pub workspace: String,
+    /// Device (linked number) to send from.
+    pub device: String,
+    /// Client idempotency key, unique per workspace within the window.
+    pub idempotency_key: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// Content.
+    pub body: Body,
+    /// Wall-clock acceptance time, unix milliseconds.
+    pub accepted_at_ms: u64,
+}
+
+/// One journal record: a message accepted, or a state transition of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// The message was accepted (written before the client gets ACCEPTED).
+    Accepted(AcceptedMessage),
+    /// An attempt to send it upstream started.
+    Dispatched {
+        /// Message.
+        id: MessageId,
+        /// Attempt number, 1 for the first.
+        attempt: u32,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+    /// Upstream took it (terminal).
+    Sent {
+        /// Message.
+        id: MessageId,
+        /// Upstream's id for it.
+        upstream_id: String,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+    /// Permanently failed and reported to the client (terminal).
+    Failed {
+        /// Message.
+        id: MessageId,
+        /// Error code reported.
+        code: u16,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+    /// Attempt failed; the next one is due at `due_at_ms`.
+    RetryScheduled {
+        /// Message.
+        id: MessageId,
+        /// The attempt that failed.
+        attempt: u32,
+        /// When the next attempt is due, unix ms.
+        due_at_ms: u64,
+        /// Error code of the failed attempt.
+        last_code: u16,
+    },
+    /// Gave up: the message is a dead letter until replayed or purged.
+    Dead {
+        /// Message.
+        id: MessageId,
+        /// Attempts made.
+        attempts: u32,
+        /// Last error code.
+        last_code: u16,
+        /// Last error detail.
+        last_detail: String,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+    /// An operator replayed the dead letter: it is unfinished again.
+    DeadReplayed {
+        /// Message.
+        id: MessageId,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+    /// An operator purged the dead letter (terminal).
+    DeadPurged {
+        /// Message.
+        id: MessageId,
+    },
+    /// Written by compaction: keeps a finished message's idempotency key in the window.
+    IdempotencyKept {
+        /// Workspace.
+        workspace: String,
+        /// Key.
+        idempotency_key: String,
+        /// Message the key maps to.
+        id: MessageId,
+        /// When that message was accepted, unix ms.
+        accepted_at_ms: u64,
+    },
+}
+
+/// Kind bytes. Never reuse a number; a changed layout gets a new one.
+pub(crate) mod kind {
+    pub const ACCEPTED: u8 = 1;
+    pub const DISPATCHED: u8 = 2;
+    pub const SENT: u8 = 3;
+    pub const FAILED: u8 = 4;
+    pub const RETRY_SCHEDULED: u8 = 5;
+    pub const DEAD: u8 = 6;
+    pub const DEAD_REPLAYED: u8 = 7;
+    pub const DEAD_PURGED: u8 = 8;
+    pub const IDEMPOTENCY_KEPT: u8 = 9;
+}
+
+const BODY_TEXT: u8 = 0;
+const BODY_MEDIA: u8 = 1;
+
+impl Record {
+    /// The message this record is about.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Record::Accepted(a) => a.id,
+            Record::Dispatched { id, .. }
+            | Record::Sent { id, .. }
+            | Record::Failed { id, .. }
+            | Record::RetryScheduled { id, .. }
+            | Record::Dead { id, .. }
+            | Record::DeadReplayed { id, .. }
+            | Record::DeadPurged { id }
+            | Record::IdempotencyKept { id, .. } => *id,
+        }
+    }
+
+    /// The kind byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Record::Accepted(_) => kind::ACCEPTED,
+            Record::Dispatched { .. } => kind::DISPATCHED,
+            Record::Sent { .. } => kind::SENT,
+            Record::Failed { .. } => kind::FAILED,
+            Record::RetryScheduled { .. } => kind::RETRY_SCHEDULED,
+            Record::Dead { .. } => kind::DEAD,
+            Record::DeadReplayed { .. } => kind::DEAD_REPLAYED,
+            Record::DeadPurged { .. } => kind::DEAD_PURGED,
+            Record::IdempotencyKept { .. } => kind::IDEMPOTENCY_KEPT,
+        }
+    }
+
+    /// Appends the framed record (header, kind, payload) to `out`; returns the frame length.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER]);
+        out.push(self.kind());
+        self.encode_payload(out);
+        let body = &out[start + FRAME_HEADER..];
+        let len = body.len() as u32;
+        let crc = crc32c::crc32c(body);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        out.len() - start
+    }
+
+    /// The framed record as a new buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.encode_into(&mut v);
+        v
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Accepted(a) => {
+                out.extend_from_slice(&a.id.0);
+                put_str(out, &a.workspace);
+                put_str(out, &a.device);
+                put_str(out, &a.idempotency_key);
+                put_str(out, &a.recipient);
+                match &a.body {
+                    Body::Text(t) => {
+                        out.push(BODY_TEXT);
+                        put_str(out, t);
+                    }
+                    Body::Media {
+                        reference,
+                        mime,
+                        caption,
+                    } => {
+                        out.push(BODY_MEDIA);
+                        put_str(out, reference);
+                        put_str(out, mime);
+                        put_str(out, caption);
+                    }
+                }
+                out.extend_from_slice(&a.accepted_at_ms.to_le_bytes());
+            }
+            Record::Dispatched { id, attempt, at_ms } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&attempt.to_le_bytes());
+                out.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::Sent {
+                id,
+                upstream_id,
+                at_ms,
+            } => {
+                out.extend_from_slice(&id.0);
+                put_str(out, upstream_id);
+                out.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::Failed { id, code, at_ms } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&code.to_le_bytes());
+                out.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::RetryScheduled {
+                id,
+                attempt,
+                due_at_ms,
+                last_code,
+            } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&attempt.to_le_bytes());
+                out.extend_from_slice(&due_at_ms.to_le_bytes());
+                out.extend_from_slice(&last_code.to_le_bytes());
+            }
+            Record::Dead {
+                id,
+                attempts,
+                last_code,
+                last_detail,
+                at_ms,
+            } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&attempts.to_le_bytes());
+                out.extend_from_slice(&last_code.to_le_bytes());
+                put_str(out, last_detail);
+                out.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::DeadReplayed { id, at_ms } => {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::DeadPurged { id } => out.extend_from_slice(&id.0),
+            Record::IdempotencyKept {
+                workspace,
+                idempotency_key,
+                id,
+                accepted_at_ms,
+            } => {
+                out.extend_from_slice(&id.0);
+                put_str(out, workspace);
+                put_str(out, idempotency_key);
+                out.extend_from_slice(&accepted_at_ms.to_le_bytes());
+            }
+        }
+    }
+
+    /// Decodes `kind + payload` (the part of a frame the CRC covers).
+    pub fn decode_body(body: &[u8]) -> Result<Record, DecodeError> {
+        let (&k, payload) = body.split_first().ok_or(DecodeError::Truncated)?;
+        let mut r = Reader { buf: payload };
+        let rec = match k {
+            kind::ACCEPTED => {
+                let id = r.id()?;
+                let workspace = r.string()?;
+                let device = r.string()?;
+                let idempotency_key = r.string()?;
+                let recipient = r.string()?;
+                let body = match r.u8()? {
+                    BODY_TEXT => Body::Text(r.string()?),
+                    BODY_MEDIA => Body::Media {
+                        reference: r.string()?,
+                        mime: r.string()?,
+                        caption: r.string()?,
+                    },
+                    t => return Err(DecodeError::BadBodyTag(t)),
+                };
+                let accepted_at_ms = r.u64()?;
+                Record::Accepted(AcceptedMessage {
+                    id,
+                    workspace,
+                    device,
+                    idempotency_key,
+                    recipient,
+                    body,
+                    accepted_at_ms,
+                })
+            }
+            kind::DISPATCHED => Record::Dispatched {
+                id: r.id()?,
+                attempt: r.u32()?,
+                at_ms: r.u64()?,
+            },
+            kind::SENT => Record::Sent {
+                id: r.id()?,
+                upstream_id: r.string()?,
+                at_ms: r.u64()?,
+            },
+            kind::FAILED => Record::Failed {
+                id: r.id()?,
+                code: r.u16()?,
+                at_ms: r.u64()?,
+            },
+            kind::RETRY_SCHEDULED => Record::RetryScheduled {
+                id: r.id()?,
+                attempt: r.u32()?,
+                due_at_ms: r.u64()?,
+                last_code: r.u16()?,
+            },
+            kind::DEAD => Record::Dead {
+                id: r.id()?,
+                attempts: r.u32()?,
+                last_code: r.u16()?,
+                last_detail: r.string()?,
+                at_ms: r.u64()?,
+            },
+            kind::DEAD_REPLAYED => Record::DeadReplayed {
+                id: r.id()?,
+                at_ms: r.u64()?,
+            },
+            kind::DEAD_PURGED => Record::DeadPurged { id: r.id()? },
+            kind::IDEMPOTENCY_KEPT => {
+                let id = r.id()?;
+                Record::IdempotencyKept {
+                    workspace: r.string()?,
+                    idempotency_key: r.string()?,
+                    id,
+                    accepted_at_ms: r.u64()?,
+                }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(DecodeError::TrailingBytes(r.buf.len()));
+        }
+        Ok(rec)
+    }
+}
+
+/// Why a frame's body did not decode (its CRC was fine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A field ran past the end.
+    #[error("truncated payload")]
+    Truncated,
+    /// A string was not UTF-8.
+    #[error("string is not UTF-8")]
+    Utf8,
+    /// Unknown kind byte (written by a newer version?).
+    #[error("unknown record kind {0} (written by a newer version?)")]
+    UnknownKind(u8),
+    /// Unknown body variant.
+    #[error("unknown body tag {0}")]
+    BadBodyTag(u8),
+    /// Bytes left after the last field.
+    #[error("{0} trailing bytes after the payload")]
+    TrailingBytes(usize),
+    /// A length prefix is malformed.
+    #[error("bad length prefix")]
+    BadLength,
+}
+
+/// Result of checking one frame at the start of `buf`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// A frame whose CRC matches: `body` is `kind + payload`, `total` the frame length.
+    Ok { body: &'a [u8], total: usize },
+    /// Fewer bytes than the header, or than the length field announces.
+    Short { len: Option<usize> },
+    /// The length field is zero or larger than allowed.
+    BadLen { len: usize },
+    /// The checksum does not match.
+    BadCrc { len: usize },
+}
+
+/// Checks the frame at the start of `buf` (`max_len` bounds the length field).
+pub(crate) fn check_frame(buf: &[u8], max_len: usize) -> Frame<'_> {
+    if buf.len() < FRAME_HEADER {
+        return Frame::Short { len: None };
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if len == 0 || len > max_len {
+        return Frame::BadLen { len };
+    }
+    if buf.len() - FRAME_HEADER < len {
+        return Frame::Short { len: Some(len) };
+    }
+    let body = &buf[FRAME_HEADER..FRAME_HEADER + len];
+    if crc32c::crc32c(body) != crc {
+        return Frame::BadCrc { len };
+    }
+    Frame::Ok {
+        body,
+        total: FRAME_HEADER + len,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn id(&mut self) -> Result<MessageId, DecodeError> {
+        let b = self.take(16)?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(b);
+        Ok(MessageId(a))
+    }
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::BadLength)
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.varint()?;
+        let n = usize::try_from(n).map_err(|_| DecodeError::BadLength)?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_id() -> impl Strategy<Value = MessageId> {
+        any::<[u8; 16]>().prop_map(MessageId)
+    }
+
+    fn arb_body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            ".{0,300}".prop_map(Body::Text),
+            (".{0,40}", "[a-z/]{0,20}", ".{0,40}").prop_map(|(reference, mime, caption)| Body::Media {
+                reference,
+                mime,
+                caption
+            }),
+        ]
+    }
+
+    pub(crate) fn arb_record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            (
+                arb_id(),
+                ".{0,20}",
+                ".{0,20}",
+                ".{0,40}",
+                ".{0,20}",
+                arb_body(),
+                any::<u64>()
+            )
+                .prop_map(
+                    |(id, workspace, device, idempotency_key, recipient, body, accepted_at_ms)| {
+                        Record::Accepted(AcceptedMessage {
+                            id,
+                            workspace,
+                            device,
+                            idempotency_key,
+                            recipient,
+                            body,
+                            accepted_at_ms,
+                        })
+                    }
+                ),
+            (arb_id(), any::<u32>(), any::<u64>()).prop_map(|(id, attempt, at_ms)| Record::Dispatched {
+                id,
+                attempt,
+                at_ms
+            }),
+            (arb_id(), ".{0,30}", any::<u64>()).prop_map(|(id, upstream_id, at_ms)| Record::Sent {
+                id,
+                upstream_id,
+                at_ms
+            }),
+            (arb_id(), any::<u16>(), any::<u64>()).prop_map(|(id, code, at_ms)| Record::Failed {
+                id,
+                code,
+                at_ms
+            }),
+            (arb_id(), any::<u32>(), any::<u64>(), any::<u16>()).prop_map(
+                |(id, attempt, due_at_ms, last_code)| Record::RetryScheduled {
+                    id,
+                    attempt,
+                    due_at_ms,
+                    last_code
+                }
+            ),
+            (arb_id(), any::<u32>(), any::<u16>(), ".{0,200}", any::<u64>()).prop_map(
+                |(id, attempts, last_code, last_detail, at_ms)| Record::Dead {
+                    id,
+                    attempts,
+                    last_code,
+                    last_detail,
+                    at_ms
+                }
+            ),
+            (arb_id(), any::<u64>()).prop_map(|(id, at_ms)| Record::DeadReplayed { id, at_ms }),
+            arb_id().prop_map(|id| Record::DeadPurged { id }),
+            (".{0,20}", ".{0,40}", arb_id(), any::<u64>()).prop_map(
+                |(workspace, idempotency_key, id, accepted_at_ms)| Record::IdempotencyKept {
+                    workspace,
+                    idempotency_key,
+                    id,
+                    accepted_at_ms
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_kind_round_trips(rec in arb_record()) {
+            let bytes = rec.encode();
+            match check_frame(&bytes, MAX_RECORD_LEN) {
+                Frame::Ok { body, total } => {
+                    prop_assert_eq!(total, bytes.len());
+                    prop_assert_eq!(Record::decode_body(body).unwrap(), rec);
+                }
+                other => prop_assert!(false, "frame not ok: {:?}", other),
+            }
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_detected(rec in arb_record(), bit in any::<prop::sample::Index>()) {
+            let mut bytes = rec.encode();
+            let i = bit.index(bytes.len() * 8);
+            bytes[i / 8] ^= 1 << (i % 8);
+            let whole = matches!(check_frame(&bytes, MAX_RECORD_LEN), Frame::Ok { total, .. } if total == bytes.len());
+            prop_assert!(!whole, "flipped bit {} went unnoticed", i);
+        }
+
+        #[test]
+        fn decoder_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Record::decode_body(&body);
+        }
+    }
+
+    #[test]
+    fn every_kind_is_covered() {
+        // Keeps the proptest strategy honest: one example per kind byte 1..=9.
+        let id = MessageId([7; 16]);
+        let recs = [
+            Record::Accepted(AcceptedMessage {
+                id,
+                workspace: "w".into(),
+                device: "d".into(),
+                idempotency_key: "k".into(),
+                recipient: "r".into(),
+                body: Body::Text("hi".into()),
+                accepted_at_ms: 1,
+            }),
+            Record::Dispatched {
+                id,
+                attempt: 1,
+                at_ms: 2,
+            },
+            Record::Sent {
+                id,
+                upstream_id: "u".into(),
+                at_ms: 3,
+            },
+            Record::Failed {
+                id,
+                code: 4,
+                at_ms: 4,
+            },
+            Record::RetryScheduled {
+                id,
+                attempt: 1,
+                due_at_ms: 5,
+                last_code: 6,
+            },
+            Record::Dead {
+                id,
+                attempts: 3,
+                last_code: 7,
+                last_detail: "x".into(),
+                at_ms: 8,
+            },
+            Record::DeadReplayed { id, at_ms: 9 },
+            Record::DeadPurged { id },
+            Record::IdempotencyKept {
+                workspace: "w".into(),
+                idempotency_key: "k".into(),
+                id,
+                accepted_at_ms: 10,
+            },
+        ];
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.kind() as usize, i + 1);
+            assert_eq!(r.id(), id);
+            let b = r.encode();
+            let Frame::Ok { body, .. } = check_frame(&b, MAX_RECORD_LEN) else {
+                panic!()
+            };
+            assert_eq!(&Record::decode_body(body).unwrap(), r);
+        }
+        assert_eq!(Record::decode_body(&[42]), Err(DecodeError::UnknownKind(42)));
+    }
+}

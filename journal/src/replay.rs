@@ -1,0 +1,395 @@
+//! Opening a journal: scanning every segment, verifying checksums, truncating a torn tail,
+//! reporting corruption, and rebuilding the unfinished set, dead letters and idempotency keys.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::JournalConfig;
+use crate::error::{JournalError, Result};
+use crate::record::{AcceptedMessage, MessageId, Record};
+use crate::segment::{HEADER_LEN, Item, SegmentReader, list_segments, segment_path};
+use crate::state::{Applied, IdMap, Index, MetaState};
+
+/// Where an unfinished message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingState {
+    /// Never dispatched (or replayed from the dead letters).
+    Queued,
+    /// An attempt was dispatched and its outcome is unknown: it may or may not have reached
+    /// upstream (at-least-once: dispatch it again).
+    InFlight {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Waiting for a retry.
+    RetryWait {
+        /// The attempt that failed.
+        attempt: u32,
+        /// When the next attempt is due, unix ms.
+        due_at_ms: u64,
+        /// Error code of the failed attempt.
+        last_code: u16,
+    },
+}
+
+/// An unfinished message: what must still be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The accepted message.
+    pub message: AcceptedMessage,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Where it stands.
+    pub state: PendingState,
+}
+
+/// A message that exhausted its attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The accepted message.
+    pub message: AcceptedMessage,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last error code.
+    pub last_code: u16,
+    /// Last error detail.
+    pub last_detail: String,
+    /// When it died, unix ms.
+    pub dead_at_ms: u64,
+}
+
+/// An idempotency key still inside the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemEntry {
+    /// Workspace.
+    pub workspace: String,
+    /// Client key.
+    pub idempotency_key: String,
+    /// Message it maps to.
+    pub id: MessageId,
+    /// When that message was accepted, unix ms (the key expires `idempotency_window` later).
+    pub accepted_at_ms: u64,
+}
+
+/// Corruption found while opening: the records in the damaged range are lost, the rest were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// Segment number.
+    pub segment: u64,
+    /// Segment file.
+    pub path: PathBuf,
+    /// Byte offset of the bad record.
+    pub offset: u64,
+    /// What was wrong, and what was skipped.
+    pub reason: String,
+}
+
+/// Numbers from opening the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Records read.
+    pub records: u64,
+    /// Bytes read (segment files).
+    pub bytes: u64,
+    /// Segments read.
+    pub segments: u64,
+    /// Bytes cut from the end of the last segment (a write torn by a crash).
+    pub torn_tail_truncated_bytes: u64,
+    /// Number of [`Corruption`]s.
+    pub corruptions: u64,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// What a restart must know.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Unfinished messages in accept order.
+    pub unfinished: Vec<Pending>,
+    /// Dead letters, by id.
+    pub dead: Vec<DeadLetter>,
+    /// Idempotency keys within the window of *finished* messages (sent, failed, purged).
+    /// Unfinished messages and dead letters carry their keys in their messages; use
+    /// [`Recovered::idempotency_keys`] to walk all three.
+    pub idempotency: Vec<IdemEntry>,
+    /// Corruption found (empty on a healthy journal). A torn tail is not corruption.
+    pub corruptions: Vec<Corruption>,
+    /// Numbers.
+    pub stats: ReplayStats,
+}
+
+/// One idempotency key in the window, as yielded by [`Recovered::idempotency_keys`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemKey<'a> {
+    /// Workspace.
+    pub workspace: &'a str,
+    /// Client key.
+    pub idempotency_key: &'a str,
+    /// Message the key maps to.
+    pub id: MessageId,
+    /// When that message was accepted, unix ms.
+    pub accepted_at_ms: u64,
+}
+
+impl Recovered {
+    /// Every idempotency key to load into the dedup map: finished messages in the window,
+    /// then unfinished messages and dead letters accepted within `window_ms` before `now_ms`.
+    pub fn idempotency_keys(&self, now_ms: u64, window_ms: u64) -> impl Iterator<Item = IdemKey<'_>> {
+        fn of(m: &AcceptedMessage) -> IdemKey<'_> {
+            IdemKey {
+                workspace: &m.workspace,
+                idempotency_key: &m.idempotency_key,
+                id: m.id,
+                accepted_at_ms: m.accepted_at_ms,
+            }
+        }
+        let finished = self.idempotency.iter().map(|e| IdemKey {
+            workspace: &e.workspace,
+            idempotency_key: &e.idempotency_key,
+            id: e.id,
+            accepted_at_ms: e.accepted_at_ms,
+        });
+        finished
+            .chain(self.unfinished.iter().map(|p| of(&p.message)))
+            .chain(self.dead.iter().map(|d| of(&d.message)))
+            .filter(move |k| k.accepted_at_ms.saturating_add(window_ms) > now_ms)
+    }
+}
+
+/// Result of [`recover`]: the index for the writer, the output, and where to append.
+pub(crate) struct RecoverOut {
+    pub index: Index,
+    pub recovered: Recovered,
+    pub last_segment: Option<(u64, u64)>,
+}
+
+pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<RecoverOut> {
+    let started = Instant::now();
+    let window = cfg.window_ms();
+    let max_len = cfg.max_batch_len() as usize;
+    let mut index = Index::new(window);
+    let mut out = Recovered::default();
+    // Full content of the messages in the index, by slot (log order); finished ones are taken.
+    let mut bodies: Vec<Option<AcceptedMessage>> = Vec::new();
+    let mut finished_idem: IdMap<IdemEntry> = IdMap::default();
+    let in_window = |at: u64| at.saturating_add(window) > now_ms;
+
+    let segs = list_segments(dir)?;
+    let mut last_segment = None;
+    for (i, &seg) in segs.iter().enumerate() {
+        let is_last = i + 1 == segs.len();
+        let path = segment_path(dir, seg);
+        let mut rd = match SegmentReader::open(dir, seg, max_len, 1 << 20) {
+            Ok(r) => r,
+            Err(JournalError::Corrupt { reason, .. }) => {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                out.corruptions.push(Corruption {
+                    segment: seg,
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!("bad segment header ({reason}); whole segment skipped"),
+                });
+                index.segs.entry(seg).or_default().size = size;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        out.stats.segments += 1;
+        index.segs.entry(seg).or_default().size = rd.file_len;
+        let mut end = rd.file_len;
+        let mut handle = |body: &[u8], offset: u64, total: u64, index: &mut Index, out: &mut Recovered| {
+            out.stats.records += 1;
+            match Record::decode_body(body) {
+                Ok(rec) => {
+                    let slot = bodies.len() as u32;
+                    match index.apply(&rec, seg, offset, total, slot) {
+                        Applied::Replaced(old) => {
+                            bodies[old.slot as usize] = None;
+                        }
+                        Applied::Finished(old) => {
+                            if let Some(a) = bodies[old.slot as usize].take()
+                                && in_window(a.accepted_at_ms)
+                            {
+                                finished_idem.insert(
+                                    a.id,
+                                    IdemEntry {
+                                        workspace: a.workspace,
+                                        idempotency_key: a.idempotency_key,
+                                        id: a.id,
+                                        accepted_at_ms: a.accepted_at_ms,
+                                    },
+                                );
+                            }
+                        }
+                        Applied::Other => {}
+                    }
+                    match rec {
+                        Record::Accepted(a) => bodies.push(Some(a)),
+                        Record::IdempotencyKept {
+                            workspace,
+                            idempotency_key,
+                            id,
+                            accepted_at_ms,
+                        } if in_window(accepted_at_ms) => {
+                            finished_idem.insert(
+                                id,
+                                IdemEntry {
+                                    workspace,
+                                    idempotency_key,
+                                    id,
+                                    accepted_at_ms,
+                                },
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => out.corruptions.push(Corruption {
+                    segment: seg,
+                    path: path.clone(),
+                    offset,
+                    reason: format!("record with a valid checksum does not decode: {e}; skipped"),
+                }),
+            }
+        };
+        loop {
+            match rd.next()? {
+                Item::End => break,
+                Item::Record { offset, body, total } => handle(body, offset, total, &mut index, &mut out),
+                Item::Bad {
+                    offset,
+                    reason,
+                    skip_len,
+                } => {
+                    if let Some(skip) = skip_len {
+                        // Is there a good record right after the bad one?
+                        rd.seek(offset + skip);
+                        if let Item::Record {
+                            offset: o2,
+                            body,
+                            total,
+                        } = rd.next()?
+                        {
+                            out.corruptions.push(Corruption {
+                                segment: seg,
+                                path: path.clone(),
+                                offset,
+                                reason: format!("{reason}; {skip} bytes skipped"),
+                            });
+                            handle(body, o2, total, &mut index, &mut out);
+                            continue;
+                        }
+                    }
+                    if is_last {
+                        // Torn tail: nothing valid follows in the segment being written at the
+                        // crash. Nothing after `offset` was ever acknowledged.
+                        let cut = rd.file_len - offset;
+                        tracing::warn!(
+                            segment = seg,
+                            offset,
+                            bytes = cut,
+                            %reason,
+                            "journal: truncating torn tail of the last segment"
+                        );
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| JournalError::io("open segment", &path, e))?;
+                        f.set_len(offset)
+                            .map_err(|e| JournalError::io("truncate segment", &path, e))?;
+                        if cfg.sync != crate::config::SyncMode::None {
+                            f.sync_all()
+                                .map_err(|e| JournalError::io("fsync segment", &path, e))?;
+                        }
+                        out.stats.torn_tail_truncated_bytes += cut;
+                        end = offset;
+                    } else {
+                        tracing::error!(segment = seg, offset, %reason, "journal: corrupt record");
+                        out.corruptions.push(Corruption {
+                            segment: seg,
+                            path: path.clone(),
+                            offset,
+                            reason: format!("{reason}; rest of the segment skipped"),
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        index.segs.entry(seg).or_default().size = end;
+        out.stats.bytes += end;
+        if is_last {
+            last_segment = Some((seg, end.max(HEADER_LEN as u64)));
+        }
+    }
+
+    // Build the output from what is still in the index: sort small keys, then move each
+    // message out of its slot once.
+    let mut order: Vec<(u64, u32)> = index
+        .msgs
+        .values()
+        .filter_map(|m| {
+            bodies[m.slot as usize]
+                .as_ref()
+                .map(|a| (a.accepted_at_ms, m.slot))
+        })
+        .collect();
+    order.sort_unstable();
+    let mut unfinished = Vec::with_capacity(order.len());
+    let mut dead = Vec::with_capacity(index.dead.len());
+    let mut idem: Vec<IdemEntry> = finished_idem.into_values().collect();
+    for (_, slot) in order {
+        let Some(msg) = bodies[slot as usize].take() else {
+            continue;
+        };
+        let Some(meta) = index.msgs.get(&msg.id) else {
+            continue;
+        };
+        match &meta.state {
+            MetaState::Dead(d) => dead.push(DeadLetter {
+                message: msg,
+                attempts: d.attempts,
+                last_code: d.last_code,
+                last_detail: d.last_detail.clone(),
+                dead_at_ms: d.dead_at_ms,
+            }),
+            s => {
+                let (attempts, state) = match *s {
+                    MetaState::InFlight { attempt } => (attempt, PendingState::InFlight { attempt }),
+                    MetaState::Retry {
+                        attempt,
+                        due_at_ms,
+                        last_code,
+                    } => (
+                        attempt,
+                        PendingState::RetryWait {
+                            attempt,
+                            due_at_ms,
+                            last_code,
+                        },
+                    ),
+                    _ => (0, PendingState::Queued),
+                };
+                unfinished.push(Pending {
+                    message: msg,
+                    attempts,
+                    state,
+                });
+            }
+        }
+    }
+    drop(bodies);
+    out.unfinished = unfinished;
+    dead.sort_unstable_by_key(|d| d.message.id);
+    out.dead = dead;
+    idem.sort_unstable_by_key(|e| (e.accepted_at_ms, e.id));
+    out.idempotency = idem;
+    out.stats.corruptions = out.corruptions.len() as u64;
+    out.stats.elapsed = started.elapsed();
+    Ok(RecoverOut {
+        index,
+        recovered: out,
+        last_segment,
+    })
+}

@@ -1,0 +1,787 @@
+//! The writer thread: owns the active segment, does group commits, keeps the index,
+//! compacts old segments and serves dead-letter operations.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use crate::completion::Completer;
+use crate::config::{JournalConfig, SyncMode};
+use crate::error::{JournalError, Result};
+use crate::journal::{CompactionReport, Lsn, Shared};
+use crate::record::{AcceptedMessage, FRAME_HEADER, MessageId, Record};
+use crate::replay::{DeadLetter, Pending, PendingState};
+use crate::segment::{HEADER_LEN, Item, SegmentReader, create_segment, segment_path, sync_dir};
+use crate::state::{Index, Meta, MetaState, SegInfo};
+
+pub(crate) enum Request {
+    Append {
+        bytes: Vec<u8>,
+        records: Vec<Record>,
+        done: Option<Completer<Lsn>>,
+    },
+    Flush(Completer<Lsn>),
+    DeadList {
+        after: Option<MessageId>,
+        limit: usize,
+        done: Completer<Vec<DeadLetter>>,
+    },
+    DeadGet {
+        id: MessageId,
+        done: Completer<Option<DeadLetter>>,
+    },
+    DeadReplay {
+        id: MessageId,
+        done: Completer<Pending>,
+    },
+    DeadPurge {
+        id: MessageId,
+        done: Completer<()>,
+    },
+    DeadPurgeAll(Completer<usize>),
+    Compact(Completer<CompactionReport>),
+}
+
+/// Runs after the next sync: `Ok` when it succeeded, the failure message otherwise.
+type Waiter = Box<dyn FnOnce(std::result::Result<Lsn, &str>) + Send>;
+
+struct Job {
+    seg: u64,
+    reader: SegmentReader,
+    done: bool,
+}
+
+pub(crate) struct Writer {
+    dir: PathBuf,
+    cfg: JournalConfig,
+    rx: Receiver<Request>,
+    shared: Arc<Shared>,
+    index: Index,
+    active: File,
+    active_seg: u64,
+    /// Bytes in the active file.
+    written: u64,
+    /// Bytes for the active file not yet written (they start at `written`).
+    buf: Vec<u8>,
+    /// Written but not yet synced.
+    dirty: bool,
+    force_sync: bool,
+    waiters: Vec<Waiter>,
+    job: Option<Job>,
+    /// A segment compaction could not empty (unreadable records); not retried.
+    stuck: Option<u64>,
+    readers: HashMap<u64, File>,
+    max_len: usize,
+    poisoned: Option<String>,
+    /// Bytes pushed since start (paces compaction).
+    pushed: u64,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dir: PathBuf,
+        cfg: JournalConfig,
+        rx: Receiver<Request>,
+        shared: Arc<Shared>,
+        index: Index,
+        active: File,
+        active_seg: u64,
+        written: u64,
+    ) -> Writer {
+        let max_len = cfg.max_batch_len() as usize;
+        Writer {
+            dir,
+            cfg,
+            rx,
+            shared,
+            index,
+            active,
+            active_seg,
+            written,
+            buf: Vec::with_capacity(1 << 20),
+            dirty: false,
+            force_sync: false,
+            waiters: Vec::new(),
+            job: None,
+            stuck: None,
+            readers: HashMap::new(),
+            max_len,
+            poisoned: None,
+            pushed: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let now = self.cfg.clock.now_ms();
+        self.maintain(now);
+        loop {
+            let busy = self.job.is_some();
+            let first = if busy {
+                match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv_timeout(self.cfg.maintenance_interval) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut disconnected = false;
+            let before = self.pushed;
+            if let Some(r) = first {
+                self.handle(r);
+                while self.buf.len() < self.cfg.max_batch_bytes {
+                    match self.rx.try_recv() {
+                        Ok(r) => self.handle(r),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            // Compaction keeps pace with ingest: it reads at least twice what was appended.
+            let ingested = (self.pushed - before) as usize;
+            let mut budget = self.cfg.compaction_step_bytes.max(2 * ingested);
+            while budget > 0 && self.job.is_some() && self.poisoned.is_none() {
+                let now = self.cfg.clock.now_ms();
+                match self.compaction_step(now, budget) {
+                    Ok(used) => budget = budget.saturating_sub(used.max(1) as usize),
+                    Err(e) => self.fail(&e),
+                }
+                if self.job.as_ref().is_some_and(|j| j.done) {
+                    // Make the carried records durable, delete the segment, maybe start the next.
+                    self.commit();
+                    self.maintain(now);
+                } else {
+                    break;
+                }
+            }
+            self.commit();
+            let now = self.cfg.clock.now_ms();
+            self.maintain(now);
+            if disconnected {
+                break;
+            }
+        }
+        // Drain what is left and make it durable.
+        while let Ok(r) = self.rx.try_recv() {
+            self.handle(r);
+        }
+        self.force_sync = true;
+        self.commit();
+    }
+
+    fn handle(&mut self, r: Request) {
+        if let Some(msg) = &self.poisoned {
+            let e = JournalError::Poisoned(msg.clone());
+            match r {
+                Request::Append { bytes, done, .. } => {
+                    self.shared
+                        .queued_bytes
+                        .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+                    if let Some(d) = done {
+                        d.complete(Err(e));
+                    }
+                }
+                Request::Flush(d) => d.complete(Err(e)),
+                Request::DeadList { done, .. } => done.complete(Err(e)),
+                Request::DeadGet { done, .. } => done.complete(Err(e)),
+                Request::DeadReplay { done, .. } => done.complete(Err(e)),
+                Request::DeadPurge { done, .. } => done.complete(Err(e)),
+                Request::DeadPurgeAll(done) => done.complete(Err(e)),
+                Request::Compact(done) => done.complete(Err(e)),
+            }
+            return;
+        }
+        match r {
+            Request::Append { bytes, records, done } => {
+                self.shared
+                    .queued_bytes
+                    .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+                match self.push(&bytes, &records) {
+                    Ok(lsn) => {
+                        if let Some(d) = done {
+                            self.waiters
+                                .push(Box::new(move |r| d.complete(sync_result(r).map(|_| lsn))));
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(&e);
+                        if let Some(d) = done {
+                            d.complete(Err(e));
+                        }
+                    }
+                }
+            }
+            Request::Flush(d) => {
+                self.force_sync = true;
+                self.waiters.push(Box::new(move |r| d.complete(sync_result(r))));
+            }
+            Request::DeadList { after, limit, done } => {
+                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let ids: Vec<MessageId> = self
+                    .index
+                    .dead
+                    .range((lower, Bound::Unbounded))
+                    .take(limit)
+                    .copied()
+                    .collect();
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    match self.dead_letter(id) {
+                        Ok(Some(d)) => out.push(d),
+                        Ok(None) => {}
+                        Err(e) => return done.complete(Err(e)),
+                    }
+                }
+                self.waiters
+                    .push(Box::new(move |r| done.complete(sync_result(r).map(|_| out))));
+            }
+            Request::DeadGet { id, done } => match self.dead_letter(id) {
+                Ok(d) => self
+                    .waiters
+                    .push(Box::new(move |r| done.complete(sync_result(r).map(|_| d)))),
+                Err(e) => done.complete(Err(e)),
+            },
+            Request::DeadReplay { id, done } => {
+                let msg = match self.dead_letter(id) {
+                    Ok(Some(d)) => d.message,
+                    Ok(None) => return done.complete(Err(JournalError::NotFound(id))),
+                    Err(e) => return done.complete(Err(e)),
+                };
+                let rec = Record::DeadReplayed {
+                    id,
+                    at_ms: self.cfg.clock.now_ms(),
+                };
+                match self.push(&rec.encode(), std::slice::from_ref(&rec)) {
+                    Ok(_) => {
+                        let p = Pending {
+                            message: msg,
+                            attempts: 0,
+                            state: PendingState::Queued,
+                        };
+                        self.waiters
+                            .push(Box::new(move |r| done.complete(sync_result(r).map(|_| p))));
+                    }
+                    Err(e) => {
+                        self.fail(&e);
+                        done.complete(Err(e));
+                    }
+                }
+            }
+            Request::DeadPurge { id, done } => {
+                if !self.index.dead.contains(&id) {
+                    return done.complete(Err(JournalError::NotFound(id)));
+                }
+                let rec = Record::DeadPurged { id };
+                match self.push(&rec.encode(), std::slice::from_ref(&rec)) {
+                    Ok(_) => self
+                        .waiters
+                        .push(Box::new(move |r| done.complete(sync_result(r).map(|_| ())))),
+                    Err(e) => {
+                        self.fail(&e);
+                        done.complete(Err(e));
+                    }
+                }
+            }
+            Request::DeadPurgeAll(done) => {
+                let ids: Vec<MessageId> = self.index.dead.iter().copied().collect();
+                let n = ids.len();
+                for id in ids {
+                    let rec = Record::DeadPurged { id };
+                    if let Err(e) = self.push(&rec.encode(), std::slice::from_ref(&rec)) {
+                        self.fail(&e);
+                        return done.complete(Err(e));
+                    }
+                }
+                self.waiters
+                    .push(Box::new(move |r| done.complete(sync_result(r).map(|_| n))));
+            }
+            Request::Compact(done) => {
+                let r = self.compact_all();
+                match r {
+                    Ok(rep) => done.complete(Ok(rep)),
+                    Err(e) => {
+                        self.fail(&e);
+                        done.complete(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues encoded frames for the active segment (rolling first if they do not fit) and
+    /// applies their records to the index. Returns the LSN after them.
+    fn push(&mut self, bytes: &[u8], records: &[Record]) -> Result<Lsn> {
+        if self.written + self.buf.len() as u64 + bytes.len() as u64 > self.cfg.segment_size
+            && self.written + self.buf.len() as u64 > HEADER_LEN as u64
+        {
+            self.roll()?;
+        }
+        let base = self.written + self.buf.len() as u64;
+        self.buf.extend_from_slice(bytes);
+        self.pushed += bytes.len() as u64;
+        let mut off = 0usize;
+        for rec in records {
+            let len =
+                u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
+            let total = FRAME_HEADER + len;
+            self.index
+                .apply(rec, self.active_seg, base + off as u64, total as u64, u32::MAX);
+            off += total;
+        }
+        self.shared
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(Lsn::new(self.active_seg, base + bytes.len() as u64))
+    }
+
+    /// Writes the buffer to the active file (no sync).
+    fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.active.write_all_at(&self.buf, self.written) {
+            return Err(JournalError::io(
+                "write",
+                segment_path(&self.dir, self.active_seg),
+                e,
+            ));
+        }
+        let n = self.buf.len() as u64;
+        self.written += n;
+        self.buf.clear();
+        self.dirty = true;
+        if let Some(s) = self.index.segs.get_mut(&self.active_seg) {
+            s.size = self.written;
+        }
+        self.shared.disk_bytes.fetch_add(n, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if !self.dirty && !self.force_sync {
+            return Ok(());
+        }
+        let r = match self.cfg.sync {
+            SyncMode::None => Ok(()),
+            SyncMode::Full => self.active.sync_all(),
+            SyncMode::Data => self.active.sync_data(),
+        };
+        r.map_err(|e| JournalError::io("fdatasync", segment_path(&self.dir, self.active_seg), e))?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.dirty = false;
+        self.force_sync = false;
+        self.shared
+            .durable_lsn
+            .store(Lsn::new(self.active_seg, self.written).0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Seals the active segment (durably) and starts the next one.
+    fn roll(&mut self) -> Result<()> {
+        self.write_out()?;
+        self.force_sync |= self.dirty;
+        self.sync()?;
+        let n = self.active_seg + 1;
+        let f = create_segment(&self.dir, n, self.cfg.sync != SyncMode::None)?;
+        self.active = f;
+        self.active_seg = n;
+        self.written = HEADER_LEN as u64;
+        self.index.segs.insert(
+            n,
+            SegInfo {
+                size: HEADER_LEN as u64,
+                ..Default::default()
+            },
+        );
+        self.shared
+            .disk_bytes
+            .fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+        self.shared.segments_created.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One group commit: write, sync, then resolve every waiter.
+    fn commit(&mut self) {
+        if self.poisoned.is_some() {
+            let msg = self.poisoned.clone().unwrap_or_default();
+            for w in self.waiters.drain(..) {
+                w(Err(&msg));
+            }
+            return;
+        }
+        let r = self.write_out().and_then(|_| self.sync());
+        if let Err(e) = r {
+            self.fail(&e);
+            let msg = self.poisoned.clone().unwrap_or_default();
+            for w in self.waiters.drain(..) {
+                w(Err(&msg));
+            }
+            return;
+        }
+        let lsn = Lsn(self.shared.durable_lsn.load(Ordering::Relaxed));
+        for w in self.waiters.drain(..) {
+            w(Ok(lsn));
+        }
+    }
+
+    /// Stops accepting work after a storage failure.
+    fn fail(&mut self, e: &JournalError) {
+        if self.poisoned.is_none() {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "journal: storage failure, refusing further writes");
+            self.shared.poison(msg.clone());
+            self.poisoned = Some(msg);
+        }
+    }
+
+    fn dead_letter(&mut self, id: MessageId) -> Result<Option<DeadLetter>> {
+        if !self.index.dead.contains(&id) {
+            return Ok(None);
+        }
+        let Some(meta) = self.index.msgs.get(&id).cloned() else {
+            return Ok(None);
+        };
+        let MetaState::Dead(d) = &meta.state else {
+            return Ok(None);
+        };
+        let message = self.read_accepted(&meta)?;
+        Ok(Some(DeadLetter {
+            message,
+            attempts: d.attempts,
+            last_code: d.last_code,
+            last_detail: d.last_detail.clone(),
+            dead_at_ms: d.dead_at_ms,
+        }))
+    }
+
+    fn read_accepted(&mut self, meta: &Meta) -> Result<AcceptedMessage> {
+        if meta.home_seg == self.active_seg {
+            self.write_out()?;
+        }
+        let path = segment_path(&self.dir, meta.home_seg);
+        let file = match self.readers.get(&meta.home_seg) {
+            Some(f) => f,
+            None => {
+                let f = File::open(&path).map_err(|e| JournalError::io("open segment", &path, e))?;
+                self.readers.entry(meta.home_seg).or_insert(f)
+            }
+        };
+        let body =
+            SegmentReader::read_frame_at(file, &path, meta.home_off, self.max_len).map_err(|e| match e {
+                JournalError::Corrupt { offset, reason, .. } => JournalError::Corrupt {
+                    segment: meta.home_seg,
+                    offset,
+                    reason,
+                },
+                e => e,
+            })?;
+        match Record::decode_body(&body) {
+            Ok(Record::Accepted(a)) => Ok(a),
+            Ok(other) => Err(JournalError::Corrupt {
+                segment: meta.home_seg,
+                offset: meta.home_off,
+                reason: format!("expected an Accepted record, found kind {}", other.kind()),
+            }),
+            Err(e) => Err(JournalError::Corrupt {
+                segment: meta.home_seg,
+                offset: meta.home_off,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    // ---- compaction ----
+
+    /// Deletes expired segments from the front, finishes a compaction job, starts the next.
+    fn maintain(&mut self, now: u64) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(e) = self.maintain_inner(now, false) {
+            self.fail(&e);
+        }
+    }
+
+    fn maintain_inner(&mut self, now: u64, forced: bool) -> Result<u64> {
+        let mut deleted = 0;
+        // A finished job: everything it carried is synced by now (maintain runs after commit).
+        if self.job.as_ref().is_some_and(|j| j.done) && !self.dirty && self.buf.is_empty() {
+            let Some(job) = self.job.take() else { return Ok(0) };
+            let live = self.index.segs.get(&job.seg).map_or(0, |s| s.live);
+            if live == 0 {
+                self.delete_segment(job.seg)?;
+                self.shared.compactions.fetch_add(1, Ordering::Relaxed);
+                deleted += 1;
+            } else {
+                tracing::error!(
+                    segment = job.seg,
+                    live,
+                    "journal: compaction could not carry every live message forward (unreadable records); \
+                     segment kept"
+                );
+                self.stuck = Some(job.seg);
+            }
+        }
+        // Only the oldest segment is ever deleted: a terminal record in a later segment must
+        // not disappear while an older `Accepted` it finishes is still on disk.
+        let mut removed_any = false;
+        while self.job.is_none() {
+            let Some((&seg, info)) = self.index.segs.first_key_value() else {
+                break;
+            };
+            if seg == self.active_seg || info.live > 0 || info.idem_until_ms > now {
+                break;
+            }
+            self.remove_segment_file(seg)?;
+            removed_any = true;
+            deleted += 1;
+        }
+        if removed_any {
+            self.sync_dir()?;
+        }
+        if self.job.is_none() && !forced {
+            let sealed = self.index.segs.len().saturating_sub(1);
+            if sealed > self.cfg.compaction_trigger_segments
+                && let Some((&seg, info)) = self.index.segs.first_key_value()
+                && seg != self.active_seg
+                && Some(seg) != self.stuck
+            {
+                // Rewrite the oldest segment when it is mostly garbage, or when the whole log
+                // is: then live data in front of the garbage is moved out of the way once per
+                // pass over the log (write amplification <= 1 / (1 - ratio)).
+                let r = self.cfg.compaction_max_live_ratio;
+                let payload = |s: &SegInfo| s.size.saturating_sub(HEADER_LEN as u64).max(1) as f64;
+                let oldest_ok = info.live_bytes as f64 <= r * payload(info);
+                let (live, all) = self.index.segs.values().fold((0f64, 0f64), |(l, a), s| {
+                    (l + s.live_bytes as f64, a + payload(s))
+                });
+                if oldest_ok || live <= r * all {
+                    self.start_job(seg)?;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn start_job(&mut self, seg: u64) -> Result<()> {
+        let reader = SegmentReader::open(&self.dir, seg, self.max_len, self.cfg.compaction_step_bytes)?;
+        self.job = Some(Job {
+            seg,
+            reader,
+            done: false,
+        });
+        Ok(())
+    }
+
+    fn remove_segment_file(&mut self, seg: u64) -> Result<()> {
+        let path = segment_path(&self.dir, seg);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JournalError::io("remove segment", &path, e)),
+        }
+        self.readers.remove(&seg);
+        if let Some(info) = self.index.segs.remove(&seg) {
+            self.shared.disk_bytes.fetch_sub(info.size, Ordering::Relaxed);
+        }
+        self.shared.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn delete_segment(&mut self, seg: u64) -> Result<()> {
+        self.remove_segment_file(seg)?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        if self.cfg.sync == SyncMode::None {
+            Ok(())
+        } else {
+            sync_dir(&self.dir)
+        }
+    }
+
+    /// Processes up to `budget` bytes of the job's segment, carrying live records forward.
+    /// Returns the bytes of the old segment consumed.
+    fn compaction_step(&mut self, now: u64, budget: usize) -> Result<u64> {
+        let Some(mut job) = self.job.take() else {
+            return Ok(0);
+        };
+        let start = job.reader.offset();
+        let r = self.compaction_step_inner(&mut job, now, budget);
+        let used = job.reader.offset().saturating_sub(start);
+        self.job = Some(job);
+        r.map(|_| used)
+    }
+
+    fn compaction_step_inner(&mut self, job: &mut Job, now: u64, budget: usize) -> Result<()> {
+        let start = job.reader.offset();
+        let window = self.index.window_ms;
+        let mut carry: Vec<Record> = Vec::new();
+        while !job.done && job.reader.offset() - start < budget as u64 {
+            carry.clear();
+            match job.reader.next()? {
+                Item::End => job.done = true,
+                Item::Bad {
+                    offset,
+                    reason,
+                    skip_len,
+                } => {
+                    tracing::error!(segment = job.seg, offset, %reason, "journal: corrupt record met by compaction");
+                    self.shared.compaction_corruptions.fetch_add(1, Ordering::Relaxed);
+                    match skip_len {
+                        Some(s) => job.reader.seek(offset + s),
+                        None => job.done = true,
+                    }
+                }
+                Item::Record { offset, body, .. } => match Record::decode_body(body) {
+                    Ok(Record::Accepted(a)) => match self.index.msgs.get(&a.id) {
+                        Some(m) if m.home_seg == job.seg && m.home_off == offset => {
+                            let state = match &m.state {
+                                MetaState::Queued => None,
+                                MetaState::InFlight { attempt } => Some(Record::Dispatched {
+                                    id: a.id,
+                                    attempt: *attempt,
+                                    at_ms: now,
+                                }),
+                                MetaState::Retry {
+                                    attempt,
+                                    due_at_ms,
+                                    last_code,
+                                } => Some(Record::RetryScheduled {
+                                    id: a.id,
+                                    attempt: *attempt,
+                                    due_at_ms: *due_at_ms,
+                                    last_code: *last_code,
+                                }),
+                                MetaState::Dead(d) => Some(Record::Dead {
+                                    id: a.id,
+                                    attempts: d.attempts,
+                                    last_code: d.last_code,
+                                    last_detail: d.last_detail.clone(),
+                                    at_ms: d.dead_at_ms,
+                                }),
+                            };
+                            carry.push(Record::Accepted(a));
+                            carry.extend(state);
+                        }
+                        Some(_) => {}
+                        None => {
+                            if a.accepted_at_ms.saturating_add(window) > now {
+                                carry.push(Record::IdempotencyKept {
+                                    workspace: a.workspace,
+                                    idempotency_key: a.idempotency_key,
+                                    id: a.id,
+                                    accepted_at_ms: a.accepted_at_ms,
+                                });
+                            }
+                        }
+                    },
+                    Ok(r @ Record::IdempotencyKept { .. }) => {
+                        if let Record::IdempotencyKept {
+                            accepted_at_ms, id, ..
+                        } = &r
+                            && accepted_at_ms.saturating_add(window) > now
+                            && !self.index.msgs.contains_key(id)
+                        {
+                            carry.push(r);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(segment = job.seg, offset, error = %e, "journal: undecodable record met by compaction");
+                        self.shared.compaction_corruptions.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            }
+            if !carry.is_empty() {
+                let mut bytes = Vec::with_capacity(256);
+                for r in &carry {
+                    r.encode_into(&mut bytes);
+                }
+                self.push(&bytes, &carry)?;
+                self.shared
+                    .carried_records
+                    .fetch_add(carry.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forced compaction of every sealed segment (after sealing the active one).
+    fn compact_all(&mut self) -> Result<CompactionReport> {
+        let now = self.cfg.clock.now_ms();
+        let mut rep = CompactionReport {
+            bytes_before: self.shared.disk_bytes.load(Ordering::Relaxed) + self.buf.len() as u64,
+            ..Default::default()
+        };
+        let carried0 = self.shared.carried_records.load(Ordering::Relaxed);
+        if self.written + self.buf.len() as u64 > HEADER_LEN as u64 {
+            self.roll()?;
+        }
+        let targets: Vec<u64> = self
+            .index
+            .segs
+            .keys()
+            .copied()
+            .filter(|&s| s < self.active_seg)
+            .collect();
+        for seg in targets {
+            if Some(seg) == self.stuck {
+                break; // only the oldest segment may go; it cannot
+            }
+            if !self.index.segs.contains_key(&seg) {
+                continue;
+            }
+            let info = &self.index.segs[&seg];
+            let deletable = info.live == 0 && info.idem_until_ms <= now;
+            if self.job.as_ref().is_none_or(|j| j.seg != seg) {
+                if let Some(j) = self.job.take() {
+                    // A different job cannot be older than `seg` (segments go oldest first).
+                    self.job = Some(j);
+                    continue;
+                }
+                if deletable {
+                    self.delete_segment(seg)?;
+                    rep.segments_deleted += 1;
+                    continue;
+                }
+                self.start_job(seg)?;
+            }
+            while self.job.as_ref().is_some_and(|j| !j.done) {
+                self.compaction_step(now, usize::MAX)?;
+            }
+            self.write_out()?;
+            self.sync()?;
+            let before = self.shared.compactions.load(Ordering::Relaxed);
+            self.maintain_inner(now, true)?;
+            if self.shared.compactions.load(Ordering::Relaxed) > before {
+                rep.segments_compacted += 1;
+            }
+        }
+        rep.records_carried = self.shared.carried_records.load(Ordering::Relaxed) - carried0;
+        self.write_out()?;
+        self.sync()?;
+        rep.bytes_after = self.shared.disk_bytes.load(Ordering::Relaxed);
+        Ok(rep)
+    }
+}
+
+fn sync_result(r: std::result::Result<Lsn, &str>) -> Result<Lsn> {
+    r.map_err(|m| JournalError::Poisoned(m.to_string()))
+}
