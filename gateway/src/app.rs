@@ -10,12 +10,21 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::KeyStore;
 use crate::config::{Config, UpstreamKind};
+use crate::durable::{Durable, RetryItem, jid, pbody, pid};
+use crate::idempotency::IdempotencyIndex;
+use crate::limiter::MonotonicClock;
 use crate::limiter::{Limiter, Nanos, Quota};
 use crate::metrics::Metrics;
+use crate::retry::{RetryPolicy, RetryQueue};
 use crate::server::{self, Shared};
-use crate::session::{SessionManager, SessionSettings, route_upstream_events};
+use crate::session::{
+    Outbound, SessionHandle, SessionManager, SessionSettings, SubmitError, route_upstream_events,
+};
 use crate::upstream::{Upstream, remote::RemoteUpstream, sim::SimUpstream};
 use crate::workspace::Registry;
+use metrics::{counter, gauge};
+use waping_journal::{Journal, PendingState, Record, Recovered};
+use waping_protocol::{ErrorCode, MessageId, Text};
 
 /// Upstream events buffered between the upstream and the router. When full, the
 /// upstream waits (back-pressure) rather than dropping inbound messages.
@@ -37,6 +46,9 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
     sessions: Arc<SessionManager>,
+    durable: Arc<Durable>,
+    scheduler_stop: tokio::sync::oneshot::Sender<()>,
+    scheduler: tokio::task::JoinHandle<()>,
 }
 
 /// Installs the Prometheus recorder once per process; later calls (tests
@@ -94,21 +106,26 @@ impl Gateway {
         }
         let registry = Arc::new(registry);
 
+        let (durable, queue, recovered) = open_durable(&cfg, &state_dir).await?;
+
         let (ev_tx, ev_rx) = mpsc::channel(UPSTREAM_EVENT_BUFFER);
         let upstream: Arc<dyn Upstream> = match cfg.upstream.kind {
             UpstreamKind::Sim => Arc::new(SimUpstream::new(cfg.upstream.sim.clone(), ev_tx)),
             UpstreamKind::SimRemote => Arc::new(RemoteUpstream::start(cfg.upstream.remote_addr, ev_tx)),
         };
         tokio::spawn(route_upstream_events(ev_rx, registry.clone(), metrics.clone()));
-        let sessions = Arc::new(SessionManager::new(
-            upstream.clone(),
-            SessionSettings {
-                queue: cfg.limits.device_queue as usize,
-                window: cfg.limits.device_window as usize,
-                send_timeout: Duration::from_millis(cfg.upstream.send_timeout_ms),
-            },
-            metrics.clone(),
-        ));
+        let sessions = Arc::new(
+            SessionManager::new(
+                upstream.clone(),
+                SessionSettings {
+                    queue: cfg.limits.device_queue as usize,
+                    window: cfg.limits.device_window as usize,
+                    send_timeout: Duration::from_millis(cfg.upstream.send_timeout_ms),
+                },
+                metrics.clone(),
+            )
+            .with_durable(durable.clone()),
+        );
         for w in &cfg.workspaces {
             if let Some(ws) = registry.by_id(&w.id) {
                 for d in &w.devices {
@@ -116,6 +133,11 @@ impl Gateway {
                 }
             }
         }
+
+        let (scheduler_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let scheduler = tokio::spawn(run_retries(queue, durable.clone(), stop_rx));
+        resume(recovered, &registry, &sessions, &durable, &metrics);
+        tokio::spawn(housekeeping(durable.clone()));
 
         let tls = crate::tls::load_or_create(&cfg.server, &state_dir)?;
         let server_cfg = crate::tls::quic_server_config(&tls, &cfg.server)?;
@@ -128,6 +150,7 @@ impl Gateway {
             Arc::new(arc_swap::ArcSwap::from_pointee(keys)),
             registry.clone(),
             sessions.clone(),
+            durable.clone(),
             metrics,
             shutdown_rx,
         ));
@@ -141,6 +164,9 @@ impl Gateway {
             shutdown,
             serve,
             sessions,
+            durable,
+            scheduler_stop,
+            scheduler,
         };
         gw.write_runtime_file()?;
         tracing::info!(
@@ -181,9 +207,225 @@ impl Gateway {
     }
 
     /// Waits until the listener has drained and closed.
+    ///
+    /// Then stops the retry scheduler (the journal keeps every schedule), closes the device
+    /// sessions and makes every journal record durable. Sends still in flight upstream at
+    /// that moment stay unfinished in the journal and are resent, under the same upstream id,
+    /// after the next start.
     pub async fn wait(self) {
         let _ = self.serve.await;
+        let _ = self.scheduler_stop.send(());
+        let _ = self.scheduler.await;
         self.sessions.close_all();
+        if let Err(e) = self.durable.journal.flush().await {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
         let _ = std::fs::remove_file(self.state_dir.join("runtime.json"));
+    }
+}
+
+/// Opens the journal (replaying it), rebuilds the idempotency index and creates the retry queue.
+async fn open_durable(
+    cfg: &Config,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(Arc<Durable>, RetryQueue<MessageId, RetryItem>, Recovered)> {
+    let dir = state_dir.join("journal");
+    let jcfg = cfg.journal.to_journal_config();
+    let open_dir = dir.clone();
+    // Replay reads every segment: blocking IO, off the async workers.
+    let (journal, recovered) = tokio::task::spawn_blocking(move || Journal::open(&open_dir, jcfg))
+        .await
+        .context("journal replay task")?
+        .with_context(|| format!("opening the journal in {}", dir.display()))?;
+    let st = &recovered.stats;
+    tracing::info!(
+        dir = %dir.display(),
+        records = st.records,
+        bytes = st.bytes,
+        segments = st.segments,
+        unfinished = recovered.unfinished.len(),
+        dead_letters = recovered.dead.len(),
+        idempotency_keys = recovered.idempotency.len(),
+        torn_tail_bytes = st.torn_tail_truncated_bytes,
+        elapsed_ms = st.elapsed.as_millis() as u64,
+        "journal replayed"
+    );
+    for c in &recovered.corruptions {
+        tracing::error!(segment = c.segment, path = %c.path.display(), offset = c.offset, reason = %c.reason, "journal corruption");
+    }
+    if cfg.journal.refuse_on_corruption && !recovered.corruptions.is_empty() {
+        anyhow::bail!(
+            "the journal in {} has {} corrupted range(s) (first: segment {} offset {}); \
+             refusing to start because journal.refuse_on_corruption = true",
+            dir.display(),
+            recovered.corruptions.len(),
+            recovered.corruptions[0].segment,
+            recovered.corruptions[0].offset
+        );
+    }
+    let idem = Arc::new(IdempotencyIndex::new(
+        cfg.journal.idempotency_window_s * 1000,
+        cfg.journal.idempotency_capacity as usize,
+    ));
+    for e in &recovered.idempotency {
+        idem.restore(&e.workspace, &e.idempotency_key, pid(e.id), e.accepted_at_ms);
+    }
+    let policy = RetryPolicy::from_config(&cfg.retry)
+        .map_err(|e| anyhow::anyhow!("retry: {}", e.problems.join("; ")))?;
+    let queue = RetryQueue::new(policy.capacity());
+    let durable = Arc::new(Durable {
+        journal: Arc::new(journal),
+        idem,
+        retry: queue.handle(),
+        policy: Arc::new(policy),
+        clock: MonotonicClock::new(),
+    });
+    Ok((durable, queue, recovered))
+}
+
+/// Runs the retry queue: due messages go back to their device session.
+async fn run_retries(
+    queue: RetryQueue<MessageId, RetryItem>,
+    durable: Arc<Durable>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let clock = durable.clock;
+    let retry = durable.retry.clone();
+    let sink = move |e: crate::retry::Expired<MessageId, RetryItem>| {
+        let RetryItem { session, msg } = e.item;
+        let id = msg.id;
+        match session.submit(msg) {
+            Ok(()) => {}
+            // The device queue is full: try again shortly rather than dropping or blocking.
+            Err(SubmitError::Busy(msg)) => {
+                let due = Nanos(clock.now().0 + 100_000_000);
+                if let Err(full) = retry.schedule(id, RetryItem { session, msg: *msg }, due) {
+                    tracing::warn!(message = %full.key, "retry queue full while requeueing; the journal keeps the message for the next start");
+                }
+            }
+            // Shutting down: the journal keeps it unfinished.
+            Err(SubmitError::Stopped(_)) => {}
+        }
+    };
+    let _pending = crate::retry::run_scheduler(queue, move || clock.now(), sink, async {
+        let _ = stop.await;
+    })
+    .await;
+}
+
+/// Puts what the journal says is unfinished back to work.
+fn resume(
+    recovered: Recovered,
+    registry: &Registry,
+    sessions: &SessionManager,
+    durable: &Arc<Durable>,
+    metrics: &Metrics,
+) {
+    let now_ms = crate::unix_ms();
+    let now = durable.clock.now();
+    let mut feeds: std::collections::HashMap<(u32, String), (Arc<SessionHandle>, Vec<Outbound>)> =
+        std::collections::HashMap::new();
+    let n = recovered.unfinished.len();
+    for p in recovered.unfinished {
+        let m = p.message;
+        let session = registry
+            .by_id(&m.workspace)
+            .and_then(|ws| sessions.get(ws.idx, &Text::from(m.device.as_str())));
+        let Some(session) = session else {
+            // The device was removed from the configuration while the message waited.
+            metrics.dead.increment(1);
+            durable.note(vec![Record::Dead {
+                id: m.id,
+                attempts: p.attempts,
+                last_code: ErrorCode::UNKNOWN_DEVICE.0,
+                last_detail: format!(
+                    "device {:?} of workspace {:?} is no longer configured",
+                    m.device, m.workspace
+                ),
+                at_ms: now_ms,
+            }]);
+            continue;
+        };
+        let out = Outbound {
+            id: pid(m.id),
+            seq: 0,
+            recipient: Text::from(m.recipient),
+            body: pbody(m.body),
+            reply: None,
+            attempts: p.attempts,
+            // The journal keeps the acceptance time, not the first attempt's: the retry age
+            // counts from acceptance for recovered messages, which is never later.
+            first_attempt_ms: if p.attempts > 0 { m.accepted_at_ms } else { 0 },
+        };
+        match p.state {
+            PendingState::RetryWait { due_at_ms, .. } => {
+                let due = crate::retry::due_from_unix_ms(due_at_ms, now_ms, now);
+                let id = out.id;
+                if let Err(full) = durable.retry.schedule(id, RetryItem { session, msg: out }, due) {
+                    metrics.dead.increment(1);
+                    durable.note(vec![Record::Dead {
+                        id: jid(full.key),
+                        attempts: p.attempts,
+                        last_code: ErrorCode::OVERLOADED.0,
+                        last_detail: "retry queue full at start".into(),
+                        at_ms: now_ms,
+                    }]);
+                }
+            }
+            PendingState::Queued | PendingState::InFlight { .. } => {
+                let key = (session.workspace.idx.0, session.device.as_str().to_owned());
+                feeds
+                    .entry(key)
+                    .or_insert_with(|| (session.clone(), Vec::new()))
+                    .1
+                    .push(out);
+            }
+        }
+    }
+    metrics.recovered.increment(n as u64);
+    // One feeder per device, in accept order; it waits for queue room, so a backlog larger
+    // than the queue drains at the device's pace while new sends share the queue with it.
+    for (_, (session, msgs)) in feeds {
+        tokio::spawn(async move {
+            for m in msgs {
+                if session.submit_wait(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Once a second: expire idempotency keys and publish the durable core's gauges.
+async fn housekeeping(durable: Arc<Durable>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = waping_journal::JournalStats::default();
+    let mut last_idem = crate::idempotency::IndexStats {
+        len: 0,
+        evicted_capacity: 0,
+        evicted_window: 0,
+    };
+    loop {
+        tick.tick().await;
+        durable.idem.expire(crate::unix_ms());
+        let st = durable.journal.stats();
+        counter!("waping_journal_syncs_total").increment(st.syncs.saturating_sub(last.syncs));
+        counter!("waping_journal_records_total").increment(st.records.saturating_sub(last.records));
+        counter!("waping_journal_bytes_total").increment(st.bytes.saturating_sub(last.bytes));
+        counter!("waping_journal_overloaded_total").increment(st.overloaded.saturating_sub(last.overloaded));
+        counter!("waping_journal_compactions_total")
+            .increment(st.compactions.saturating_sub(last.compactions));
+        gauge!("waping_journal_queued_bytes").set(st.queued_bytes as f64);
+        gauge!("waping_journal_disk_bytes").set(st.disk_bytes as f64);
+        gauge!("waping_retry_queue_len").set(durable.retry.len() as f64);
+        let is = durable.idem.stats();
+        gauge!("waping_idempotency_keys").set(is.len as f64);
+        counter!("waping_idempotency_evicted_total", "cause" => "window")
+            .increment(is.evicted_window.saturating_sub(last_idem.evicted_window));
+        counter!("waping_idempotency_evicted_total", "cause" => "capacity")
+            .increment(is.evicted_capacity.saturating_sub(last_idem.evicted_capacity));
+        last = st;
+        last_idem = is;
     }
 }

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod durable;
 pub mod idempotency;
 pub mod ids;
 pub mod limiter;

@@ -23,6 +23,16 @@ pub struct Metrics {
     pub dispatched: Counter,
     /// Messages the upstream confirmed.
     pub delivered: Counter,
+    /// Confirmations that said "already sent" (a resend after a crash or lost answer).
+    pub already_sent: Counter,
+    /// Failed attempts put in the retry queue.
+    pub retried: Counter,
+    /// Messages that became dead letters.
+    pub dead: Counter,
+    /// SENDs answered with the id of an earlier message with the same idempotency key.
+    pub deduplicated: Counter,
+    /// Messages recovered unfinished from the journal at start.
+    pub recovered: Counter,
     /// Device sessions running.
     pub sessions_active: Gauge,
     /// Live event subscriptions open.
@@ -39,6 +49,11 @@ impl Metrics {
             accepted: counter!("waping_messages_accepted_total"),
             dispatched: counter!("waping_messages_dispatched_total"),
             delivered: counter!("waping_messages_delivered_total"),
+            already_sent: counter!("waping_messages_already_sent_total"),
+            retried: counter!("waping_messages_retried_total"),
+            dead: counter!("waping_messages_dead_total"),
+            deduplicated: counter!("waping_messages_deduplicated_total"),
+            recovered: counter!("waping_messages_recovered_total"),
             sessions_active: gauge!("waping_sessions_active"),
             subscriptions_active: gauge!("waping_subscriptions_active"),
         }
@@ -98,6 +113,22 @@ pub const CATALOGUE: &[&str] = &[
     "waping_messages_dispatched_total",
     "waping_messages_delivered_total",
     "waping_messages_failed_total",
+    "waping_messages_already_sent_total",
+    "waping_messages_retried_total",
+    "waping_messages_dead_total",
+    "waping_messages_deduplicated_total",
+    "waping_messages_recovered_total",
+    "waping_journal_syncs_total",
+    "waping_journal_records_total",
+    "waping_journal_bytes_total",
+    "waping_journal_overloaded_total",
+    "waping_journal_errors_total",
+    "waping_journal_queued_bytes",
+    "waping_journal_disk_bytes",
+    "waping_journal_compactions_total",
+    "waping_retry_queue_len",
+    "waping_idempotency_keys",
+    "waping_idempotency_evicted_total",
     "waping_sessions_active",
     "waping_subscriptions_active",
     "waping_subscriber_events_sent_total",

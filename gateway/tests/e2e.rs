@@ -90,8 +90,26 @@ async fn several_streams_and_ping() {
     for (i, s) in streams.iter_mut().enumerate() {
         s.send(&Frame::Ping { nonce: i as u64 }).await.unwrap();
         assert_eq!(next(s).await, Frame::Pong { nonce: i as u64 });
-        // The same seq on different streams is fine: seqs are per stream.
-        s.send(&send(7, "d1", "x")).await.unwrap();
+        // The same seq on different streams is fine: seqs are per stream (idempotency keys
+        // are per workspace, so each stream uses its own).
+        let Frame::Send {
+            seq,
+            device_id,
+            recipient,
+            body,
+            ..
+        } = send(7, "d1", "x")
+        else {
+            unreachable!()
+        };
+        let frame = Frame::Send {
+            seq,
+            idempotency_key: Text::from(format!("stream-{i}")),
+            device_id,
+            recipient,
+            body,
+        };
+        s.send(&frame).await.unwrap();
         assert!(matches!(next(s).await, Frame::Accepted { seq: 7, .. }));
         assert!(matches!(next(s).await, Frame::Report(r) if r.seq == 7));
     }
@@ -366,10 +384,6 @@ async fn resubscribing_keeps_one_event_stream() {
         ctl.send(&Frame::Subscribe { mask }).await.unwrap();
         assert_eq!(next(&mut ctl).await, Frame::Subscribed { mask });
     }
-    let mut events = tokio::time::timeout(Duration::from_secs(10), sub.accept_event_stream())
-        .await
-        .unwrap()
-        .unwrap();
     ctl.send(&send(7, "d1", "once")).await.unwrap();
     let mut reports = 0;
     while reports < 1 {
@@ -377,12 +391,21 @@ async fn resubscribing_keeps_one_event_stream() {
             reports += 1;
         }
     }
+    // A QUIC stream becomes visible to the peer with its first bytes: accept it once the
+    // report has been published.
+    let mut events = tokio::time::timeout(Duration::from_secs(10), sub.accept_event_stream())
+        .await
+        .unwrap()
+        .unwrap();
     let f = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(matches!(&f, Frame::Event(e) if matches!(e.kind, EventKind::Report { .. })), "{f:?}");
+    assert!(
+        matches!(&f, Frame::Event(e) if matches!(e.kind, EventKind::Report { .. })),
+        "{f:?}"
+    );
     // A second event stream would be offered now, carrying the same report again.
     let second = tokio::time::timeout(Duration::from_millis(500), sub.accept_event_stream()).await;
     assert!(second.is_err(), "a second event stream was opened");

@@ -20,6 +20,10 @@ use waping_journal::{AcceptedMessage, Body, Journal, JournalConfig, MessageId, R
 
 const RUNS: usize = 3;
 
+// Same allocator as the gateway binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -62,7 +66,7 @@ fn msg(i: u64) -> Record {
         idempotency_key: format!("idem-{i:016}"),
         recipient: "4915112345678".into(),
         body: Body::Text(text200(i)),
-        accepted_at_ms: 1_700_000_000_000 + i,
+        accepted_at_ms: now_ms() + i / 1000,
     })
 }
 
@@ -86,6 +90,17 @@ fn done(i: u64) -> Record {
         upstream_id: format!("3EB0{i:016X}"),
         at_ms: 1_700_000_000_500 + i,
     }
+}
+
+/// Wall clock at first use (messages look freshly accepted, inside the idempotency window).
+fn now_ms() -> u64 {
+    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    })
 }
 
 fn fresh(base: &Path, name: &str) -> PathBuf {
@@ -309,39 +324,51 @@ impl Store for FjallStore {
 }
 
 fn stores(base: &Path) {
+    const STORE_RUNS: usize = 5;
     println!("\n## store candidates: durable append batches, durable mark-done batches, reopen");
+    println!("(runs interleaved across stores so that disk noise hits all alike; median of {STORE_RUNS})");
     println!("| store | batch | msgs | append rec/s | mark-done rec/s | disk B/msg | reopen+read ms |");
     println!("|---|---|---|---|---|---|---|");
-    for (batch, batches) in [(1u64, 400u64), (16, 200), (256, 60)] {
-        for name in ["journal", "redb", "fjall"] {
-            let (mut a, mut m, mut b, mut r) = (vec![], vec![], vec![], vec![]);
-            let n = batch * batches;
-            for _ in 0..RUNS {
+    let names = ["journal", "redb", "fjall"];
+    let sizes = [(1u64, 300u64), (16, 150), (256, 40)];
+    // results[size][store] = (append, mark, bytes, reopen) samples
+    let mut res = vec![vec![(vec![], vec![], vec![], vec![]); names.len()]; sizes.len()];
+    for _ in 0..STORE_RUNS {
+        for (si, &(batch, batches)) in sizes.iter().enumerate() {
+            for (ni, name) in names.iter().enumerate() {
+                let n = batch * batches;
                 let dir = fresh(base, name);
-                let mut s: Box<dyn Store> = match name {
+                let mut s: Box<dyn Store> = match *name {
                     "journal" => Box::new(JournalStore::new(dir.clone())),
                     "redb" => Box::new(RedbStore::new(dir.clone())),
                     _ => Box::new(FjallStore::new(dir.clone())),
                 };
+                let r = &mut res[si][ni];
                 let t = Instant::now();
                 for k in 0..batches {
                     s.append(k * batch, batch);
                 }
-                a.push(n as f64 / t.elapsed().as_secs_f64());
-                b.push(du(&dir) as f64 / n as f64);
+                r.0.push(n as f64 / t.elapsed().as_secs_f64());
+                r.2.push(du(&dir) as f64 / n as f64);
                 let t = Instant::now();
                 assert_eq!(s.reopen_count(), n);
-                r.push(t.elapsed().as_secs_f64() * 1e3);
+                r.3.push(t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
                 for k in 0..batches {
                     s.mark_done(k * batch, batch);
                 }
-                m.push(n as f64 / t.elapsed().as_secs_f64());
+                r.1.push(n as f64 / t.elapsed().as_secs_f64());
                 drop(s);
                 let _ = fs::remove_dir_all(&dir);
             }
+        }
+    }
+    for (si, &(batch, batches)) in sizes.iter().enumerate() {
+        for (ni, name) in names.iter().enumerate() {
+            let (a, m, b, r) = res[si][ni].clone();
             println!(
-                "| {name} | {batch} | {n} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                "| {name} | {batch} | {} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                batch * batches,
                 median(a),
                 median(m),
                 median(b),
@@ -402,6 +429,70 @@ fn replay(base: &Path) {
         v,
         mem >> 20
     );
+    {
+        // Finish everything, then compact: what stays is the idempotency window (1 h default).
+        let cfg = JournalConfig {
+            sync: SyncMode::None,
+            ..Default::default()
+        };
+        let (j, _) = Journal::open(&dir, cfg).unwrap();
+        let t = Instant::now();
+        for k in 0..N / 1000 {
+            j.append_background((k * 1000..(k + 1) * 1000).map(done).collect())
+                .unwrap();
+        }
+        j.flush().wait().unwrap();
+        let marked = t.elapsed().as_secs_f64();
+        let before = du(&dir);
+        let t = Instant::now();
+        let rep = j.compact_now().wait().unwrap();
+        println!(
+            "journal mark-done 1M: {marked:.2} s; disk {} MB -> compact_now {:.2} s -> {} MB ({} B/msg kept for the idempotency window, {} records carried)",
+            before >> 20,
+            t.elapsed().as_secs_f64(),
+            du(&dir) >> 20,
+            du(&dir) / N,
+            rep.records_carried
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+
+    let dir = fresh(base, "replay-fjall");
+    let mut s = FjallStore::new(dir.clone());
+    let t = Instant::now();
+    {
+        let (db, ks) = s.db.as_ref().unwrap();
+        for k in 0..N / 10_000 {
+            let mode = if k + 1 == N / 10_000 {
+                fjall::PersistMode::SyncData
+            } else {
+                fjall::PersistMode::Buffer
+            };
+            let mut b = db.batch().durability(Some(mode));
+            for i in k * 10_000..(k + 1) * 10_000 {
+                b.insert(ks, id(i).0.to_vec(), msg(i).encode());
+            }
+            b.commit().unwrap();
+        }
+    }
+    println!(
+        "fjall fill: {:.2} s, {} MB on disk",
+        t.elapsed().as_secs_f64(),
+        du(&dir) >> 20
+    );
+    let mut v = vec![];
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        assert_eq!(s.reopen_count(), N);
+        v.push(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "fjall reopen + read all: {:.2} s (runs {:?}), {} MB on disk",
+        median(v.clone()),
+        v,
+        du(&dir) >> 20
+    );
+    drop(s);
     let _ = fs::remove_dir_all(&dir);
 
     let dir = fresh(base, "replay-redb");

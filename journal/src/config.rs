@@ -68,6 +68,10 @@ pub struct JournalConfig {
     pub segment_size: u64,
     /// Durability of group commits. Default [`SyncMode::Data`].
     pub sync: SyncMode,
+    /// Create each segment at its full size (a sparse file) so appends do not change the file
+    /// size and fdatasync needs no metadata commit: ~1/3 lower sync latency on ext4 (see the
+    /// design record). Sealed segments are trimmed to their data. Default true.
+    pub preallocate: bool,
     /// Bytes waiting for the writer beyond which `append` answers `Overloaded(QueueFull)`.
     /// Default 64 MiB.
     pub max_queued_bytes: u64,
@@ -101,6 +105,7 @@ impl Default for JournalConfig {
         JournalConfig {
             segment_size: 64 << 20,
             sync: SyncMode::Data,
+            preallocate: true,
             max_queued_bytes: 64 << 20,
             max_disk_bytes: 4 << 30,
             idempotency_window: Duration::from_secs(3600),
@@ -134,6 +139,14 @@ impl JournalConfig {
     /// Largest frame (and largest single append batch) this configuration allows.
     pub fn max_batch_len(&self) -> u64 {
         (self.segment_size - crate::segment::HEADER_LEN as u64).min(crate::record::MAX_RECORD_LEN as u64)
+    }
+
+    pub(crate) fn prealloc_size(&self) -> Option<u64> {
+        self.preallocate.then_some(self.segment_size)
+    }
+
+    pub(crate) fn durable(&self) -> bool {
+        self.sync != SyncMode::None
     }
 
     pub(crate) fn window_ms(&self) -> u64 {

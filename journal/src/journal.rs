@@ -168,11 +168,25 @@ impl Journal {
                     .write(true)
                     .open(&path)
                     .map_err(|e| JournalError::io("open segment", &path, e))?;
+                if let Some(size) = cfg.prealloc_size() {
+                    let len = f
+                        .metadata()
+                        .map_err(|e| JournalError::io("stat segment", &path, e))?
+                        .len();
+                    if len < size && end < size {
+                        f.set_len(size)
+                            .map_err(|e| JournalError::io("preallocate segment", &path, e))?;
+                        if cfg.durable() {
+                            f.sync_all()
+                                .map_err(|e| JournalError::io("fsync segment", &path, e))?;
+                        }
+                    }
+                }
                 (seg, end, f)
             }
             None => {
                 let n = index.segs.keys().next_back().map_or(1, |m| m + 1);
-                let f = create_segment(&dir, n, cfg.sync != crate::config::SyncMode::None)?;
+                let f = create_segment(&dir, n, cfg.durable(), cfg.prealloc_size())?;
                 index.segs.insert(
                     n,
                     SegInfo {

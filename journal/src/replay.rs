@@ -164,6 +164,37 @@ pub(crate) struct RecoverOut {
     pub last_segment: Option<(u64, u64)>,
 }
 
+/// Cuts the last segment at `offset` (restoring its preallocated size) and records it.
+fn truncate_tail(
+    path: &Path,
+    seg: u64,
+    offset: u64,
+    cut: u64,
+    reason: &str,
+    cfg: &JournalConfig,
+    out: &mut Recovered,
+) -> Result<()> {
+    tracing::warn!(segment = seg, offset, bytes = cut, %reason, "journal: truncating torn tail of the last segment");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| JournalError::io("open segment", path, e))?;
+    f.set_len(offset)
+        .map_err(|e| JournalError::io("truncate segment", path, e))?;
+    if let Some(size) = cfg.prealloc_size()
+        && size > offset
+    {
+        f.set_len(size)
+            .map_err(|e| JournalError::io("preallocate segment", path, e))?;
+    }
+    if cfg.durable() {
+        f.sync_all()
+            .map_err(|e| JournalError::io("fsync segment", path, e))?;
+    }
+    out.stats.torn_tail_truncated_bytes += cut;
+    Ok(())
+}
+
 pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<RecoverOut> {
     let started = Instant::now();
     let window = cfg.window_ms();
@@ -176,6 +207,15 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
     let in_window = |at: u64| at.saturating_add(window) > now_ms;
 
     let segs = list_segments(dir)?;
+    // Reserve for the likely number of messages (address space only until touched).
+    let total: u64 = segs
+        .iter()
+        .filter_map(|&n| std::fs::metadata(segment_path(dir, n)).ok())
+        .map(|m| m.len())
+        .sum();
+    let guess = ((total / 300) as usize).min(2_000_000);
+    bodies.reserve(guess);
+    index.msgs.reserve(guess);
     let mut last_segment = None;
     for (i, &seg) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
@@ -256,6 +296,40 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
         loop {
             match rd.next()? {
                 Item::End => break,
+                Item::Zero { offset } => {
+                    // The preallocated, never written tail -- or a hole a torn write left with
+                    // data after it that was never acknowledged.
+                    let garbage = rd.last_nonzero_after(offset)?;
+                    match garbage {
+                        None => end = offset,
+                        Some(last) if is_last => {
+                            truncate_tail(
+                                &path,
+                                seg,
+                                offset,
+                                last - offset,
+                                "zeroed frame header",
+                                cfg,
+                                &mut out,
+                            )?;
+                            end = offset;
+                        }
+                        Some(_) => {
+                            tracing::error!(
+                                segment = seg,
+                                offset,
+                                "journal: zeroed record in a sealed segment"
+                            );
+                            out.corruptions.push(Corruption {
+                                segment: seg,
+                                path: path.clone(),
+                                offset,
+                                reason: "zeroed frame header; rest of the segment skipped".into(),
+                            });
+                        }
+                    }
+                    break;
+                }
                 Item::Record { offset, body, total } => handle(body, offset, total, &mut index, &mut out),
                 Item::Bad {
                     offset,
@@ -284,25 +358,8 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
                     if is_last {
                         // Torn tail: nothing valid follows in the segment being written at the
                         // crash. Nothing after `offset` was ever acknowledged.
-                        let cut = rd.file_len - offset;
-                        tracing::warn!(
-                            segment = seg,
-                            offset,
-                            bytes = cut,
-                            %reason,
-                            "journal: truncating torn tail of the last segment"
-                        );
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| JournalError::io("open segment", &path, e))?;
-                        f.set_len(offset)
-                            .map_err(|e| JournalError::io("truncate segment", &path, e))?;
-                        if cfg.sync != crate::config::SyncMode::None {
-                            f.sync_all()
-                                .map_err(|e| JournalError::io("fsync segment", &path, e))?;
-                        }
-                        out.stats.torn_tail_truncated_bytes += cut;
+                        let cut = rd.last_nonzero_after(offset)?.map_or(0, |l| l - offset);
+                        truncate_tail(&path, seg, offset, cut, &reason, cfg, &mut out)?;
                         end = offset;
                     } else {
                         tracing::error!(segment = seg, offset, %reason, "journal: corrupt record");
@@ -324,25 +381,13 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
         }
     }
 
-    // Build the output from what is still in the index: sort small keys, then move each
-    // message out of its slot once.
-    let mut order: Vec<(u64, u32)> = index
-        .msgs
-        .values()
-        .filter_map(|m| {
-            bodies[m.slot as usize]
-                .as_ref()
-                .map(|a| (a.accepted_at_ms, m.slot))
-        })
-        .collect();
-    order.sort_unstable();
-    let mut unfinished = Vec::with_capacity(order.len());
+    // Build the output from what is still in the index, walking the messages in log order
+    // (accept order, except copies carried forward by compaction: sorted below).
+    let live = index.msgs.len();
+    let mut unfinished = Vec::with_capacity(live);
     let mut dead = Vec::with_capacity(index.dead.len());
     let mut idem: Vec<IdemEntry> = finished_idem.into_values().collect();
-    for (_, slot) in order {
-        let Some(msg) = bodies[slot as usize].take() else {
-            continue;
-        };
+    for msg in bodies.into_iter().flatten() {
         let Some(meta) = index.msgs.get(&msg.id) else {
             continue;
         };
@@ -379,7 +424,10 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
             }
         }
     }
-    drop(bodies);
+    if !unfinished.is_sorted_by_key(|p: &Pending| p.message.accepted_at_ms) {
+        // Stable: equal times keep log order. Nearly sorted input makes this cheap.
+        unfinished.sort_by_key(|p| p.message.accepted_at_ms);
+    }
     out.unfinished = unfinished;
     dead.sort_unstable_by_key(|d| d.message.id);
     out.dead = dead;

@@ -4,6 +4,10 @@
 //! starting with a 16-byte header `"WPJL" | version u16 | reserved u16 | number u64`, followed
 //! by frames. A new segment is written as `*.wal.tmp`, synced, renamed and the directory
 //! synced, so a segment file that exists always has a complete header.
+//!
+//! With `preallocate`, a new segment is created at its full size (a sparse hole after the
+//! header): the active segment ends at the first all-zero frame header. A segment is trimmed
+//! to its last record when it is sealed, so sealed segments never contain zero padding.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -57,7 +61,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Creates segment `n` (header only; with `durable`, synced and the directory synced);
 /// returns it open for writing at the end of the header.
-pub(crate) fn create_segment(dir: &Path, n: u64, durable: bool) -> Result<File> {
+pub(crate) fn create_segment(dir: &Path, n: u64, durable: bool, preallocate: Option<u64>) -> Result<File> {
     let path = segment_path(dir, n);
     let tmp = path.with_extension("wal.tmp");
     let mut f = OpenOptions::new()
@@ -69,6 +73,12 @@ pub(crate) fn create_segment(dir: &Path, n: u64, durable: bool) -> Result<File> 
         .map_err(|e| JournalError::io("create segment", &tmp, e))?;
     f.write_all(&header(n))
         .map_err(|e| JournalError::io("write segment header", &tmp, e))?;
+    if let Some(size) = preallocate {
+        // A file whose size does not change on every append lets fdatasync skip the
+        // metadata journal commit (see the design record); the tail stays a sparse hole.
+        f.set_len(size)
+            .map_err(|e| JournalError::io("preallocate segment", &tmp, e))?;
+    }
     if durable {
         f.sync_all()
             .map_err(|e| JournalError::io("fsync segment", &tmp, e))?;
@@ -111,6 +121,9 @@ pub(crate) enum Item<'a> {
     Record { offset: u64, body: &'a [u8], total: u64 },
     /// Clean end of file.
     End,
+    /// An all-zero frame header at `offset`: the unwritten (preallocated) tail starts here,
+    /// or a region was zeroed.
+    Zero { offset: u64 },
     /// A bad frame at `offset`. `skip_len` is the frame length its (plausible) length field
     /// announces when the whole frame is present in the file.
     Bad {
@@ -209,6 +222,13 @@ impl SegmentReader {
         }
         self.fill(FRAME_HEADER)?;
         let remaining_in_file = self.file_len - offset;
+        {
+            let avail = &self.buf[self.pos..];
+            let head = &avail[..avail.len().min(FRAME_HEADER)];
+            if !head.is_empty() && head.iter().all(|&b| b == 0) {
+                return Ok(Item::Zero { offset });
+            }
+        }
         let mut len_hint = None;
         if self.buf.len() - self.pos >= FRAME_HEADER {
             let b = &self.buf[self.pos..];
@@ -251,6 +271,26 @@ impl SegmentReader {
                 skip_len,
             }),
         }
+    }
+
+    /// Offset just past the last non-zero byte at or after `from`, if there is one.
+    pub(crate) fn last_nonzero_after(&self, from: u64) -> Result<Option<u64>> {
+        let mut last = None;
+        let mut at = from;
+        let mut buf = vec![0u8; 1 << 20];
+        while at < self.file_len {
+            let n = ((self.file_len - at) as usize).min(buf.len());
+            let got = read_at_most(&self.file, &mut buf[..n], at)
+                .map_err(|e| JournalError::io("read segment", &self.path, e))?;
+            if got == 0 {
+                break;
+            }
+            if let Some(i) = buf[..got].iter().rposition(|&b| b != 0) {
+                last = Some(at + i as u64 + 1);
+            }
+            at += got as u64;
+        }
+        Ok(last)
     }
 
     /// Reads one frame at `offset` directly (random access for dead-letter look-ups).

@@ -2,6 +2,7 @@
 //! message's `Accepted` record lives, its current state, and per-segment live accounting
 //! that drives compaction.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -122,29 +123,32 @@ impl Index {
     pub(crate) fn apply(&mut self, rec: &Record, seg: u64, off: u64, size: u64, slot: u32) -> Applied {
         match rec {
             Record::Accepted(a) => {
-                let mut applied = Applied::Other;
-                if let Some(old) = self.msgs.remove(&a.id) {
-                    // A copy carried forward by compaction: the newest copy is the home.
-                    self.unaccount(&old);
-                    self.dead.remove(&a.id);
-                    applied = Applied::Replaced(old);
-                }
+                let meta = Meta {
+                    home_seg: seg,
+                    home_off: off,
+                    size: size as u32,
+                    slot,
+                    state: MetaState::Queued,
+                };
+                let applied = match self.msgs.entry(a.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(meta);
+                        Applied::Other
+                    }
+                    Entry::Occupied(mut o) => {
+                        // A copy carried forward by compaction: the newest copy is the home.
+                        let old = std::mem::replace(o.get_mut(), meta);
+                        self.unaccount(&old);
+                        self.dead.remove(&a.id);
+                        Applied::Replaced(old)
+                    }
+                };
                 let s = self.segs.entry(seg).or_default();
                 s.live += 1;
                 s.live_bytes += size;
                 s.idem_until_ms = s
                     .idem_until_ms
                     .max(a.accepted_at_ms.saturating_add(self.window_ms));
-                self.msgs.insert(
-                    a.id,
-                    Meta {
-                        home_seg: seg,
-                        home_off: off,
-                        size: size as u32,
-                        slot,
-                        state: MetaState::Queued,
-                    },
-                );
                 applied
             }
             Record::IdempotencyKept { accepted_at_ms, .. } => {

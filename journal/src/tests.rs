@@ -68,12 +68,14 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Bytes allocated on disk for segments (preallocated segments are sparse).
 fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     // The writer may delete a segment while we list: a vanished file counts 0.
     segments(dir)
         .iter()
         .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| m.len())
+        .map(|m| m.blocks() * 512)
         .sum()
 }
 
@@ -222,9 +224,16 @@ fn lock_prevents_a_second_open() {
     let (_j, _) = open(tmp.path(), fast_cfg(&clock));
 }
 
-/// Writes 5 records; returns the directory and the offset and length of the last record.
-fn five_records(dir: &Path, clock: &Clock) -> (u64, u64) {
-    let (j, _) = open(dir, fast_cfg(clock));
+fn cfg_pre(clock: &Clock, preallocate: bool) -> JournalConfig {
+    JournalConfig {
+        preallocate,
+        ..fast_cfg(clock)
+    }
+}
+
+/// Writes 5 records; returns the offset and length of the last record.
+fn five_records(dir: &Path, c: JournalConfig) -> (u64, u64) {
+    let (j, _) = open(dir, c);
     let mut lsn = Lsn::default();
     for i in 0..5 {
         lsn = j.append(vec![accepted(i, T0)]).wait().unwrap();
@@ -234,73 +243,122 @@ fn five_records(dir: &Path, clock: &Clock) -> (u64, u64) {
     (lsn.offset() - last_len, last_len)
 }
 
+/// Bytes after `from` are all zero (or absent).
+fn zero_after(path: &Path, from: u64) -> bool {
+    fs::read(path)
+        .unwrap()
+        .get(from as usize..)
+        .is_none_or(|t| t.iter().all(|&b| b == 0))
+}
+
 #[test]
 fn torn_tail_at_every_byte_of_the_last_record_is_truncated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Clock::manual(T0);
-    let orig = tmp.path().join("orig");
-    let (start, len) = five_records(&orig, &clock);
-    let work = tmp.path().join("work");
-    for cut in start..start + len {
-        copy_dir(&orig, &work);
-        let seg = segments(&work).pop().unwrap();
-        let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
-        f.set_len(cut).unwrap();
-        drop(f);
-        let (j, rec) = open(&work, fast_cfg(&clock));
-        assert_eq!(
-            unfinished_ids(&rec),
-            (0..4).map(id).collect::<Vec<_>>(),
-            "cut at {cut}"
-        );
-        assert!(rec.corruptions.is_empty(), "cut at {cut}: {:?}", rec.corruptions);
-        assert_eq!(rec.stats.torn_tail_truncated_bytes, cut - start, "cut at {cut}");
-        assert_eq!(fs::metadata(&seg).unwrap().len(), start);
-        j.append(vec![accepted(9, T0)]).wait().unwrap();
-        j.close().unwrap();
-        let (_j, rec) = open(&work, fast_cfg(&clock));
-        assert_eq!(
-            unfinished_ids(&rec),
-            [0, 1, 2, 3, 9].map(id).to_vec(),
-            "cut at {cut}"
-        );
-        assert_eq!(rec.stats.torn_tail_truncated_bytes, 0);
+    for preallocate in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let c = cfg_pre(&clock, preallocate);
+        let orig = tmp.path().join("orig");
+        let (start, len) = five_records(&orig, c.clone());
+        let original = fs::read(segments(&orig).pop().unwrap()).unwrap();
+        let work = tmp.path().join("work");
+        for cut in start..start + len {
+            copy_dir(&orig, &work);
+            let seg = segments(&work).pop().unwrap();
+            // The crash persisted the last record only up to `cut`: a shorter file, or (in a
+            // preallocated segment) zeros where the rest should be.
+            if preallocate {
+                let mut data = original.clone();
+                data[cut as usize..(start + len) as usize].fill(0);
+                fs::write(&seg, &data).unwrap();
+            } else {
+                let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+                f.set_len(cut).unwrap();
+            }
+            let torn = original[start as usize..cut as usize]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1);
+            let (j, rec) = open(&work, c.clone());
+            let ctx = format!("preallocate {preallocate} cut at {cut}");
+            assert_eq!(unfinished_ids(&rec), (0..4).map(id).collect::<Vec<_>>(), "{ctx}");
+            assert!(rec.corruptions.is_empty(), "{ctx}: {:?}", rec.corruptions);
+            assert_eq!(rec.stats.torn_tail_truncated_bytes, torn as u64, "{ctx}");
+            assert!(zero_after(&seg, start), "{ctx}: the torn bytes are gone");
+            let want_len = if preallocate { c.segment_size } else { start };
+            assert_eq!(fs::metadata(&seg).unwrap().len(), want_len, "{ctx}");
+            j.append(vec![accepted(9, T0)]).wait().unwrap();
+            j.close().unwrap();
+            let (_j, rec) = open(&work, c.clone());
+            assert_eq!(unfinished_ids(&rec), [0, 1, 2, 3, 9].map(id).to_vec(), "{ctx}");
+            assert_eq!(rec.stats.torn_tail_truncated_bytes, 0);
+        }
     }
 }
 
 #[test]
 fn garbage_after_the_tail_is_truncated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Clock::manual(T0);
-    let (start, len) = five_records(tmp.path(), &clock);
-    let end = start + len;
-    let seg = segments(tmp.path()).pop().unwrap();
-    for garbage in [
-        vec![0u8; 4096],
-        vec![0xff; 13],
-        (0..=255u8).cycle().take(1000).collect::<Vec<_>>(),
-    ] {
+    for preallocate in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let c = cfg_pre(&clock, preallocate);
+        let (start, len) = five_records(tmp.path(), c.clone());
+        let end = start + len;
+        let seg = segments(tmp.path()).pop().unwrap();
+        let cycle: Vec<u8> = (0..=255u8).cycle().skip(1).take(1000).collect();
+        // (garbage, bytes it makes torn): zeros are just an unwritten tail.
+        for (garbage, torn) in [(vec![0u8; 4096], 0), (vec![0xff; 13], 13), (cycle, 1000)] {
+            let mut data = fs::read(&seg).unwrap();
+            data[end as usize..].fill(0);
+            if !preallocate {
+                data.truncate(end as usize);
+            }
+            let at = end as usize;
+            if data.len() < at + garbage.len() {
+                data.resize(at + garbage.len(), 0);
+            }
+            data[at..at + garbage.len()].copy_from_slice(&garbage);
+            fs::write(&seg, &data).unwrap();
+            let (j, rec) = open(tmp.path(), c.clone());
+            let ctx = format!("preallocate {preallocate}, {} bytes of garbage", garbage.len());
+            assert_eq!(rec.unfinished.len(), 5, "{ctx}");
+            assert!(rec.corruptions.is_empty(), "{ctx}");
+            assert_eq!(rec.stats.torn_tail_truncated_bytes, torn, "{ctx}");
+            assert!(zero_after(&seg, end), "{ctx}");
+            drop(j);
+        }
+        // A frame that looks complete but whose checksum is wrong, with nothing valid after it.
         let mut data = fs::read(&seg).unwrap();
         data.truncate(end as usize);
-        data.extend_from_slice(&garbage);
+        let mut fake = accepted(77, T0).encode();
+        let n = fake.len();
+        fake[n - 1] ^= 1;
+        data.extend_from_slice(&fake);
         fs::write(&seg, &data).unwrap();
-        let (j, rec) = open(tmp.path(), fast_cfg(&clock));
+        let (j, rec) = open(tmp.path(), c.clone());
         assert_eq!(rec.unfinished.len(), 5);
-        assert!(rec.corruptions.is_empty());
-        assert_eq!(rec.stats.torn_tail_truncated_bytes, garbage.len() as u64);
-        assert_eq!(fs::metadata(&seg).unwrap().len(), end);
+        assert_eq!(rec.stats.torn_tail_truncated_bytes, n as u64);
         drop(j);
+        // A hole (unwritten page of a torn multi-page write) with data after it that was never
+        // acknowledged: cut at the hole.
+        let mut data = fs::read(&seg).unwrap();
+        let mut more = Vec::new();
+        for i in 100..120 {
+            more.extend_from_slice(&accepted(i, T0).encode());
+        }
+        data.truncate(end as usize);
+        data.extend_from_slice(&more);
+        data[end as usize..end as usize + 600].fill(0);
+        fs::write(&seg, &data).unwrap();
+        let (_j, rec) = open(tmp.path(), c);
+        assert_eq!(
+            rec.unfinished.len(),
+            5,
+            "records after the hole are not acknowledged data"
+        );
+        assert!(rec.corruptions.is_empty());
+        assert_eq!(rec.stats.torn_tail_truncated_bytes, more.len() as u64);
+        assert!(zero_after(&seg, end));
     }
-    // A frame that looks complete but whose checksum is wrong, with nothing valid after it.
-    let mut data = fs::read(&seg).unwrap();
-    let mut fake = accepted(77, T0).encode();
-    let n = fake.len();
-    fake[n - 1] ^= 1;
-    data.extend_from_slice(&fake);
-    fs::write(&seg, &data).unwrap();
-    let (_j, rec) = open(tmp.path(), fast_cfg(&clock));
-    assert_eq!(rec.unfinished.len(), 5);
-    assert_eq!(rec.stats.torn_tail_truncated_bytes, n as u64);
 }
 
 #[test]
@@ -749,7 +807,11 @@ fn idempotency_window_survives_reopen_and_expires() {
     assert!(rec.idempotency.is_empty());
     let rep = j.compact_now().wait().unwrap();
     assert_eq!(rep.records_carried, 0);
-    assert!(dir_bytes(tmp.path()) <= 2 * SEGMENT_HEADER_LEN as u64);
+    assert!(
+        j.stats().disk_bytes <= 2 * SEGMENT_HEADER_LEN as u64,
+        "{:?}",
+        j.stats()
+    );
 }
 
 #[test]

@@ -391,13 +391,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals the active segment (durably) and starts the next one.
+    /// Seals the active segment (durably, trimmed to its data) and starts the next one.
     fn roll(&mut self) -> Result<()> {
         self.write_out()?;
         self.force_sync |= self.dirty;
         self.sync()?;
+        let path = segment_path(&self.dir, self.active_seg);
+        let len = self
+            .active
+            .metadata()
+            .map_err(|e| JournalError::io("stat segment", &path, e))?
+            .len();
+        if len != self.written {
+            self.active
+                .set_len(self.written)
+                .map_err(|e| JournalError::io("trim segment", &path, e))?;
+            if self.cfg.durable() {
+                self.active
+                    .sync_all()
+                    .map_err(|e| JournalError::io("fsync segment", &path, e))?;
+            }
+        }
         let n = self.active_seg + 1;
-        let f = create_segment(&self.dir, n, self.cfg.sync != SyncMode::None)?;
+        let f = create_segment(&self.dir, n, self.cfg.durable(), self.cfg.prealloc_size())?;
         self.active = f;
         self.active_seg = n;
         self.written = HEADER_LEN as u64;
@@ -447,6 +463,8 @@ impl Writer {
             self.shared.poison(msg.clone());
             self.poisoned = Some(msg);
         }
+        // No more compaction either (and no busy loop waiting for it).
+        self.job = None;
     }
 
     fn dead_letter(&mut self, id: MessageId) -> Result<Option<DeadLetter>> {
@@ -636,7 +654,7 @@ impl Writer {
         while !job.done && job.reader.offset() - start < budget as u64 {
             carry.clear();
             match job.reader.next()? {
-                Item::End => job.done = true,
+                Item::End | Item::Zero { .. } => job.done = true,
                 Item::Bad {
                     offset,
                     reason,

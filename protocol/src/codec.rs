@@ -351,6 +351,7 @@ impl Reader {
         let status = match self.u8("status")? {
             1 => DeliveryStatus::Sent,
             2 => DeliveryStatus::Failed,
+            3 => DeliveryStatus::Deferred,
             v => {
                 return Err(DecodeError::InvalidValue {
                     frame: self.frame,

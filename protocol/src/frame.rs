@@ -115,11 +115,16 @@ pub enum Body {
 pub enum DeliveryStatus {
     /// WhatsApp accepted the message (server ack).
     Sent = 1,
-    /// The gateway gave up; `code` says why.
+    /// The gateway gave up; `code` says why. Final.
     Failed = 2,
+    /// Not final: an attempt failed with a retryable `code` and the message waits in the
+    /// gateway's durable retry queue (`detail` says when the next attempt is due). A SENT or
+    /// FAILED report follows. The stream's in-flight allowance is released by this report,
+    /// so a slow retry never blocks new sends.
+    Deferred = 3,
 }
 
-/// The final outcome of one accepted message.
+/// The outcome (final, or deferred for a retry) of one accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryReport {
     /// The id from ACCEPTED.

@@ -492,7 +492,7 @@ fn unknown_body_kind_4003() {
 
 #[test]
 fn report_status_out_of_range_1000() {
-    for status in [0u8, 3, 0xff] {
+    for status in [0u8, 4, 0xff] {
         let e = err(&report_body(status, 0).frame(ty::REPORT), 1000);
         assert_eq!(
             e,

@@ -149,7 +149,11 @@ fn unchecked_frame() -> BoxedStrategy<Frame> {
     let report = (
         message_id(),
         any::<u64>(),
-        prop_oneof![Just(DeliveryStatus::Sent), Just(DeliveryStatus::Failed)],
+        prop_oneof![
+            Just(DeliveryStatus::Sent),
+            Just(DeliveryStatus::Failed),
+            Just(DeliveryStatus::Deferred)
+        ],
         prop_oneof![Just(ErrorCode(0)), code()],
     )
         .prop_map(|(message_id, seq, status, code)| DeliveryReport {

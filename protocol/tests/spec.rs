@@ -250,6 +250,7 @@ impl Rows {
         let status = match r.status {
             DeliveryStatus::Sent => "SENT",
             DeliveryStatus::Failed => "FAILED",
+            DeliveryStatus::Deferred => "DEFERRED",
         };
         self.u8("status", r.status as u8, status);
         let name = if r.code.0 == 0 { "none" } else { r.code.name() };

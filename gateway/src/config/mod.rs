@@ -27,6 +27,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where messages go.
     pub upstream: UpstreamConfig,
+    /// The durable journal every acknowledged message is written to.
+    pub journal: JournalSection,
+    /// Retry policy for failed sends (backoff, per-code rules, dead letters).
+    pub retry: crate::retry::RetryConfig,
     /// Tenants and their API keys.
     pub workspaces: Vec<WorkspaceConfig>,
 }
@@ -185,6 +189,74 @@ impl Default for LimitsConfig {
             device_rate_per_second: 1,
             device_queue: 10_000,
             device_window: 16,
+        }
+    }
+}
+
+/// Durability of group commits.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalSync {
+    /// `fdatasync` before every acknowledgement (default).
+    Data,
+    /// No sync: a power loss or kernel crash loses acknowledged messages (a process crash
+    /// does not). For benchmarks that want to measure everything but the disk.
+    None,
+}
+
+/// The journal (`[journal]`): where acknowledged messages live until they are finished.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// `data` (fdatasync per group commit, default) or `none` (benchmarks only).
+    pub sync: JournalSync,
+    /// Segment file size. Default 64 MiB; 1..=4095. Larger segments mean fewer files and
+    /// coarser compaction.
+    pub segment_size_mib: u32,
+    /// Bytes waiting for the writer beyond which SENDs are refused with OVERLOADED. Default 64 MiB;
+    /// 1..=4096. Bounds memory when the disk is slower than the clients.
+    pub max_queued_mib: u32,
+    /// Journal size on disk beyond which SENDs are refused with OVERLOADED. Default 4096 MiB;
+    /// 16..=1 048 576. Nothing is accepted that cannot be persisted.
+    pub max_disk_mib: u64,
+    /// How long an idempotency key deduplicates after its message was accepted, across
+    /// restarts. Default 3600 s; 1..=604 800 (7 days).
+    pub idempotency_window_s: u64,
+    /// Most idempotency keys remembered; the oldest are forgotten early beyond it (counted in
+    /// `waping_idempotency_evicted_total`). Default 2 000 000 (~150 MB); 1 000..=100 000 000.
+    pub idempotency_capacity: u32,
+    /// Refuse to start when replay finds corruption in the middle of the journal (default
+    /// false: start, report every damaged range with its position, and go on with the rest).
+    pub refuse_on_corruption: bool,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            sync: JournalSync::Data,
+            segment_size_mib: 64,
+            max_queued_mib: 64,
+            max_disk_mib: 4096,
+            idempotency_window_s: 3600,
+            idempotency_capacity: 2_000_000,
+            refuse_on_corruption: false,
+        }
+    }
+}
+
+impl JournalSection {
+    /// The journal crate's configuration.
+    pub fn to_journal_config(&self) -> waping_journal::JournalConfig {
+        waping_journal::JournalConfig {
+            segment_size: u64::from(self.segment_size_mib) << 20,
+            sync: match self.sync {
+                JournalSync::Data => waping_journal::SyncMode::Data,
+                JournalSync::None => waping_journal::SyncMode::None,
+            },
+            max_queued_bytes: u64::from(self.max_queued_mib) << 20,
+            max_disk_bytes: self.max_disk_mib << 20,
+            idempotency_window: std::time::Duration::from_secs(self.idempotency_window_s),
+            ..Default::default()
         }
     }
 }
@@ -507,6 +579,20 @@ impl Config {
                     ));
                 }
             }
+        }
+        let j = &self.journal;
+        range!("journal.segment_size_mib", j.segment_size_mib.into(), 1, 4095);
+        range!("journal.max_queued_mib", j.max_queued_mib.into(), 1, 4096);
+        range!("journal.max_disk_mib", j.max_disk_mib, 16, 1 << 20);
+        range!("journal.idempotency_window_s", j.idempotency_window_s, 1, 604_800);
+        range!(
+            "journal.idempotency_capacity",
+            j.idempotency_capacity.into(),
+            1_000,
+            100_000_000
+        );
+        if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
+            p.extend(e.problems);
         }
         if p.is_empty() {
             Ok(())

@@ -37,6 +37,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Device sessions.
     pub sessions: Arc<SessionManager>,
+    /// Journal, idempotency keys and retry queue.
+    pub durable: Arc<crate::durable::Durable>,
     /// Message ids.
     pub ids: IdGen,
     /// Metrics.
@@ -56,6 +58,7 @@ impl Shared {
         keys: SharedKeys,
         registry: Arc<Registry>,
         sessions: Arc<SessionManager>,
+        durable: Arc<crate::durable::Durable>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -64,6 +67,7 @@ impl Shared {
             keys,
             registry,
             sessions,
+            durable,
             ids: IdGen::default(),
             metrics,
             clock: MonotonicClock::new(),

@@ -15,8 +15,10 @@ use waping_protocol::conn::{ServerAction, ServerConn};
 use waping_protocol::{DecodeError, Decoder, ErrorCode, Event, EventKind, Frame, Text, subscribe, validate};
 
 use super::{ConnCtx, close};
+use crate::durable::accepted_record;
+use crate::idempotency::{Claim, ClaimToken};
 use crate::limiter::RefusalReason;
-use crate::session::{Outbound, SubmitError};
+use crate::session::{Outbound, ReplySink, StreamReply};
 use crate::workspace::WsEvent;
 
 /// Why reading a frame failed.
@@ -105,7 +107,10 @@ impl FrameIo {
 /// Serves one stream until the client finishes it and every report is written, or the connection ends.
 pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerConn, control: bool) {
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    // Seqs we still owe the client something for (ACCEPTED or a final REPORT); each holds
+    // one unit of the connection's in-flight allowance.
     let mut pending: HashSet<u64> = HashSet::new();
+    let mut staged: Vec<Staged> = Vec::new();
     let mut reports = Vec::with_capacity(256);
     let mut shutdown = ctx.shared.shutdown.clone();
     let mut drain_seen = false;
@@ -113,7 +118,9 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
         loop {
             match io.decoder.decode(&mut io.inbuf) {
                 Ok(Some(f)) => {
-                    if let Err((code, msg)) = handle(&ctx, &mut io, &mut state, f, &mut pending, &reply_tx) {
+                    let r = handle(&ctx, &mut io, &mut state, f, &mut pending, &mut staged, &reply_tx);
+                    if let Err((code, msg)) = r {
+                        commit_staged(&ctx, &mut staged, &reply_tx);
                         ctx.shared.metrics.connection_error(code);
                         io.fail(&ctx.conn, code, &msg).await;
                         release(&ctx, &pending);
@@ -122,6 +129,7 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    commit_staged(&ctx, &mut staged, &reply_tx);
                     ctx.shared.metrics.connection_error(e.code());
                     tracing::debug!(conn = ctx.id, error = %e, "bad frame");
                     io.fail(&ctx.conn, e.code(), &e.to_string()).await;
@@ -130,6 +138,9 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                 }
             }
         }
+        // Everything this read produced goes to the journal as one append: one wake-up of the
+        // writer, and one share of the next group commit.
+        commit_staged(&ctx, &mut staged, &reply_tx);
         if io.flush().await.is_err() {
             release(&ctx, &pending);
             return;
@@ -164,10 +175,29 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
             },
             _ = reply_rx.recv_many(&mut reports, 256) => {
                 for r in reports.drain(..) {
-                    if pending.remove(&r.seq) {
+                    let (seq, done) = match &r {
+                        StreamReply::Accepted { seq, id } => {
+                            io.queue(&Frame::Accepted { seq: *seq, message_id: *id });
+                            (*seq, false)
+                        }
+                        StreamReply::Duplicate { seq, id } => {
+                            io.queue(&Frame::Accepted { seq: *seq, message_id: *id });
+                            (*seq, true)
+                        }
+                        StreamReply::Rejected { seq, code, retry_after_ms, reason } => {
+                            reject(&ctx, &mut io, *seq, *code, *retry_after_ms, reason);
+                            (*seq, true)
+                        }
+                        // DEFERRED also ends what the stream owes: a retry can take hours and must
+                        // not hold the connection's in-flight allowance.
+                        StreamReply::Report(rep) => {
+                            io.queue(&Frame::Report(rep.clone()));
+                            (rep.seq, true)
+                        }
+                    };
+                    if done && pending.remove(&seq) {
                         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
-                    io.queue(&Frame::Report(r));
                 }
             }
             _ = super::wait_shutdown(&mut shutdown), if !drain_seen => {
@@ -198,7 +228,8 @@ fn handle(
     state: &mut ServerConn,
     frame: Frame,
     pending: &mut HashSet<u64>,
-    reply: &mpsc::UnboundedSender<waping_protocol::DeliveryReport>,
+    staged: &mut Vec<Staged>,
+    reply: &ReplySink,
 ) -> Result<(), Fatal> {
     if let Frame::Send {
         seq,
@@ -235,6 +266,7 @@ fn handle(
             recipient,
             body,
             pending,
+            staged,
             reply,
         );
         return Ok(());
@@ -296,6 +328,16 @@ fn ceil_ms(d: Duration) -> u32 {
     ms.clamp(1, u32::MAX as u128) as u32
 }
 
+/// A SEND that passed every check and waits for its journal append.
+pub(crate) struct Staged {
+    seq: u64,
+    token: ClaimToken,
+    permit: mpsc::OwnedPermit<Outbound>,
+    out: Outbound,
+    /// Taken when the batch is appended.
+    record: Option<waping_journal::Record>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn handle_send(
     ctx: &Arc<ConnCtx>,
@@ -306,7 +348,8 @@ fn handle_send(
     recipient: Text,
     body: waping_protocol::Body,
     pending: &mut HashSet<u64>,
-    reply: &mpsc::UnboundedSender<waping_protocol::DeliveryReport>,
+    staged: &mut Vec<Staged>,
+    reply: &ReplySink,
 ) {
     let m = &ctx.shared.metrics;
     m.received.increment(1);
@@ -323,6 +366,17 @@ fn handle_send(
             "seq is still in flight on this stream",
         );
     }
+    let Some(session) = ctx.shared.sessions.get(ctx.ws.idx, &device_id) else {
+        // Ids of other workspaces are invisible: the same answer as for an id that exists nowhere.
+        return reject(
+            ctx,
+            io,
+            seq,
+            ErrorCode::UNKNOWN_DEVICE,
+            0,
+            "no such device in this workspace",
+        );
+    };
     let max = ctx.shared.cfg.max_in_flight;
     if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -339,62 +393,141 @@ fn handle_send(
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
         reject(ctx, io, seq, code, after, why);
     };
-    let Some(session) = ctx.shared.sessions.get(ctx.ws.idx, &device_id) else {
-        // Ids of other workspaces are invisible: the same answer as for an id that exists nowhere.
-        return give_back(
-            io,
-            ErrorCode::UNKNOWN_DEVICE,
-            0,
-            "no such device in this workspace",
-        );
+    let d = &ctx.shared.durable;
+    let now_ms = crate::unix_ms();
+    let id = ctx.shared.ids.next();
+    // Idempotency first: a resend must get its original id even when the device is busy or
+    // the workspace out of tokens, and must cost no token.
+    let token = match d.idem.claim(&ctx.ws.id, idempotency_key.as_str(), id, now_ms) {
+        Claim::New(t) => t,
+        Claim::Duplicate { id, pending: None } => {
+            ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+            m.deduplicated.increment(1);
+            io.queue(&Frame::Accepted { seq, message_id: id });
+            return;
+        }
+        Claim::Duplicate {
+            id,
+            pending: Some(wait),
+        } => {
+            // The original is still being written: answer when it is durable, without
+            // stalling this stream.
+            pending.insert(seq);
+            m.deduplicated.increment(1);
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let r = if wait.wait().await {
+                    StreamReply::Duplicate { seq, id }
+                } else {
+                    StreamReply::Rejected {
+                        seq,
+                        code: ErrorCode::INTERNAL,
+                        retry_after_ms: 100,
+                        reason: "the original message with this idempotency key was not persisted; resend"
+                            .into(),
+                    }
+                };
+                let _ = reply.send(r);
+            });
+            return;
+        }
     };
-    // A full device queue is checked before the limiter so a refusal here costs no token.
     let busy_after = match ctx.ws.device_rate_per_second {
         0 => 10,
         r => 1000u32.div_ceil(r),
     };
-    if session.capacity() == 0 {
+    // The queue slot is reserved before the limiter so a refusal here costs no token, and
+    // before the journal so a persisted message always finds room.
+    let Some(permit) = session.reserve() else {
+        d.idem.release(token);
         return give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full");
-    }
-    if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
-        return match r.reason {
-            RefusalReason::RateExceeded => give_back(
-                io,
-                ErrorCode::RATE_LIMITED,
-                ceil_ms(r.retry_after),
-                "workspace send rate exceeded",
-            ),
-            // Waiting cannot help, so not a (retryable) 3xxx limit code.
-            RefusalReason::ExceedsBurst => give_back(
-                io,
-                ErrorCode::INVALID_FIELD,
-                0,
-                "message costs more than the workspace burst",
-            ),
-        };
-    }
-    let id = ctx.shared.ids.next();
-    let out = Outbound {
-        id,
-        seq,
-        recipient,
-        body,
-        reply: reply.clone(),
     };
-    match session.submit(out) {
-        Ok(()) => {
-            pending.insert(seq);
-            m.accepted.increment(1);
-            io.queue(&Frame::Accepted { seq, message_id: id });
-        }
-        // The message comes back to us and is refused, never dropped silently.
-        Err(SubmitError::Busy(_)) => {
-            give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full")
-        }
-        Err(SubmitError::Stopped(_)) => {
-            give_back(io, ErrorCode::SHUTTING_DOWN, 1000, "device session stopped")
-        }
+    if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
+        d.idem.release(token);
+        let (code, why) = match r.reason {
+            RefusalReason::RateExceeded => (ErrorCode::RATE_LIMITED, "workspace send rate exceeded"),
+            RefusalReason::ExceedsBurst => (ErrorCode::RATE_LIMITED, "more than the workspace burst at once"),
+        };
+        return give_back(io, code, ceil_ms(r.retry_after), why);
     }
+    let record = accepted_record(
+        id,
+        &ctx.ws.id,
+        &device_id,
+        &idempotency_key,
+        &recipient,
+        &body,
+        now_ms,
+    );
+    pending.insert(seq);
+    staged.push(Staged {
+        seq,
+        token,
+        permit,
+        out: Outbound {
+            id,
+            seq,
+            recipient,
+            body,
+            reply: Some(reply.clone()),
+            attempts: 0,
+            first_attempt_ms: 0,
+        },
+        record: Some(record),
+    });
+}
+
+/// Sends what one read staged to the journal; a task answers when the group commit is done.
+///
+/// The task, not the stream, finishes the batch, so a message that became durable is queued
+/// for delivery even if its stream or connection is gone by then (the client will resend and
+/// get the same id from the idempotency index).
+fn commit_staged(ctx: &Arc<ConnCtx>, staged: &mut Vec<Staged>, reply: &ReplySink) {
+    if staged.is_empty() {
+        return;
+    }
+    let mut batch = std::mem::take(staged);
+    let records = batch.iter_mut().filter_map(|s| s.record.take()).collect();
+    let durable = ctx.shared.durable.clone();
+    let metrics = ctx.shared.metrics.clone();
+    let appended = durable.journal.append(records);
+    let reply = reply.clone();
+    tokio::spawn(async move {
+        match appended.await {
+            Ok(_) => {
+                for s in batch {
+                    durable.idem.commit(s.token);
+                    metrics.accepted.increment(1);
+                    // ACCEPTED is queued before the message can produce a report.
+                    let _ = reply.send(StreamReply::Accepted {
+                        seq: s.seq,
+                        id: s.out.id,
+                    });
+                    s.permit.send(s.out);
+                }
+            }
+            Err(e) => {
+                let (code, after) = match e.retry_after() {
+                    Some(d) => (ErrorCode::OVERLOADED, ceil_ms(d)),
+                    None => {
+                        metrics::counter!("waping_journal_errors_total", "op" => "accept").increment(1);
+                        tracing::error!(error = %e, "journal append failed; refusing the batch");
+                        (ErrorCode::INTERNAL, 1000)
+                    }
+                };
+                for s in batch {
+                    // The slot reservation is dropped with the permit; the key is free for the resend.
+                    durable.idem.release(s.token);
+                    let _ = reply.send(StreamReply::Rejected {
+                        seq: s.seq,
+                        code,
+                        retry_after_ms: after,
+                        reason: format!("not persisted: {e}"),
+                    });
+                }
+            }
+        }
+    });
 }
 
 /// Pushes workspace events to the client on a server-opened unidirectional stream.

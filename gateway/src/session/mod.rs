@@ -17,14 +17,51 @@ use waping_protocol::{
     Body, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, EventKind, MessageId, Text,
 };
 
+use waping_journal::Record;
+
+use crate::durable::{Durable, RetryItem, jid};
 use crate::limiter::{self, MonotonicClock};
 use crate::metrics::Metrics;
+use crate::retry::{DeadReason, Decision};
 use crate::upstream::{DeviceRef, Upstream, UpstreamError, UpstreamEvent, UpstreamSend};
 use crate::workspace::{Registry, Workspace, WorkspaceIdx};
 
+/// What a stream writes back to its client, in the order it is produced: a message's
+/// ACCEPTED always precedes its reports because both travel through this one channel.
+#[derive(Debug)]
+pub enum StreamReply {
+    /// The message is durable and queued.
+    Accepted {
+        /// Client's sequence number.
+        seq: u64,
+        /// Gateway id.
+        id: MessageId,
+    },
+    /// A resend of an idempotency key: the original's id, nothing new queued (no report follows).
+    Duplicate {
+        /// Client's sequence number.
+        seq: u64,
+        /// The original message's id.
+        id: MessageId,
+    },
+    /// The message could not be persisted; it was handed back.
+    Rejected {
+        /// Client's sequence number.
+        seq: u64,
+        /// Why.
+        code: ErrorCode,
+        /// When a retry may succeed.
+        retry_after_ms: u32,
+        /// Detail.
+        reason: String,
+    },
+    /// An outcome (final or deferred).
+    Report(DeliveryReport),
+}
+
 /// Where a device session sends the outcome of a message: the stream it came from.
 /// Unbounded on purpose: its depth is bounded by the connection's `max_in_flight`.
-pub type ReplySink = mpsc::UnboundedSender<DeliveryReport>;
+pub type ReplySink = mpsc::UnboundedSender<StreamReply>;
 
 /// An accepted message on its way to a device.
 #[derive(Debug)]
@@ -37,8 +74,13 @@ pub struct Outbound {
     pub recipient: Text,
     /// Content.
     pub body: Body,
-    /// Where the report goes.
-    pub reply: ReplySink,
+    /// Where the report goes; `None` for messages recovered from the journal (their outcome
+    /// reaches subscribers only).
+    pub reply: Option<ReplySink>,
+    /// Attempts made so far (0 before the first dispatch).
+    pub attempts: u32,
+    /// Wall-clock time of the first attempt, unix ms (0 before it); bounds the retry age.
+    pub first_attempt_ms: u64,
 }
 
 /// The session of one device, as seen by connections.
@@ -64,6 +106,20 @@ impl SessionHandle {
     /// Free queue slots right now (a hint: others may take them first).
     pub fn capacity(&self) -> usize {
         self.tx.capacity()
+    }
+
+    /// Reserves a queue slot, so a message can be journaled first and queued after without
+    /// a chance of finding the queue full in between. `None` if full or stopped.
+    pub fn reserve(&self) -> Option<mpsc::OwnedPermit<Outbound>> {
+        self.tx.clone().try_reserve_owned().ok()
+    }
+
+    /// Queues a message, waiting for room (recovery feeds a backlog through this).
+    pub async fn submit_wait(&self, m: Outbound) -> Result<(), SubmitError> {
+        self.tx
+            .send(m)
+            .await
+            .map_err(|e| SubmitError::Stopped(Box::new(e.0)))
     }
 
     /// Queues a message without waiting.
@@ -93,6 +149,7 @@ pub struct SessionManager {
     settings: SessionSettings,
     metrics: Arc<Metrics>,
     clock: MonotonicClock,
+    durable: Option<Arc<Durable>>,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -112,7 +169,16 @@ impl SessionManager {
             settings,
             metrics,
             clock: MonotonicClock::new(),
+            durable: None,
         }
+    }
+
+    /// Records every attempt and outcome in the journal and retries through the durable retry
+    /// queue. Without it (unit tests of pacing and windows) a failure is final at once.
+    pub fn with_durable(mut self, durable: Arc<Durable>) -> Self {
+        self.clock = durable.clock;
+        self.durable = Some(durable);
+        self
     }
 
     /// Starts the session task of a device and attaches it upstream.
@@ -124,6 +190,7 @@ impl SessionManager {
             device: device.clone(),
             tx,
         });
+        let weak = Arc::downgrade(&handle);
         self.sessions.insert((ws.idx, device.clone()), handle);
         self.metrics.sessions_active.increment(1.0);
         // Burst 1: pacing spaces sends evenly; it never lets a backlog rush out.
@@ -149,6 +216,8 @@ impl SessionManager {
             metrics: self.metrics.clone(),
             pacing,
             clock: self.clock,
+            durable: self.durable.clone(),
+            handle: weak,
         };
         tokio::spawn(task.run(rx));
     }
@@ -185,6 +254,9 @@ struct SessionTask {
     metrics: Arc<Metrics>,
     pacing: Option<Arc<limiter::Cell>>,
     clock: MonotonicClock,
+    durable: Option<Arc<Durable>>,
+    /// Weak: the task must not keep its own queue open, or closing the manager would never stop it.
+    handle: std::sync::Weak<SessionHandle>,
 }
 
 impl SessionTask {
@@ -249,7 +321,7 @@ impl SessionTask {
 
     fn dispatch(
         &self,
-        m: Outbound,
+        mut m: Outbound,
     ) -> impl std::future::Future<
         Output = (
             Outbound,
@@ -258,6 +330,18 @@ impl SessionTask {
         ),
     > + use<> {
         self.metrics.dispatched.increment(1);
+        m.attempts += 1;
+        let now_ms = crate::unix_ms();
+        if m.first_attempt_ms == 0 {
+            m.first_attempt_ms = now_ms;
+        }
+        if let Some(d) = &self.durable {
+            d.note(vec![Record::Dispatched {
+                id: jid(m.id),
+                attempt: m.attempts,
+                at_ms: now_ms,
+            }]);
+        }
         let fut = self.upstream.send(UpstreamSend {
             device: self.device.clone(),
             recipient: m.recipient.clone(),
@@ -275,38 +359,164 @@ impl SessionTask {
     }
 
     fn finish(&self, m: Outbound, _started: Instant, r: Result<crate::upstream::UpstreamAck, UpstreamError>) {
+        let now_ms = crate::unix_ms();
         let report = match r {
             Ok(ack) => {
                 self.metrics.delivered.increment(1);
-                DeliveryReport {
-                    message_id: m.id,
-                    seq: m.seq,
-                    status: DeliveryStatus::Sent,
-                    code: ErrorCode(0),
-                    timestamp_ms: crate::unix_ms(),
-                    upstream_id: Text::from(ack.upstream_id),
-                    detail: Text::default(),
+                if ack.already_sent {
+                    self.metrics.already_sent.increment(1);
                 }
-            }
-            Err(e) => {
-                self.metrics.failed(e.code());
-                DeliveryReport {
-                    message_id: m.id,
-                    seq: m.seq,
-                    status: DeliveryStatus::Failed,
-                    code: e.code(),
-                    timestamp_ms: crate::unix_ms(),
-                    upstream_id: Text::default(),
-                    detail: Text::from(e.to_string()),
+                if let Some(d) = &self.durable {
+                    d.note(vec![Record::Sent {
+                        id: jid(m.id),
+                        upstream_id: ack.upstream_id.clone(),
+                        at_ms: now_ms,
+                    }]);
                 }
+                report(
+                    &m,
+                    DeliveryStatus::Sent,
+                    ErrorCode(0),
+                    now_ms,
+                    ack.upstream_id,
+                    String::new(),
+                )
             }
+            Err(e) => match self.after_failure(m, &e, now_ms) {
+                Ok(deferred) => {
+                    // The message is in the retry queue; the client hears it is deferred.
+                    self.emit(deferred.0.as_ref(), deferred.1);
+                    return;
+                }
+                Err((m, report)) => {
+                    self.metrics.failed(e.code());
+                    self.emit(m.reply.as_ref(), report);
+                    return;
+                }
+            },
         };
+        self.emit(m.reply.as_ref(), report);
+    }
+
+    /// Decides between a retry and a final failure. `Ok` carries the reply sink and the
+    /// DEFERRED report of a scheduled retry; `Err` the message back with its FAILED report.
+    #[allow(clippy::type_complexity)]
+    fn after_failure(
+        &self,
+        m: Outbound,
+        e: &UpstreamError,
+        now_ms: u64,
+    ) -> Result<(Option<ReplySink>, DeliveryReport), (Outbound, DeliveryReport)> {
+        let code = e.code();
+        let Some(d) = &self.durable else {
+            let r = report(
+                &m,
+                DeliveryStatus::Failed,
+                code,
+                now_ms,
+                String::new(),
+                e.to_string(),
+            );
+            return Err((m, r));
+        };
+        let decision = {
+            let mut rng = rand::rng();
+            d.policy
+                .decide(code, m.attempts, m.first_attempt_ms, now_ms, &mut rng)
+        };
+        let dead = |m: Outbound, why: &str| {
+            let detail = format!("{e}; {why} after {} attempts", m.attempts);
+            if why == "permanent" {
+                d.note(vec![Record::Failed {
+                    id: jid(m.id),
+                    code: code.0,
+                    at_ms: now_ms,
+                }]);
+            } else {
+                self.metrics.dead.increment(1);
+                d.note(vec![Record::Dead {
+                    id: jid(m.id),
+                    attempts: m.attempts,
+                    last_code: code.0,
+                    last_detail: detail.clone(),
+                    at_ms: now_ms,
+                }]);
+            }
+            let r = report(&m, DeliveryStatus::Failed, code, now_ms, String::new(), detail);
+            (m, r)
+        };
+        match decision {
+            Decision::RetryAt(due_ms) => {
+                let Some(session) = self.handle.upgrade() else {
+                    // Shutting down: the journal keeps the message unfinished; the next start retries it.
+                    let r = report(
+                        &m,
+                        DeliveryStatus::Deferred,
+                        code,
+                        now_ms,
+                        String::new(),
+                        e.to_string(),
+                    );
+                    return Ok((m.reply, r));
+                };
+                let now = d.clock.now();
+                let due = crate::retry::due_from_unix_ms(due_ms, now_ms, now);
+                let (id, attempts, reply) = (m.id, m.attempts, m.reply.clone());
+                let r = report(
+                    &m,
+                    DeliveryStatus::Deferred,
+                    code,
+                    now_ms,
+                    String::new(),
+                    format!("{e}; attempt {} failed, next at unix ms {due_ms}", attempts),
+                );
+                match d.retry.schedule(id, RetryItem { session, msg: m }, due) {
+                    Ok(()) => {
+                        self.metrics.retried.increment(1);
+                        d.note(vec![Record::RetryScheduled {
+                            id: jid(id),
+                            attempt: attempts,
+                            due_at_ms: due_ms,
+                            last_code: code.0,
+                        }]);
+                        Ok((reply, r))
+                    }
+                    Err(full) => Err(dead(full.item.msg, "retry queue full")),
+                }
+            }
+            Decision::Dead(DeadReason::Permanent) => Err(dead(m, "permanent")),
+            Decision::Dead(reason) => Err(dead(m, reason.as_str())),
+        }
+    }
+
+    fn emit(&self, reply: Option<&ReplySink>, report: DeliveryReport) {
         self.ws.publish(EventKind::Report {
             device_id: self.device.device.clone(),
             report: report.clone(),
         });
         // The stream may be gone (client disconnected); the outcome is still counted and published.
-        let _ = m.reply.send(report);
+        if let Some(tx) = reply {
+            let _ = tx.send(StreamReply::Report(report));
+        }
+    }
+}
+
+fn report(
+    m: &Outbound,
+    status: DeliveryStatus,
+    code: ErrorCode,
+    now_ms: u64,
+    upstream_id: String,
+    detail: String,
+) -> DeliveryReport {
+    DeliveryReport {
+        message_id: m.id,
+        seq: m.seq,
+        status,
+        code,
+        timestamp_ms: now_ms,
+        upstream_id: Text::from(upstream_id),
+        detail: Text::from(detail),
     }
 }
 

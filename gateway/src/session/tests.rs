@@ -86,7 +86,17 @@ fn outbound(seq: u64, reply: &ReplySink) -> Outbound {
         seq,
         recipient: "4915112345678".into(),
         body: Body::Text("hi".into()),
-        reply: reply.clone(),
+        reply: Some(reply.clone()),
+        attempts: 0,
+        first_attempt_ms: 0,
+    }
+}
+
+/// The next delivery report a session sent to its stream.
+async fn report(rx: &mut mpsc::UnboundedReceiver<StreamReply>) -> DeliveryReport {
+    match rx.recv().await.expect("a reply") {
+        StreamReply::Report(r) => r,
+        other => panic!("expected a report, got {other:?}"),
     }
 }
 
@@ -108,7 +118,7 @@ async fn every_message_gets_a_report() {
     }
     let mut seen = std::collections::HashSet::new();
     for _ in 0..50 {
-        let r = rx.recv().await.unwrap();
+        let r = report(&mut rx).await;
         assert_eq!(r.status, DeliveryStatus::Sent);
         assert_eq!(r.code, ErrorCode(0));
         assert_eq!(r.message_id, MessageId([r.seq as u8; 16]));
@@ -145,7 +155,7 @@ async fn window_bounds_sends_in_flight_and_full_queue_hands_message_back() {
     assert_eq!(up.max.load(Ordering::SeqCst), 3);
     up.gate.add_permits(100);
     for _ in 0..6 {
-        assert_eq!(rx.recv().await.unwrap().status, DeliveryStatus::Sent);
+        assert_eq!(report(&mut rx).await.status, DeliveryStatus::Sent);
     }
     assert_eq!(up.max.load(Ordering::SeqCst), 3, "never more than the window");
 }
@@ -162,7 +172,7 @@ async fn upstream_errors_become_failed_reports() {
     let h = m.get(ws.idx, &"d".into()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     h.submit(outbound(1, &tx)).unwrap();
-    let r = rx.recv().await.unwrap();
+    let r = report(&mut rx).await;
     assert_eq!(r.status, DeliveryStatus::Failed);
     assert_eq!(r.code, ErrorCode::UPSTREAM_THROTTLED);
     assert!(r.detail.as_str().contains("throttled"));
@@ -181,7 +191,7 @@ async fn silent_upstream_times_out() {
     let h = m.get(ws.idx, &"d".into()).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     h.submit(outbound(1, &tx)).unwrap();
-    let r = rx.recv().await.unwrap();
+    let r = report(&mut rx).await;
     assert_eq!(r.code, ErrorCode::UPSTREAM_TIMEOUT);
 }
 
@@ -202,7 +212,7 @@ async fn pacing_spaces_sends_to_the_upstream() {
         h.submit(outbound(seq, &tx)).unwrap();
     }
     for _ in 0..5 {
-        rx.recv().await.unwrap();
+        report(&mut rx).await;
     }
     let calls = up.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 5);
@@ -229,5 +239,5 @@ async fn closing_the_manager_stops_sessions() {
     // The handle we still hold keeps the queue open; it is the last sender.
     let (tx, mut rx) = mpsc::unbounded_channel();
     h.submit(outbound(1, &tx)).unwrap();
-    assert_eq!(rx.recv().await.unwrap().status, DeliveryStatus::Sent);
+    assert_eq!(report(&mut rx).await.status, DeliveryStatus::Sent);
 }

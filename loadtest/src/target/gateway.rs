@@ -147,11 +147,15 @@ pub async fn connect(
                 Some(Frame::Subscribed { .. }) => {}
                 other => bail!("expected SUBSCRIBED, got {other:?}"),
             }
-            let mut events = conn.accept_event_stream().await?;
             let live = live.clone();
+            // The gateway opens the event stream (a QUIC uni stream) when it has
+            // the first event to write, and the peer only sees it then: accept it
+            // in the task, not before the load that causes the events starts.
             event_tasks.push(tokio::spawn(async move {
-                while let Ok(Some(Frame::Event(_))) = events.next().await {
-                    live.events.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut events) = conn.accept_event_stream().await {
+                    while let Ok(Some(Frame::Event(_))) = events.next().await {
+                        live.events.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 drop(control);
                 drop(conn);

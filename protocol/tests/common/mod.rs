@@ -117,6 +117,7 @@ pub fn report() -> BoxedStrategy<DeliveryReport> {
     let outcome = prop_oneof![
         Just((DeliveryStatus::Sent, ErrorCode(0))),
         failure_code().prop_map(|c| (DeliveryStatus::Failed, c)),
+        failure_code().prop_map(|c| (DeliveryStatus::Deferred, c)),
     ];
     (message_id(), any::<u64>(), outcome, any::<u64>(), str8(), str16())
         .prop_map(
@@ -252,6 +253,7 @@ pub fn kind(f: &Frame) -> &'static str {
     let status = |r: &DeliveryReport| match r.status {
         DeliveryStatus::Sent => "sent",
         DeliveryStatus::Failed => "failed",
+        DeliveryStatus::Deferred => "deferred",
     };
     match f {
         Frame::Hello { .. } => "HELLO",
@@ -660,11 +662,11 @@ pub fn seeds() -> Vec<Seed> {
     ));
     out.push(bad(
         "report-status",
-        report_body(3, 0).frame(ty::REPORT),
+        report_body(4, 0).frame(ty::REPORT),
         DecodeError::InvalidValue {
             frame: "REPORT",
             field: "status",
-            value: 3,
+            value: 4,
         },
     ));
     out.push(bad(
