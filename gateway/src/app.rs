@@ -267,8 +267,11 @@ async fn open_durable(
         cfg.journal.idempotency_window_s * 1000,
         cfg.journal.idempotency_capacity as usize,
     ));
-    for e in &recovered.idempotency {
-        idem.restore(&e.workspace, &e.idempotency_key, pid(e.id), e.accepted_at_ms);
+    // Finished messages in the window, and every unfinished or dead one: a resend of any of
+    // them must get the original id.
+    let window_ms = cfg.journal.idempotency_window_s * 1000;
+    for k in recovered.idempotency_keys(crate::unix_ms(), window_ms) {
+        idem.restore(k.workspace, k.idempotency_key, pid(k.id), k.accepted_at_ms);
     }
     let policy = RetryPolicy::from_config(&cfg.retry)
         .map_err(|e| anyhow::anyhow!("retry: {}", e.problems.join("; ")))?;

@@ -42,6 +42,43 @@ enum Cmd {
     },
     /// Print the embedded default configuration as TOML.
     DefaultConfig,
+    /// Inspect and act on dead letters (run with the gateway stopped).
+    DeadLetters {
+        /// TOML configuration file (its state directory holds the journal).
+        #[arg(long, short, env = "WAPING_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        op: DeadOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadOp {
+    /// One line per dead letter: id, workspace, device, attempts, last code, time, detail.
+    List,
+    /// Everything about one dead letter, including its recipient and body.
+    Show {
+        /// Message id (32 hex digits).
+        id: String,
+    },
+    /// Put a dead letter (or all, with --all) back to work; it is sent after the next start.
+    Replay {
+        /// Message id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete a dead letter (or all, with --all) for good.
+    Purge {
+        /// Message id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
 }
 
 fn init_logging(cfg: &Config) {
@@ -93,6 +130,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::DeadLetters { config, op } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            use waping_gateway::durable::dead_letters::{Op, run};
+            let op = match op {
+                DeadOp::List => Op::List,
+                DeadOp::Show { id } => Op::Show(id),
+                DeadOp::Replay { id, .. } => Op::Replay(id),
+                DeadOp::Purge { id, .. } => Op::Purge(id),
+            };
+            match run(&cfg, op) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -225,12 +225,47 @@ mod tests {
         assert_eq!(a.duration, Duration::from_millis(500));
         // `--body-size` still works and means the same.
         assert_eq!(run_args(&["--body-size", "7"]).body_size, 7);
-        let cfg = a.js.stream_config().unwrap_or_else(|e| panic!("{e}"));
+        let streams = a.js.streams(&["lt-0", "lt-1"]);
+        assert_eq!(streams.len(), 1);
+        assert_eq!(streams[0].name, "BENCH");
+        let cfg = a.js.stream_config(&streams[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.name, "BENCH");
         assert_eq!(cfg.subjects, vec!["bench.x.>".to_string()]);
         assert_eq!(a.js.subject("lt-1", "dev-2"), "bench.x.lt-1.dev-2");
         assert_eq!(cfg.storage, async_nats::jetstream::stream::StorageType::File);
         assert_eq!(cfg.discard, async_nats::jetstream::stream::DiscardPolicy::Old);
         assert_eq!(cfg.max_bytes, 2048);
+    }
+
+    #[test]
+    fn jetstream_streams_per_workspace() {
+        let a = run_args(&["--target", "jetstream", "--js-stream-per-workspace"]);
+        assert!(a.js.js_stream_per_workspace);
+        let streams = a.js.streams(&["lt-0", "lt.1"]);
+        let got: Vec<(&str, &str)> = streams
+            .iter()
+            .map(|s| (s.name.as_str(), s.subjects.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("WAPING_LT_lt-0", "waping.lt.lt-0.>"),
+                ("WAPING_LT_lt_1", "waping.lt.lt_1.>")
+            ]
+        );
+        // Every device subject falls in its workspace's stream.
+        assert_eq!(a.js.subject("lt.1", "dev-0"), "waping.lt.lt_1.dev-0");
+        for s in &streams {
+            let cfg = a.js.stream_config(s).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cfg.subjects, vec![s.subjects.clone()]);
+        }
+        // Recreating clears both layouts, which would overlap.
+        assert_eq!(
+            a.js.recreate_names(&["lt-0"]),
+            vec!["WAPING_LT".to_string(), "WAPING_LT_lt-0".to_string()]
+        );
+        let bad = run_args(&["--target", "jetstream", "--js-stream", "A.B"]);
+        assert!(bad.js.stream_config(&bad.js.streams(&["w"])[0]).is_err());
     }
 
     #[test]
@@ -276,7 +311,8 @@ mod tests {
         assert_eq!(a.js.subject("a.b", "c d*>"), "waping.lt.a_b.c_d__");
         for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {
             let a = run_args(&["--target", "jetstream", "--js-subject-prefix", bad]);
-            assert!(a.js.stream_config().is_err(), "{bad:?}");
+            let spec = &a.js.streams(&["lt-0"])[0];
+            assert!(a.js.stream_config(spec).is_err(), "{bad:?}");
         }
     }
 }

@@ -285,6 +285,7 @@ async fn drive<T: Target>(
         unanswered: sent.saturating_sub(total.accepted + rejected),
         delivered: reports.then_some(total.delivered),
         failed: reports.then(|| total.failed.clone()),
+        deferred: reports.then_some(total.deferred),
         missing_reports: reports.then(|| total.accepted.saturating_sub(total.delivered + resolved_failed)),
         events: live.events.load(Ordering::Relaxed),
         accept_latency: Percentiles::of(&total.accept),
@@ -422,6 +423,8 @@ async fn read_loop<A: Answers>(
 ) -> anyhow::Result<StreamStats> {
     let mut st = StreamStats::default();
     let mut resolved = 0u64;
+    // Messages whose slot a deferred report already freed, awaiting their final report.
+    let mut deferred = std::collections::HashSet::new();
     let us_since = |seq: u64| {
         let intended = start + Duration::from_nanos(seq);
         Instant::now()
@@ -429,11 +432,14 @@ async fn read_loop<A: Answers>(
             .as_micros()
             .max(1) as u64
     };
-    let resolve = |resolved: &mut u64| {
-        *resolved += 1;
+    let free_slot = || {
         if let Some(s) = &sem {
             s.add_permits(1);
         }
+    };
+    let resolve = |resolved: &mut u64| {
+        *resolved += 1;
+        free_slot();
     };
     loop {
         let finished = matches!(*done.borrow(), Some(total) if resolved >= total);
@@ -460,6 +466,12 @@ async fn read_loop<A: Answers>(
                 live.rejected.fetch_add(1, Ordering::Relaxed);
                 resolve(&mut resolved);
             }
+            Answer::Deferred { seq } => {
+                st.deferred += 1;
+                if deferred.insert(seq) {
+                    free_slot();
+                }
+            }
             Answer::Report { seq, failed } => {
                 live.reports.fetch_add(1, Ordering::Relaxed);
                 let _ = st.delivery.record(us_since(seq));
@@ -467,7 +479,11 @@ async fn read_loop<A: Answers>(
                     None => st.delivered += 1,
                     Some(reason) => *st.failed.entry(reason).or_default() += 1,
                 }
-                resolve(&mut resolved);
+                if deferred.remove(&seq) {
+                    resolved += 1;
+                } else {
+                    resolve(&mut resolved);
+                }
             }
             Answer::Other => {}
         }

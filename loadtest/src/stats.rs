@@ -21,6 +21,8 @@ pub struct StreamStats {
     pub accepted: u64,
     /// REPORT with status sent.
     pub delivered: u64,
+    /// REPORT with status deferred (not final).
+    pub deferred: u64,
 }
 
 fn hist() -> Histogram<u64> {
@@ -38,6 +40,7 @@ impl Default for StreamStats {
             failed: BTreeMap::new(),
             accepted: 0,
             delivered: 0,
+            deferred: 0,
         }
     }
 }
@@ -55,6 +58,7 @@ impl StreamStats {
         }
         self.accepted += o.accepted;
         self.delivered += o.delivered;
+        self.deferred += o.deferred;
     }
 }
 
@@ -126,6 +130,8 @@ pub struct Summary {
     pub delivered: Option<u64>,
     /// Reports with status failed, by reason.
     pub failed: Option<BTreeMap<String, u64>>,
+    /// Deferred (not final) reports: a retry was scheduled.
+    pub deferred: Option<u64>,
     /// Accepted messages without a report when the harness stopped waiting.
     pub missing_reports: Option<u64>,
     /// Events received on subscriptions, if any.

@@ -23,6 +23,8 @@ use crate::limiter::MonotonicClock;
 use crate::retry::{RetryHandle, RetryPolicy};
 use crate::session::{Outbound, SessionHandle};
 
+pub mod dead_letters;
+
 /// A message waiting in the retry queue, with the session it goes back to.
 #[derive(Debug)]
 pub struct RetryItem {

@@ -34,10 +34,15 @@ impl Gateway {
 
     /// Like [`Gateway::start`]; `metrics` turns the Prometheus listener on (ephemeral port).
     pub fn start_with(workspaces: &[Ws], sim_extra: &str, metrics: bool) -> Gateway {
+        Gateway::start_upstream(workspaces, &format!("[upstream.sim]\n{sim_extra}\n"), metrics)
+    }
+
+    /// Like [`Gateway::start_with`] with the whole upstream part of the config given (TOML tables).
+    pub fn start_upstream(workspaces: &[Ws], upstream: &str, metrics: bool) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
-             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n[upstream.sim]\n{sim_extra}\n",
+             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n{upstream}\n",
             dir.path().join("state").display().to_string()
         );
         let mut keys = Vec::new();
@@ -51,26 +56,7 @@ impl Gateway {
         }
         let cfg_path = dir.path().join("gateway.toml");
         std::fs::write(&cfg_path, toml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_waping-gateway"))
-            .args(["run", "--config"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", std::env::var("IT_LOG").unwrap_or("warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn gateway");
-        let runtime = dir.path().join("state").join("runtime.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let info: serde_json::Value = loop {
-            if let Some(v) = std::fs::read_to_string(&runtime)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-            {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "gateway did not write runtime.json");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (child, info) = spawn(&dir);
         Gateway {
             child,
             addr: info["quic"].as_str().unwrap().parse().unwrap(),
@@ -79,6 +65,27 @@ impl Gateway {
             dir,
             metrics: info["metrics"].as_str().map(|a| a.parse().unwrap()),
         }
+    }
+
+    /// `kill -9`: no drain, no flush, nothing the process could still do.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the binary again on the same config and state directory (after [`Gateway::kill9`]
+    /// or [`Gateway::terminate`]).
+    pub fn respawn(&mut self) {
+        // A killed gateway leaves its runtime.json behind; wait for the new one.
+        let _ = std::fs::remove_file(self.state_dir().join("runtime.json"));
+        let (child, info) = spawn(&self.dir);
+        self.child = child;
+        self.addr = info["quic"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            self.pin,
+            info["fingerprint"].as_str().unwrap(),
+            "the certificate survives restarts"
+        );
     }
 
     pub fn key(&self, ws: &str) -> String {
@@ -123,6 +130,34 @@ impl Gateway {
             assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Spawns the binary on `dir/gateway.toml` and waits for its runtime.json.
+fn spawn(dir: &tempfile::TempDir) -> (Child, serde_json::Value) {
+    let cfg_path = dir.path().join("gateway.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_waping-gateway"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", std::env::var("IT_LOG").unwrap_or("warn".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gateway");
+    let runtime = dir.path().join("state").join("runtime.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = std::fs::read_to_string(&runtime)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            return (child, v);
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("gateway exited during start: {st}");
+        }
+        assert!(Instant::now() < deadline, "gateway did not write runtime.json");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

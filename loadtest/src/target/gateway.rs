@@ -50,12 +50,16 @@ impl Answers for GatewayAnswers {
             Frame::Rejected { code, .. } => Answer::Rejected {
                 reason: code_name(code.0),
             },
-            Frame::Report(rep) => Answer::Report {
-                seq: rep.seq,
-                failed: match rep.status {
-                    DeliveryStatus::Sent => None,
-                    DeliveryStatus::Failed => Some(code_name(rep.code.0)),
+            Frame::Report(rep) => match rep.status {
+                DeliveryStatus::Sent => Answer::Report {
+                    seq: rep.seq,
+                    failed: None,
                 },
+                DeliveryStatus::Failed => Answer::Report {
+                    seq: rep.seq,
+                    failed: Some(code_name(rep.code.0)),
+                },
+                DeliveryStatus::Deferred => Answer::Deferred { seq: rep.seq },
             },
             Frame::Goodbye { code, message } => {
                 eprintln!("gateway said GOODBYE {code}: {message}");

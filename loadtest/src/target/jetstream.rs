@@ -40,14 +40,19 @@ pub struct JetStreamArgs {
     /// Stream name (created with FILE storage and subjects `<prefix>.>` if missing).
     #[arg(long, default_value = "WAPING_LT")]
     pub js_stream: String,
+    /// One stream per workspace instead, `<name>_<workspace>` with subjects
+    /// `<prefix>.<workspace>.>` (JetStream stores and syncs each stream on its own).
+    #[arg(long)]
+    pub js_stream_per_workspace: bool,
     /// Subject prefix: messages go to `<prefix>.<workspace>.<device>`. Streams on one
     /// server cannot share subjects, so a second stream needs its own prefix.
     #[arg(long, default_value = "waping.lt")]
     pub js_subject_prefix: String,
-    /// Delete and create the stream before the run (a fresh, empty store).
+    /// Delete and create the stream(s) before the run (a fresh, empty store). Deletes
+    /// both layouts' streams, single and per workspace, as they would overlap.
     #[arg(long)]
     pub js_recreate: bool,
-    /// Delete the stream after the run.
+    /// Delete the stream(s) after the run.
     #[arg(long)]
     pub js_delete_after: bool,
     /// Stream size limit in bytes; the oldest messages are discarded beyond it.
@@ -58,10 +63,47 @@ pub struct JetStreamArgs {
     pub js_dedup_window: Duration,
 }
 
+/// One stream a run publishes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// Its one subject filter.
+    pub subjects: String,
+}
+
 impl JetStreamArgs {
-    /// The stream's subject filter: `<prefix>.>`.
+    /// The single stream's subject filter: `<prefix>.>`.
     pub fn subjects(&self) -> String {
         format!("{}.>", self.js_subject_prefix)
+    }
+
+    /// The per-workspace stream of `workspace`.
+    fn workspace_stream(&self, workspace: &str) -> StreamSpec {
+        StreamSpec {
+            name: format!("{}_{}", self.js_stream, token(workspace)),
+            subjects: format!("{}.{}.>", self.js_subject_prefix, token(workspace)),
+        }
+    }
+
+    /// The streams a run over `workspaces` publishes to: one, or one per workspace.
+    pub fn streams(&self, workspaces: &[&str]) -> Vec<StreamSpec> {
+        if self.js_stream_per_workspace {
+            workspaces.iter().map(|w| self.workspace_stream(w)).collect()
+        } else {
+            vec![StreamSpec {
+                name: self.js_stream.clone(),
+                subjects: self.subjects(),
+            }]
+        }
+    }
+
+    /// Every stream name `--js-recreate` clears for a run over `workspaces`:
+    /// the single stream and the per-workspace ones, whichever layout is used.
+    pub fn recreate_names(&self, workspaces: &[&str]) -> Vec<String> {
+        std::iter::once(self.js_stream.clone())
+            .chain(workspaces.iter().map(|w| self.workspace_stream(w).name))
+            .collect()
     }
 
     /// The subject a device's messages go to.
@@ -74,15 +116,18 @@ impl JetStreamArgs {
         )
     }
 
-    /// The stream configuration the baseline uses.
-    pub fn stream_config(&self) -> anyhow::Result<Config> {
+    /// The configuration of one of the baseline's streams.
+    pub fn stream_config(&self, spec: &StreamSpec) -> anyhow::Result<Config> {
         let p = &self.js_subject_prefix;
         if p.split('.').any(|t| t.is_empty() || t != token(t)) {
             bail!("--js-subject-prefix {p:?} is not a literal NATS subject");
         }
+        if spec.name.is_empty() || spec.name != token(&spec.name) {
+            bail!("stream name {:?} is not a valid JetStream name", spec.name);
+        }
         Ok(Config {
-            name: self.js_stream.clone(),
-            subjects: vec![self.subjects()],
+            name: spec.name.clone(),
+            subjects: vec![spec.subjects.clone()],
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -94,12 +139,12 @@ impl JetStreamArgs {
     }
 }
 
-/// One subject token from a workspace or device id (NATS tokens cannot hold
-/// `.`, `*`, `>` or whitespace).
+/// One subject token (or stream-name part) from an id: NATS tokens cannot
+/// hold `.`, `*`, `>` or whitespace, stream names no path separators either.
 fn token(id: &str) -> String {
     id.chars()
         .map(|c| {
-            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+            if matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() {
                 '_'
             } else {
                 c
@@ -127,7 +172,8 @@ pub fn publish_for(send: &Frame, buf: &mut BytesMut) -> anyhow::Result<(u64, Byt
 pub struct JetStream {
     clients: Vec<Client>,
     ctx: jetstream::Context,
-    args: JetStreamArgs,
+    streams: Vec<StreamSpec>,
+    delete_after: bool,
 }
 
 /// An ack to wait for, tagged with the seq of its message.
@@ -259,25 +305,27 @@ impl Target for JetStream {
     const REPORTS: bool = false;
 
     async fn finish(self) -> anyhow::Result<()> {
-        match self.ctx.get_stream(&self.args.js_stream).await {
-            Ok(mut s) => {
-                let info = s.info().await?;
-                eprintln!(
-                    "stream {} now holds {} messages, {} bytes (sequence {}..={})",
-                    self.args.js_stream,
-                    info.state.messages,
-                    info.state.bytes,
-                    info.state.first_sequence,
-                    info.state.last_sequence
-                );
+        for spec in &self.streams {
+            match self.ctx.get_stream(&spec.name).await {
+                Ok(mut s) => {
+                    let info = s.info().await?;
+                    eprintln!(
+                        "stream {} now holds {} messages, {} bytes (sequence {}..={})",
+                        spec.name,
+                        info.state.messages,
+                        info.state.bytes,
+                        info.state.first_sequence,
+                        info.state.last_sequence
+                    );
+                }
+                Err(e) => eprintln!("stream {}: {e}", spec.name),
             }
-            Err(e) => eprintln!("stream {}: {e}", self.args.js_stream),
-        }
-        if self.args.js_delete_after {
-            self.ctx
-                .delete_stream(&self.args.js_stream)
-                .await
-                .with_context(|| format!("deleting stream {}", self.args.js_stream))?;
+            if self.delete_after {
+                self.ctx
+                    .delete_stream(&spec.name)
+                    .await
+                    .with_context(|| format!("deleting stream {}", spec.name))?;
+            }
         }
         for c in self.clients {
             let _ = c.flush().await;
@@ -286,48 +334,60 @@ impl Target for JetStream {
     }
 }
 
-/// Creates (or, with `--js-recreate`, recreates) the stream and checks an
-/// existing one is file-backed and takes the baseline's subjects.
-async fn ensure_stream(ctx: &jetstream::Context, js: &JetStreamArgs) -> anyhow::Result<()> {
-    let cfg = js.stream_config()?;
-    if js.js_recreate {
-        match ctx.delete_stream(&js.js_stream).await {
-            Ok(_) => eprintln!("deleted stream {}", js.js_stream),
-            Err(e) => {
-                let not_found = matches!(
-                    e.kind(),
-                    jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND
-                );
-                if !not_found {
-                    return Err(e).with_context(|| format!("deleting stream {}", js.js_stream));
-                }
+/// Deletes a stream; one that does not exist is fine.
+async fn delete_if_present(ctx: &jetstream::Context, name: &str) -> anyhow::Result<()> {
+    match ctx.delete_stream(name).await {
+        Ok(_) => {
+            eprintln!("deleted stream {name}");
+            Ok(())
+        }
+        Err(e) => {
+            let not_found = matches!(
+                e.kind(),
+                jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND
+            );
+            if not_found {
+                Ok(())
+            } else {
+                Err(e).with_context(|| format!("deleting stream {name}"))
             }
         }
     }
+}
+
+/// Creates a stream if missing and checks an existing one is file-backed and
+/// takes the baseline's subjects.
+async fn ensure_stream(
+    ctx: &jetstream::Context,
+    js: &JetStreamArgs,
+    spec: &StreamSpec,
+) -> anyhow::Result<()> {
+    let cfg = js.stream_config(spec)?;
     let mut stream = ctx
         .get_or_create_stream(cfg)
         .await
-        .with_context(|| format!("creating stream {}", js.js_stream))?;
+        .with_context(|| format!("creating stream {}", spec.name))?;
     let info = stream.info().await?;
     if info.config.storage != StorageType::File {
         bail!(
             "stream {} exists with {:?} storage; the baseline needs file storage (use --js-recreate)",
-            js.js_stream,
+            spec.name,
             info.config.storage
         );
     }
-    if !info.config.subjects.contains(&js.subjects()) {
+    if !info.config.subjects.contains(&spec.subjects) {
         bail!(
             "stream {} exists with subjects {:?}, not {:?} (use --js-recreate)",
-            js.js_stream,
+            spec.name,
             info.config.subjects,
-            js.subjects()
+            spec.subjects
         );
     }
     eprintln!(
-        "stream {}: file storage, {} messages, {} bytes, max_bytes {}, dedup window {:?}",
-        js.js_stream,
+        "stream {} ({}): file storage, {} messages, {} bytes, max_bytes {}, dedup window {:?}",
+        spec.name,
+        spec.subjects,
         info.state.messages,
         info.state.bytes,
         info.config.max_bytes,
@@ -352,6 +412,13 @@ pub async fn connect(
     // Acks are awaited until the run's drain ends; the harness, not the
     // client library, bounds what is in flight.
     let ack_timeout = (a.duration + a.drain).max(Duration::from_secs(5));
+    // Connection c uses workspace c mod W, so the first min(N, W) are in use.
+    let used: Vec<&str> = workspaces
+        .iter()
+        .take(a.connections)
+        .map(|w| w.id.as_str())
+        .collect();
+    let streams = js.streams(&used);
     let mut clients = Vec::new();
     let mut ends = Vec::new();
     let mut first_ctx = None;
@@ -372,7 +439,14 @@ pub async fn connect(
             .max_ack_inflight(1 << 20)
             .build(client.clone());
         if c == 0 {
-            ensure_stream(&ctx, js).await?;
+            if js.js_recreate {
+                for name in js.recreate_names(&used) {
+                    delete_if_present(&ctx, &name).await?;
+                }
+            }
+            for spec in &streams {
+                ensure_stream(&ctx, js, spec).await?;
+            }
             first_ctx = Some(ctx.clone());
         }
         let w = &workspaces[c % workspaces.len()];
@@ -412,7 +486,8 @@ pub async fn connect(
         JetStream {
             clients,
             ctx,
-            args: js.clone(),
+            streams,
+            delete_after: js.js_delete_after,
         },
         ends,
     ))

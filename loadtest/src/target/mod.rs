@@ -42,7 +42,13 @@ pub enum Answer {
         /// Reason name for the summary.
         reason: String,
     },
-    /// Delivery report (gateway only).
+    /// Not final: delivery was deferred for a retry (gateway only). The
+    /// gateway frees the message's in-flight slot; a final report follows.
+    Deferred {
+        /// The SEND's seq.
+        seq: u64,
+    },
+    /// Final delivery report (gateway only).
     Report {
         /// The SEND's seq.
         seq: u64,
