@@ -12,6 +12,12 @@
 //! - `refuse`: 1/s burst 1, every bucket drained during setup: the refusal
 //!   path (no write).
 //!
+//! Variants: `ours_check_key` (keyed lookup, 1 shard, the default),
+//! `ours_check_key_16_shards` (the shard choice hashes the key a second time),
+//! `ours_cached_handle` (the gateway's path: the caller holds the cell),
+//! `plain_hashmap_no_arcswap` (a bare `HashMap`, not updatable: isolates the
+//! arc-swap load) and `governor_keyed` (`DefaultKeyedStateStore`, a `DashMap`).
+//!
 //! `threads=2` runs two threads that each do half the iterations and reports
 //! the wall time, so the figure is aggregate throughput (ideal: half of 1 thread).
 
