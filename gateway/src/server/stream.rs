@@ -444,11 +444,20 @@ fn handle_send(
     };
     if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
         d.idem.release(token);
-        let (code, why) = match r.reason {
-            RefusalReason::RateExceeded => (ErrorCode::RATE_LIMITED, "workspace send rate exceeded"),
-            RefusalReason::ExceedsBurst => (ErrorCode::RATE_LIMITED, "more than the workspace burst at once"),
+        let (code, after, why) = match r.reason {
+            RefusalReason::RateExceeded => (
+                ErrorCode::RATE_LIMITED,
+                ceil_ms(r.retry_after),
+                "workspace send rate exceeded",
+            ),
+            // No wait admits it, so not a 3xxx code (those are always retryable).
+            RefusalReason::ExceedsBurst => (
+                ErrorCode::INVALID_FIELD,
+                0,
+                "more than the workspace burst at once",
+            ),
         };
-        return give_back(io, code, ceil_ms(r.retry_after), why);
+        return give_back(io, code, after, why);
     }
     let record = accepted_record(
         id,

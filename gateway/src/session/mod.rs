@@ -383,12 +383,12 @@ impl SessionTask {
                 )
             }
             Err(e) => match self.after_failure(m, &e, now_ms) {
-                Ok(deferred) => {
+                AfterFailure::Deferred(reply, report) => {
                     // The message is in the retry queue; the client hears it is deferred.
-                    self.emit(deferred.0.as_ref(), deferred.1);
+                    self.emit(reply.as_ref(), report);
                     return;
                 }
-                Err((m, report)) => {
+                AfterFailure::Final(m, report) => {
                     self.metrics.failed(e.code());
                     self.emit(m.reply.as_ref(), report);
                     return;
@@ -398,15 +398,8 @@ impl SessionTask {
         self.emit(m.reply.as_ref(), report);
     }
 
-    /// Decides between a retry and a final failure. `Ok` carries the reply sink and the
-    /// DEFERRED report of a scheduled retry; `Err` the message back with its FAILED report.
-    #[allow(clippy::type_complexity)]
-    fn after_failure(
-        &self,
-        m: Outbound,
-        e: &UpstreamError,
-        now_ms: u64,
-    ) -> Result<(Option<ReplySink>, DeliveryReport), (Outbound, DeliveryReport)> {
+    /// Decides between a retry and a final failure.
+    fn after_failure(&self, m: Outbound, e: &UpstreamError, now_ms: u64) -> AfterFailure {
         let code = e.code();
         let Some(d) = &self.durable else {
             let r = report(
@@ -417,7 +410,7 @@ impl SessionTask {
                 String::new(),
                 e.to_string(),
             );
-            return Err((m, r));
+            return AfterFailure::Final(m, r);
         };
         let decision = {
             let mut rng = rand::rng();
@@ -457,7 +450,7 @@ impl SessionTask {
                         String::new(),
                         e.to_string(),
                     );
-                    return Ok((m.reply, r));
+                    return AfterFailure::Deferred(m.reply, r);
                 };
                 let now = d.clock.now();
                 let due = crate::retry::due_from_unix_ms(due_ms, now_ms, now);
@@ -479,13 +472,13 @@ impl SessionTask {
                             due_at_ms: due_ms,
                             last_code: code.0,
                         }]);
-                        Ok((reply, r))
+                        AfterFailure::Deferred(reply, r)
                     }
-                    Err(full) => Err(dead(full.item.msg, "retry queue full")),
+                    Err(full) => final_(dead(full.item.msg, "retry queue full")),
                 }
             }
-            Decision::Dead(DeadReason::Permanent) => Err(dead(m, "permanent")),
-            Decision::Dead(reason) => Err(dead(m, reason.as_str())),
+            Decision::Dead(DeadReason::Permanent) => final_(dead(m, "permanent")),
+            Decision::Dead(reason) => final_(dead(m, reason.as_str())),
         }
     }
 
@@ -499,6 +492,18 @@ impl SessionTask {
             let _ = tx.send(StreamReply::Report(report));
         }
     }
+}
+
+/// What became of a failed attempt.
+enum AfterFailure {
+    /// Scheduled for a retry: the reply sink and the DEFERRED report.
+    Deferred(Option<ReplySink>, DeliveryReport),
+    /// Final: the message back with its FAILED report.
+    Final(Outbound, DeliveryReport),
+}
+
+fn final_((m, r): (Outbound, DeliveryReport)) -> AfterFailure {
+    AfterFailure::Final(m, r)
 }
 
 fn report(
