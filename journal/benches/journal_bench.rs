@@ -1,17 +1,17 @@
 //! Store and group-commit measurements for docs/design/0004-journal.md.
 //!
 //! ```sh
-//! cargo bench -p waping-journal --bench journal_bench -- stores      # journal vs redb vs fjall
-//! cargo bench -p waping-journal --bench journal_bench -- replay      # replay of 1M unfinished
-//! cargo bench -p waping-journal --bench journal_bench -- concurrency # 1/8/64 appenders
-//! cargo bench -p waping-journal --bench journal_bench -- rawsync     # fdatasync, preallocated or not
+//! cargo bench -p waping-journal --features compare --bench journal_bench -- stores      # journal vs redb vs fjall
+//! cargo bench -p waping-journal --features compare --bench journal_bench -- replay      # replay of 1M unfinished
+//! cargo bench -p waping-journal --features compare --bench journal_bench -- concurrency # 1/8/64 appenders
+//! cargo bench -p waping-journal --features compare --bench journal_bench -- rawsync     # fdatasync, preallocated or not
+//! cargo bench -p waping-journal --features compare --bench journal_bench -- prealloc    # the journal with and without
 //! ```
 //!
-//! Every number printed is the median of 3 runs. Directories are created under
+//! Every number printed is a median of 3 to 5 runs. Directories are created under
 //! `$JOURNAL_BENCH_DIR` (default: the system temp dir), which must be on the disk measured.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ fn main() {
     }
     if matches!(which, "all" | "concurrency") {
         concurrency(&base);
+    }
+    if matches!(which, "all" | "prealloc") {
+        prealloc(&base);
     }
     if matches!(which, "all" | "replay") {
         replay(&base);
@@ -110,12 +113,18 @@ fn fresh(base: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Bytes allocated on disk (like `du`; preallocated journal segments are sparse).
 fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut n = 0;
     if let Ok(rd) = fs::read_dir(p) {
         for e in rd.flatten() {
             let m = e.metadata().unwrap();
-            n += if m.is_dir() { du(&e.path()) } else { m.len() };
+            n += if m.is_dir() {
+                du(&e.path())
+            } else {
+                m.blocks() * 512
+            };
         }
     }
     n
@@ -125,37 +134,52 @@ fn du(p: &Path) -> u64 {
 // raw fdatasync cost: growing file vs preallocated (fallocate-like zero fill)
 
 fn rawsync(base: &Path) {
-    println!("\n## raw write(200 B)+fdatasync, 1000 ops, µs/op (median of {RUNS})");
-    for prealloc in [false, true] {
-        let mut v = Vec::new();
-        for _ in 0..RUNS {
+    const OPS: u64 = 500;
+    println!(
+        "\n## raw pwrite(200 B) + fdatasync at increasing offsets, {OPS} ops, modes interleaved, median of 5"
+    );
+    println!("| file | p50 µs | p99 µs |");
+    println!("|---|---|---|");
+    let modes = ["growing", "set_len (sparse)", "zero-filled"];
+    let mut res = vec![(vec![], vec![]); modes.len()];
+    for _ in 0..5 {
+        for (mi, _) in modes.iter().enumerate() {
             let d = fresh(base, "raw");
             let p = d.join("f");
-            let mut f = fs::OpenOptions::new()
+            let f = fs::OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&p)
                 .unwrap();
-            if prealloc {
-                f.write_all(&vec![0u8; 1000 * 200 + 4096]).unwrap();
-                f.sync_all().unwrap();
+            let size = OPS * 200 + 4096;
+            match mi {
+                1 => f.set_len(size).unwrap(),
+                2 => std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; size as usize], 0).unwrap(),
+                _ => {}
             }
+            f.sync_all().unwrap();
             let buf = [7u8; 200];
-            let t = Instant::now();
-            for k in 0..1000u64 {
+            let mut lat = Vec::with_capacity(OPS as usize);
+            for k in 0..OPS {
+                let t = Instant::now();
                 std::os::unix::fs::FileExt::write_all_at(&f, &buf, k * 200).unwrap();
                 f.sync_data().unwrap();
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            v.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
-            f.flush().unwrap();
+            lat.sort_by(f64::total_cmp);
+            res[mi].0.push(lat[lat.len() / 2]);
+            res[mi].1.push(lat[lat.len() * 99 / 100]);
+            drop(f);
             let _ = fs::remove_dir_all(&d);
         }
+    }
+    for (mi, m) in modes.iter().enumerate() {
         println!(
-            "prealloc={prealloc}: {:.0} µs/op   runs {:?}",
-            median(v.clone()),
-            v.iter().map(|x| *x as u64).collect::<Vec<_>>()
+            "| {m} | {:.0} | {:.0} |",
+            median(res[mi].0.clone()),
+            median(res[mi].1.clone())
         );
     }
 }
@@ -532,54 +556,88 @@ fn replay(base: &Path) {
 // ---------------------------------------------------------------------------------------------
 // group commit under concurrency
 
+/// `threads` appenders for `dur`; returns (appends/s, syncs/s, records per sync, p50 µs, p99 µs).
+fn run_appenders(base: &Path, threads: u64, cfg: JournalConfig, dur: Duration) -> [f64; 5] {
+    let dir = fresh(base, "conc");
+    let (j, _) = Journal::open(&dir, cfg).unwrap();
+    let j = Arc::new(j);
+    let start = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(4096);
+                let mut k = 0u64;
+                while start.elapsed() < dur {
+                    let r = msg(t << 40 | k);
+                    let t0 = Instant::now();
+                    j.append(vec![r]).wait().unwrap();
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    k += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let el = start.elapsed().as_secs_f64();
+    let st = j.stats();
+    lat.sort_unstable();
+    drop(j);
+    let _ = fs::remove_dir_all(&dir);
+    [
+        lat.len() as f64 / el,
+        st.syncs as f64 / el,
+        st.records as f64 / st.syncs.max(1) as f64,
+        lat[lat.len() / 2] as f64,
+        lat[lat.len() * 99 / 100] as f64,
+    ]
+}
+
+fn row(label: &str, samples: &[[f64; 5]]) {
+    let col = |i: usize| median(samples.iter().map(|s| s[i]).collect());
+    println!(
+        "| {label} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |",
+        col(0),
+        col(1),
+        col(2),
+        col(3),
+        col(4)
+    );
+}
+
 fn concurrency(base: &Path) {
-    println!("\n## durable appends of one 200-byte message per call, fdatasync group commit");
+    println!(
+        "\n## durable appends of one 200-byte message per call, fdatasync group commit (median of {RUNS} x 2 s)"
+    );
     println!("| appenders | appends/s | syncs/s | records per sync | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
     for threads in [1u64, 8, 64] {
-        let (mut tp, mut sp, mut rps, mut p50, mut p99) = (vec![], vec![], vec![], vec![], vec![]);
-        for _ in 0..RUNS {
-            let dir = fresh(base, "conc");
-            let (j, _) = Journal::open(&dir, JournalConfig::default()).unwrap();
-            let j = Arc::new(j);
-            let dur = Duration::from_secs(2);
-            let start = Instant::now();
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let j = j.clone();
-                    std::thread::spawn(move || {
-                        let mut lat = Vec::with_capacity(4096);
-                        let mut k = 0u64;
-                        while start.elapsed() < dur {
-                            let r = msg(t << 40 | k);
-                            let t0 = Instant::now();
-                            j.append(vec![r]).wait().unwrap();
-                            lat.push(t0.elapsed().as_micros() as u64);
-                            k += 1;
-                        }
-                        lat
-                    })
-                })
-                .collect();
-            let mut lat: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
-            let el = start.elapsed().as_secs_f64();
-            let st = j.stats();
-            lat.sort_unstable();
-            tp.push(lat.len() as f64 / el);
-            sp.push(st.syncs as f64 / el);
-            rps.push(st.records as f64 / st.syncs.max(1) as f64);
-            p50.push(lat[lat.len() / 2] as f64);
-            p99.push(lat[lat.len() * 99 / 100] as f64);
-            drop(j);
-            let _ = fs::remove_dir_all(&dir);
+        let v: Vec<[f64; 5]> = (0..RUNS)
+            .map(|_| run_appenders(base, threads, JournalConfig::default(), Duration::from_secs(2)))
+            .collect();
+        row(&threads.to_string(), &v);
+    }
+}
+
+fn prealloc(base: &Path) {
+    println!(
+        "\n## preallocated (sparse, fixed-size) segments vs growing files, runs interleaved, median of 5 x 1 s"
+    );
+    println!("| appenders, preallocate | appends/s | syncs/s | records per sync | p50 µs | p99 µs |");
+    println!("|---|---|---|---|---|---|");
+    for threads in [1u64, 8] {
+        let mut res = [vec![], vec![]];
+        for _ in 0..5 {
+            for (i, preallocate) in [false, true].into_iter().enumerate() {
+                let cfg = JournalConfig {
+                    preallocate,
+                    ..Default::default()
+                };
+                res[i].push(run_appenders(base, threads, cfg, Duration::from_secs(1)));
+            }
         }
-        println!(
-            "| {threads} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |",
-            median(tp),
-            median(sp),
-            median(rps),
-            median(p50),
-            median(p99)
-        );
+        row(&format!("{threads}, false"), &res[0]);
+        row(&format!("{threads}, true"), &res[1]);
     }
 }

@@ -274,12 +274,38 @@ impl SegmentReader {
     }
 
     /// Offset just past the last non-zero byte at or after `from`, if there is one.
+    ///
+    /// Only the allocated parts of the file are read (`SEEK_DATA`/`SEEK_HOLE`): the sparse
+    /// preallocated tail of a segment costs nothing. Falls back to reading everything where
+    /// the filesystem does not support it.
     pub(crate) fn last_nonzero_after(&self, from: u64) -> Result<Option<u64>> {
+        use rustix::fs::{SeekFrom, seek};
+        let mut last = None;
+        let mut pos = from;
+        while pos < self.file_len {
+            let (start, end) = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) if d >= self.file_len => break,
+                Ok(d) => (
+                    d,
+                    seek(&self.file, SeekFrom::Hole(d)).map_or(self.file_len, |h| h.min(self.file_len)),
+                ),
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => (pos, self.file_len),
+            };
+            if let Some(l) = self.last_nonzero_in(start.max(pos), end)? {
+                last = Some(l);
+            }
+            pos = end.max(pos + 1);
+        }
+        Ok(last)
+    }
+
+    fn last_nonzero_in(&self, from: u64, to: u64) -> Result<Option<u64>> {
         let mut last = None;
         let mut at = from;
-        let mut buf = vec![0u8; 1 << 20];
-        while at < self.file_len {
-            let n = ((self.file_len - at) as usize).min(buf.len());
+        let mut buf = vec![0u8; ((to - from) as usize).min(1 << 20)];
+        while at < to {
+            let n = ((to - at) as usize).min(buf.len());
             let got = read_at_most(&self.file, &mut buf[..n], at)
                 .map_err(|e| JournalError::io("read segment", &self.path, e))?;
             if got == 0 {
