@@ -250,8 +250,13 @@ async fn drive<T: Target>(
     let mut total = StreamStats::default();
     let mut sent = 0;
     let mut send_end = start;
+    // Writing ends are kept open until every answer is in: a gateway stream
+    // whose client side is finished may be closed before the final reports
+    // of deferred messages come.
+    let mut sinks = Vec::new();
     for (w, r) in tasks {
-        let (n, last) = w.await.context("writer task")??;
+        let (n, last, sink) = w.await.context("writer task")??;
+        sinks.push(sink);
         sent += n;
         send_end = send_end.max(last);
         let st = r.await.context("reader task")??;
@@ -259,6 +264,7 @@ async fn drive<T: Target>(
     }
     progress.abort();
     bar.finish_and_clear();
+    drop(sinks);
     target.finish().await?;
 
     let secs = send_end.saturating_duration_since(start).as_secs_f64().max(1e-9);
@@ -333,7 +339,7 @@ async fn write_loop<S: Sink>(
     live: Arc<Live>,
     sem: Option<Arc<Semaphore>>,
     done: watch::Sender<Option<u64>>,
-) -> anyhow::Result<(u64, Instant)> {
+) -> anyhow::Result<(u64, Instant, S)> {
     const BATCH: usize = 256;
     let recipients: Vec<Text> = (0..64)
         .map(|i| Text::from(format!("49151{:08}", 10_000_000 + i)))
@@ -407,7 +413,7 @@ async fn write_loop<S: Sink>(
     }
     .await;
     let _ = done.send(Some(i));
-    result.map(|()| (i, Instant::now().min(end)))
+    result.map(|()| (i, Instant::now().min(end), sink))
 }
 
 /// Collects one stream's answers until every message it sent is resolved
