@@ -270,9 +270,15 @@ async fn open_durable(
     // Finished messages in the window, and every unfinished or dead one: a resend of any of
     // them must get the original id.
     let window_ms = cfg.journal.idempotency_window_s * 1000;
-    for k in recovered.idempotency_keys(crate::unix_ms(), window_ms) {
+    let mut keys: Vec<_> = recovered.idempotency_keys(crate::unix_ms(), window_ms).collect();
+    // The index keeps at most `idempotency_capacity` keys; restoring more would only build
+    // memory the first sweep frees again. The newest win, as they would have at run time.
+    keys.sort_unstable_by_key(|k| k.accepted_at_ms);
+    let skip = keys.len().saturating_sub(cfg.journal.idempotency_capacity as usize);
+    for k in &keys[skip..] {
         idem.restore(k.workspace, k.idempotency_key, pid(k.id), k.accepted_at_ms);
     }
+    drop(keys);
     let policy = RetryPolicy::from_config(&cfg.retry)
         .map_err(|e| anyhow::anyhow!("retry: {}", e.problems.join("; ")))?;
     let queue = RetryQueue::new(policy.capacity());

@@ -234,8 +234,11 @@ impl IdempotencyIndex {
         let cutoff = now_ms.saturating_sub(self.window_ms);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut removed = 0;
+        // `DashMap::len` visits every shard: read it once, not once per entry (profiling showed
+        // the per-entry call dominating a sweep that evicts by capacity).
+        let mut len = self.map.len();
         while let Some((at, hash)) = held.take().or_else(|| self.order.pop()) {
-            let over = self.map.len() > self.capacity;
+            let over = len > self.capacity;
             if at >= cutoff && !over {
                 *held = Some((at, hash));
                 break;
@@ -255,6 +258,7 @@ impl IdempotencyIndex {
                 .is_some()
             {
                 removed += 1;
+                len = len.saturating_sub(1);
                 if at >= cutoff {
                     self.evicted_capacity.fetch_add(1, Ordering::Relaxed);
                 } else {
