@@ -274,7 +274,9 @@ async fn open_durable(
     // The index keeps at most `idempotency_capacity` keys; restoring more would only build
     // memory the first sweep frees again. The newest win, as they would have at run time.
     keys.sort_unstable_by_key(|k| k.accepted_at_ms);
-    let skip = keys.len().saturating_sub(cfg.journal.idempotency_capacity as usize);
+    let skip = keys
+        .len()
+        .saturating_sub(cfg.journal.idempotency_capacity as usize);
     for k in &keys[skip..] {
         idem.restore(k.workspace, k.idempotency_key, pid(k.id), k.accepted_at_ms);
     }

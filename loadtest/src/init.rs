@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use waping_gateway::config::{Config, KeyConfig, UpstreamKind, WorkspaceConfig};
@@ -43,7 +43,29 @@ pub struct InitArgs {
 
 /// Writes the files.
 pub fn init(a: &InitArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.out)?;
+    let (cfg, keys) = build(a)?;
+    let (gw_path, key_path) = write(&a.out, &cfg, &keys)?;
+    eprintln!(
+        "wrote {} and {} ({} workspaces × {} devices)",
+        gw_path.display(),
+        key_path.display(),
+        a.workspaces,
+        a.devices
+    );
+    eprintln!(
+        "start the gateway:  waping-gateway run --config {}",
+        gw_path.display()
+    );
+    eprintln!(
+        "then drive it:      waping-loadtest run --keys {} --gateway-state {} --rate 20000 --duration 10s",
+        key_path.display(),
+        a.out.join("state").display()
+    );
+    Ok(())
+}
+
+/// The gateway config (state in `out/state`) and the harness's keys, with fresh keys.
+pub fn build(a: &InitArgs) -> anyhow::Result<(Config, KeyFile)> {
     let mut cfg = Config::default();
     cfg.server.listen = a.listen;
     cfg.server.state_dir = Some(std::path::absolute(a.out.join("state"))?);
@@ -82,9 +104,15 @@ pub fn init(a: &InitArgs) -> anyhow::Result<()> {
         });
     }
     cfg.validate("generated")?;
-    let gw_path = a.out.join("gateway.toml");
-    std::fs::write(&gw_path, toml::to_string_pretty(&cfg)?)?;
-    let key_path = a.out.join("keys.toml");
+    Ok((cfg, keys))
+}
+
+/// Writes `out/gateway.toml` and `out/keys.toml` (mode 0600); returns their paths.
+pub fn write(out: &Path, cfg: &Config, keys: &KeyFile) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out)?;
+    let gw_path = out.join("gateway.toml");
+    std::fs::write(&gw_path, toml::to_string_pretty(cfg)?)?;
+    let key_path = out.join("keys.toml");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -93,22 +121,6 @@ pub fn init(a: &InitArgs) -> anyhow::Result<()> {
         opts.mode(0o600);
     }
     opts.open(&key_path)?
-        .write_all(toml::to_string_pretty(&keys)?.as_bytes())?;
-    eprintln!(
-        "wrote {} and {} ({} workspaces × {} devices)",
-        gw_path.display(),
-        key_path.display(),
-        a.workspaces,
-        a.devices
-    );
-    eprintln!(
-        "start the gateway:  waping-gateway run --config {}",
-        gw_path.display()
-    );
-    eprintln!(
-        "then drive it:      waping-loadtest run --keys {} --gateway-state {} --rate 20000 --duration 10s",
-        key_path.display(),
-        a.out.join("state").display()
-    );
-    Ok(())
+        .write_all(toml::to_string_pretty(keys)?.as_bytes())?;
+    Ok((gw_path, key_path))
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod crash;
 mod init;
 mod run;
 mod stats;
@@ -28,6 +29,10 @@ enum Cmd {
     /// Drive load against a running gateway (or, with `--target jetstream`, a NATS JetStream
     /// baseline) and report throughput and latency.
     Run(Box<run::RunArgs>),
+    /// Crash test at scale: start the gateway, load it, `kill -9` it at random moments, restart,
+    /// resend, and check against the simulator's ledger that no acknowledged message was lost or
+    /// delivered twice.
+    Crash(Box<crash::CrashArgs>),
     /// Run the simulated WhatsApp side as its own process (gateway `upstream.kind = "sim-remote"`).
     Sim {
         /// TCP address to listen on.
@@ -56,6 +61,12 @@ pub struct SimArgs {
     /// Inbound messages per device per second.
     #[arg(long = "sim-inbound-rate", default_value_t = 0.0)]
     pub inbound_rate: f64,
+    /// Probability a send fails with a retryable error.
+    #[arg(long = "sim-transient-failure-rate", default_value_t = 0.0)]
+    pub transient_failure_rate: f64,
+    /// Probability a send is delivered but its answer is lost (the gateway times out and resends).
+    #[arg(long = "sim-lost-answer-rate", default_value_t = 0.0)]
+    pub lost_answer_rate: f64,
 }
 
 impl SimArgs {
@@ -67,9 +78,10 @@ impl SimArgs {
             failure_rate: self.failure_rate,
             device_rate_per_second: self.device_rate,
             inbound_per_second: self.inbound_rate,
+            transient_failure_rate: self.transient_failure_rate,
+            lost_answer_rate: self.lost_answer_rate,
             seed: 1,
-            // Newer simulator knobs (transient failures, lost answers, dedup, ledger)
-            // keep their defaults here.
+            // Dedup capacity and the ledger keep their defaults here.
             ..Default::default()
         }
     }
@@ -108,6 +120,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Init(a) => init::init(&a),
             Cmd::Run(a) => run::run(*a).await,
+            Cmd::Crash(a) => crash::crash(*a).await,
             Cmd::Sim { listen, sim } => {
                 let addr = spawn_sim(listen, &sim).await?;
                 eprintln!("simulated WhatsApp listening on tcp {addr}; Ctrl-C to stop");

@@ -88,7 +88,8 @@ impl Target for Gateway {
     }
 }
 
-fn runtime_info(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, String)> {
+/// Address and certificate fingerprint from `dir/runtime.json` of a running gateway.
+pub fn runtime_info(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, String)> {
     let p = dir.join("runtime.json");
     let v: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&p).with_context(|| format!("{} (is the gateway running?)", p.display()))?,
@@ -105,6 +106,18 @@ fn runtime_info(dir: &std::path::Path) -> anyhow::Result<(SocketAddr, String)> {
         addr
     };
     Ok((addr, fp))
+}
+
+/// The client side of connection `i` of the harness.
+pub fn client_config(addr: SocketAddr, trust: &Trust, key: &str, i: usize) -> ClientConfig {
+    ClientConfig {
+        addr,
+        server_name: "localhost".into(),
+        trust: trust.clone(),
+        api_key: key.to_string(),
+        client_name: format!("waping-loadtest/{i}"),
+        connect_timeout: Duration::from_secs(10),
+    }
 }
 
 /// Starts the simulator if asked, connects `--connections` QUIC connections
@@ -132,14 +145,7 @@ pub async fn connect(
             bail!("give --pin, --ca-cert or --gateway-state so the gateway's certificate can be verified")
         }
     };
-    let client_cfg = |key: &str, i: usize| ClientConfig {
-        addr,
-        server_name: "localhost".into(),
-        trust: trust.clone(),
-        api_key: key.to_string(),
-        client_name: format!("waping-loadtest/{i}"),
-        connect_timeout: Duration::from_secs(10),
-    };
+    let client_cfg = |key: &str, i: usize| client_config(addr, &trust, key, i);
 
     let mut event_tasks = Vec::new();
     if a.subscribe {
