@@ -70,7 +70,11 @@ pub struct CrashArgs {
 
 /// Parses `MIN..MAX` (inclusive) or a single number.
 pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
-    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| format!("bad number in {s:?}"));
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad number in {s:?}"))
+    };
     let (lo, hi) = match s.split_once("..") {
         Some((a, b)) => (num(a)?, num(b.trim_start_matches('='))?),
         None => (num(s)?, num(s)?),
@@ -135,7 +139,10 @@ struct Round {
     acknowledged: usize,
     kill_after_ms: Option<u64>,
     refused: BTreeMap<String, u64>,
+    /// Sending and the kill.
     elapsed_s: f64,
+    /// Restarting the gateway afterwards (journal replay), until its runtime.json appeared.
+    restart_s: Option<f64>,
 }
 
 /// The printed summary.
@@ -154,6 +161,10 @@ struct Summary {
     wrong_id: u64,
     id_changes: u64,
     ledger_lines: u64,
+    /// Time spent restarting the gateway, all rounds.
+    restart_s: f64,
+    /// Waiting at the end for the ledger to hold every acknowledged message.
+    settle_s: f64,
     elapsed_s: f64,
     per_round: Vec<Round>,
 }
@@ -466,7 +477,11 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
                         eprintln!("{} acknowledged as {prev} and as {id}", key_name(ks[i]));
                     }
                 }
-                for (code, n) in o.retryable.into_iter().chain(o.permanent.iter().map(|(c, n)| (c.clone(), *n))) {
+                for (code, n) in o
+                    .retryable
+                    .into_iter()
+                    .chain(o.permanent.iter().map(|(c, n)| (c.clone(), *n)))
+                {
                     *refused.entry(code).or_default() += n;
                 }
                 if !o.permanent.is_empty() {
@@ -481,6 +496,14 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         unacked = pending;
+        let elapsed_s = t0.elapsed().as_secs_f64();
+        let restart_s = if last {
+            None
+        } else {
+            let t1 = Instant::now();
+            gw = Gateway::start(&bin, &cfg_path, &state, &log).await?;
+            Some(t1.elapsed().as_secs_f64())
+        };
         let r = Round {
             round: round + 1,
             new,
@@ -488,10 +511,11 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
             acknowledged: acked.len() - before,
             kill_after_ms: kill_after,
             refused,
-            elapsed_s: t0.elapsed().as_secs_f64(),
+            elapsed_s,
+            restart_s,
         };
         eprintln!(
-            "round {}: {} new, {} resent, {} acknowledged{}, {} left; {} acknowledged in all ({:.1} s)",
+            "round {}: {} new, {} resent, {} acknowledged{}, {} left; {} acknowledged in all ({:.1} s{})",
             r.round,
             r.new,
             r.resent,
@@ -499,17 +523,16 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
             kill_after.map_or(String::new(), |ms| format!(", killed after {ms} ms")),
             unacked.len(),
             acked.len(),
-            r.elapsed_s
+            r.elapsed_s,
+            restart_s.map_or(String::new(), |s| format!(", restart {s:.1} s")),
         );
         rounds.push(r);
-        if !last {
-            gw = Gateway::start(&bin, &cfg_path, &state, &log).await?;
-        }
     }
 
     // Wait for every acknowledged message to reach the ledger.
     let acked: HashMap<String, String> = acked.into_iter().map(|(k, id)| (key_name(k), id)).collect();
-    let deadline = Instant::now() + a.settle;
+    let settle_start = Instant::now();
+    let deadline = settle_start + a.settle;
     let ledger = loop {
         let done = deliveries.stats().delivered >= acked.len() as u64;
         if done || Instant::now() > deadline {
@@ -520,6 +543,7 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let settle_s = settle_start.elapsed().as_secs_f64();
     gw.stop().await;
     let v = compare(&ledger, &acked);
     let st = deliveries.stats();
@@ -537,6 +561,8 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
         wrong_id: v.wrong_id,
         id_changes,
         ledger_lines: ledger.values().map(|ids| ids.len() as u64).sum(),
+        restart_s: rounds.iter().filter_map(|r| r.restart_s).sum(),
+        settle_s,
         elapsed_s: started.elapsed().as_secs_f64(),
         per_round: rounds,
     };
@@ -559,8 +585,13 @@ pub async fn crash(a: CrashArgs) -> anyhow::Result<()> {
         summary.unacknowledged,
         summary.elapsed_s
     );
-    if summary.lost + summary.delivered_twice + summary.wrong_id + summary.id_changes + summary.unacknowledged > 0 {
-        bail!("exactly-once violated (see the counts above; gateway log: {})", log.display());
+    if summary.lost + summary.delivered_twice + summary.wrong_id + summary.id_changes + summary.unacknowledged
+        > 0
+    {
+        bail!(
+            "exactly-once violated (see the counts above; gateway log: {})",
+            log.display()
+        );
     }
     Ok(())
 }
@@ -589,10 +620,16 @@ mod tests {
         // The unfinished last line is not read.
         assert_eq!(l.len(), 5);
         assert_eq!(l["k2"], vec!["id2".to_string(), "id2".to_string()]);
-        let acked: HashMap<String, String> = [("k1", "id1"), ("k2", "id2"), ("k3", "id3"), ("k4", "id4"), ("k5", "id5")]
-            .into_iter()
-            .map(|(k, i)| (k.to_string(), i.to_string()))
-            .collect();
+        let acked: HashMap<String, String> = [
+            ("k1", "id1"),
+            ("k2", "id2"),
+            ("k3", "id3"),
+            ("k4", "id4"),
+            ("k5", "id5"),
+        ]
+        .into_iter()
+        .map(|(k, i)| (k.to_string(), i.to_string()))
+        .collect();
         assert_eq!(
             compare(&l, &acked),
             Verdict {
@@ -605,7 +642,8 @@ mod tests {
             .into_iter()
             .map(|(k, i)| (k.to_string(), i.to_string()))
             .collect();
-        let only: HashMap<String, Vec<String>> = l.into_iter().filter(|(k, _)| clean.contains_key(k)).collect();
+        let only: HashMap<String, Vec<String>> =
+            l.into_iter().filter(|(k, _)| clean.contains_key(k)).collect();
         assert_eq!(compare(&only, &clean), Verdict::default());
         assert!(parse_ledger("a\tb\n").is_err());
     }

@@ -282,6 +282,59 @@ mod tests {
     }
 
     #[test]
+    fn crash_parses_its_flags() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["waping-loadtest", "crash"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.cmd) {
+                Ok(Cmd::Crash(a)) => *a,
+                other => panic!("expected crash arguments, got {other:?}"),
+            }
+        };
+        let d = parse(&[]);
+        assert_eq!(d.gateway_bin, None);
+        assert_eq!(d.rounds, 10);
+        assert_eq!(d.per_round, 20_000);
+        assert_eq!(d.connections, 4);
+        assert_eq!(d.kill_after_ms, (20, 500));
+        assert_eq!(d.seed, None);
+        assert_eq!(d.settle, Duration::from_secs(120));
+        let a = parse(&[
+            "--gateway-bin",
+            "/x/gw",
+            "--out",
+            "/tmp/c",
+            "--rounds",
+            "3",
+            "--per-round",
+            "7",
+            "-c",
+            "2",
+            "--kill-after-ms",
+            "5..9",
+            "--seed",
+            "42",
+            "--sim-latency-ms",
+            "1",
+            "--sim-jitter-ms",
+            "20",
+            "--sim-lost-answer-rate",
+            "0.02",
+            "--json",
+            "/tmp/c.json",
+        ]);
+        assert_eq!(a.gateway_bin.as_deref(), Some(std::path::Path::new("/x/gw")));
+        assert_eq!(a.out, std::path::PathBuf::from("/tmp/c"));
+        assert_eq!((a.rounds, a.per_round, a.connections), (3, 7, 2));
+        assert_eq!(a.kill_after_ms, (5, 9));
+        assert_eq!(a.seed, Some(42));
+        let sim = a.sim.to_config();
+        assert_eq!((sim.latency_ms, sim.latency_jitter_ms), (1, 20));
+        assert!((sim.lost_answer_rate - 0.02).abs() < 1e-12);
+        assert!(Cli::try_parse_from(["waping-loadtest", "crash", "--kill-after-ms", "9..5"]).is_err());
+    }
+
+    #[test]
     fn run_rejects_an_unknown_target() {
         let r = Cli::try_parse_from(["waping-loadtest", "run", "--target", "kafka"]);
         assert!(r.is_err());
