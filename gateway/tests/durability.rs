@@ -390,3 +390,51 @@ async fn exhausted_messages_become_dead_letters_listed_by_the_cli() {
     );
     gw.respawn();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_retry_queue_refuses_new_sends_with_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _d, _ledger) = sim(
+        SimConfig {
+            transient_failure_rate: 1.0,
+            ..Default::default()
+        },
+        dir.path(),
+    )
+    .await;
+    // Room for one waiting message, retried only after a minute.
+    let retry = "capacity = 1\n[retry.codes.UPSTREAM_UNAVAILABLE]\nbase_delay_ms = 60000\nmin_delay_ms = 60000\nmax_delay_ms = 60000";
+    let gw = Gateway::start_upstream(&[WS], &upstream_toml(addr, retry), false);
+    let mut conn = gw.connect("acme").await;
+    let mut s = conn.take_control().unwrap();
+    s.send(&send(1, "first")).await.unwrap();
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Frame::Report(r) = f {
+            assert_eq!(r.status, DeliveryStatus::Deferred);
+            break;
+        }
+    }
+    s.send(&send(2, "second")).await.unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match f {
+        Frame::Rejected {
+            seq,
+            code,
+            retry_after_ms,
+            ..
+        } => {
+            assert_eq!((seq, code), (2, ErrorCode::OVERLOADED));
+            assert!(retry_after_ms > 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -394,6 +394,16 @@ fn handle_send(
         reject(ctx, io, seq, code, after, why);
     };
     let d = &ctx.shared.durable;
+    // A retry queue at its bound means the upstream is failing faster than it recovers:
+    // accepting more would only turn them into dead letters. Push back instead.
+    if d.retry.len() >= d.retry.capacity() {
+        return give_back(
+            io,
+            ErrorCode::OVERLOADED,
+            1000,
+            "retry queue is full; the upstream is failing",
+        );
+    }
     let now_ms = crate::unix_ms();
     let id = ctx.shared.ids.next();
     // Idempotency first: a resend must get its original id even when the device is busy or
