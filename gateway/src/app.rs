@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::KeyStore;
 use crate::config::{Config, UpstreamKind};
-use crate::durable::{Durable, RetryItem, jid, pbody, pid};
+use crate::durable::{Durable, RetryItem, pbody};
 use crate::idempotency::IdempotencyIndex;
 use crate::limiter::MonotonicClock;
 use crate::limiter::{Limiter, Nanos, Quota};
@@ -278,7 +278,7 @@ async fn open_durable(
         .len()
         .saturating_sub(cfg.journal.idempotency_capacity as usize);
     for k in &keys[skip..] {
-        idem.restore(k.workspace, k.idempotency_key, pid(k.id), k.accepted_at_ms);
+        idem.restore(k.workspace, k.idempotency_key, k.id, k.accepted_at_ms);
     }
     drop(keys);
     let policy = RetryPolicy::from_config(&cfg.retry)
@@ -358,7 +358,7 @@ fn resume(
             continue;
         };
         let out = Outbound {
-            id: pid(m.id),
+            id: m.id,
             seq: 0,
             recipient: Text::from(m.recipient),
             body: pbody(m.body),
@@ -375,7 +375,7 @@ fn resume(
                 if let Err(full) = durable.retry.schedule(id, RetryItem { session, msg: out }, due) {
                     metrics.dead.increment(1);
                     durable.note(vec![Record::Dead {
-                        id: jid(full.key),
+                        id: full.key,
                         attempts: p.attempts,
                         last_code: ErrorCode::OVERLOADED.0,
                         last_detail: "retry queue full at start".into(),

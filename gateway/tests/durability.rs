@@ -285,11 +285,7 @@ async fn transient_failures_and_lost_answers_are_retried_to_exactly_once() {
     s.writer.flush().await.unwrap();
     let (mut acked, mut sent, mut deferred) = (HashMap::new(), HashSet::new(), 0);
     while sent.len() < N as usize {
-        let f = tokio::time::timeout(Duration::from_secs(30), s.next())
-            .await
-            .expect("timely")
-            .unwrap()
-            .unwrap();
+        let f = common::next_frame(&mut s).await;
         match f {
             Frame::Accepted { seq, message_id } => {
                 acked.insert(keys[seq as usize - 1].clone(), message_id);
@@ -332,11 +328,7 @@ async fn exhausted_messages_become_dead_letters_listed_by_the_cli() {
     let mut id = None;
     let mut deferred = 0;
     let fin = loop {
-        let f = tokio::time::timeout(Duration::from_secs(30), s.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let f = common::next_frame(&mut s).await;
         match f {
             Frame::Accepted { message_id, .. } => id = Some(message_id),
             Frame::Report(r) if r.status == DeliveryStatus::Deferred => deferred += 1,
@@ -409,22 +401,14 @@ async fn a_full_retry_queue_refuses_new_sends_with_overloaded() {
     let mut s = conn.take_control().unwrap();
     s.send(&send(1, "first")).await.unwrap();
     loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), s.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let f = common::next_frame(&mut s).await;
         if let Frame::Report(r) = f {
             assert_eq!(r.status, DeliveryStatus::Deferred);
             break;
         }
     }
     s.send(&send(2, "second")).await.unwrap();
-    let f = tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let f = common::next_frame(&mut s).await;
     match f {
         Frame::Rejected {
             seq,

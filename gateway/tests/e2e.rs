@@ -33,11 +33,7 @@ fn send(seq: u64, device: &str, body: &str) -> Frame {
 }
 
 async fn next(s: &mut waping_client::FrameStream) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .expect("timely frame")
-        .expect("frame")
-        .expect("open stream")
+    common::next_frame(s).await
 }
 
 #[tokio::test]

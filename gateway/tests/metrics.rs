@@ -76,11 +76,7 @@ async fn every_stage_is_counted_and_every_series_documented() {
     s.writer.flush().await.unwrap();
     let (mut accepted, mut reports, mut rejected) = (0, 0, 0);
     while accepted + rejected < 9 || reports < accepted {
-        let f = tokio::time::timeout(Duration::from_secs(10), s.next())
-            .await
-            .expect("timely frame")
-            .expect("frame")
-            .expect("open stream");
+        let f = common::next_frame(&mut s).await;
         match f {
             Frame::Accepted { .. } => accepted += 1,
             Frame::Rejected { .. } => rejected += 1,

@@ -6,31 +6,14 @@
 //! strings are a LEB128 length followed by UTF-8 bytes. A new layout of a
 //! record gets a new kind byte; decoders refuse unknown kinds.
 
-use std::fmt;
-
 /// Bytes before the kind byte: `len u32 | crc u32`.
 pub const FRAME_HEADER: usize = 8;
 /// Largest `len` a frame may carry (kind + payload), whatever the segment size.
 pub const MAX_RECORD_LEN: usize = 16 << 20;
 
-/// Gateway-assigned message id (16 bytes, UUIDv7 layout; mirrors `waping_protocol::MessageId`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MessageId(pub [u8; 16]);
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+/// Gateway-assigned message id: the protocol's own type, so ids pass between the wire and
+/// the journal without conversion.
+pub use waping_protocol::MessageId;
 
 /// What a message carries (mirrors `waping_protocol::Body` with owned strings).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,7 +43,7 @@ fn line(d: &DeadLetter) -> String {
     let m = &d.message;
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-        crate::durable::pid(m.id),
+        m.id,
         m.workspace,
         m.device,
         d.attempts,
@@ -89,7 +89,7 @@ pub fn run(cfg: &Config, op: Op) -> anyhow::Result<String> {
                 out,
                 "id: {}\nworkspace: {}\ndevice: {}\nrecipient: {}\nidempotency_key: {}\naccepted_at_ms: {}\n\
                  attempts: {}\nlast_code: {}\nlast_detail: {}\ndead_at_ms: {}\n{body}",
-                crate::durable::pid(m.id),
+                m.id,
                 m.workspace,
                 m.device,
                 m.recipient,

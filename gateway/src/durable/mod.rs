@@ -60,16 +60,6 @@ impl Durable {
     }
 }
 
-/// The journal's id type from the protocol's.
-pub fn jid(id: MessageId) -> waping_journal::MessageId {
-    waping_journal::MessageId(id.0)
-}
-
-/// The protocol's id type from the journal's.
-pub fn pid(id: waping_journal::MessageId) -> MessageId {
-    MessageId(id.0)
-}
-
 /// The journal's body from the protocol's.
 pub fn jbody(b: &Body) -> waping_journal::Body {
     match b {
@@ -113,7 +103,7 @@ pub fn accepted_record(
     now_ms: u64,
 ) -> Record {
     Record::Accepted(AcceptedMessage {
-        id: jid(id),
+        id,
         workspace: workspace.to_owned(),
         device: device.as_str().to_owned(),
         idempotency_key: idempotency_key.as_str().to_owned(),
@@ -128,7 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bodies_and_ids_convert_both_ways() {
+    fn bodies_convert_both_ways() {
         for b in [
             Body::Text(Text::from("hello")),
             Body::Media {
@@ -139,7 +129,5 @@ mod tests {
         ] {
             assert_eq!(pbody(jbody(&b)), b);
         }
-        let id = MessageId([7; 16]);
-        assert_eq!(pid(jid(id)), id);
     }
 }

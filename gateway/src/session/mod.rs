@@ -19,7 +19,7 @@ use waping_protocol::{
 
 use waping_journal::Record;
 
-use crate::durable::{Durable, RetryItem, jid};
+use crate::durable::{Durable, RetryItem};
 use crate::limiter::{self, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::retry::{DeadReason, Decision};
@@ -337,7 +337,7 @@ impl SessionTask {
         }
         if let Some(d) = &self.durable {
             d.note(vec![Record::Dispatched {
-                id: jid(m.id),
+                id: m.id,
                 attempt: m.attempts,
                 at_ms: now_ms,
             }]);
@@ -368,7 +368,7 @@ impl SessionTask {
                 }
                 if let Some(d) = &self.durable {
                     d.note(vec![Record::Sent {
-                        id: jid(m.id),
+                        id: m.id,
                         upstream_id: ack.upstream_id.clone(),
                         at_ms: now_ms,
                     }]);
@@ -421,14 +421,14 @@ impl SessionTask {
             let detail = format!("{e}; {why} after {} attempts", m.attempts);
             if why == "permanent" {
                 d.note(vec![Record::Failed {
-                    id: jid(m.id),
+                    id: m.id,
                     code: code.0,
                     at_ms: now_ms,
                 }]);
             } else {
                 self.metrics.dead.increment(1);
                 d.note(vec![Record::Dead {
-                    id: jid(m.id),
+                    id: m.id,
                     attempts: m.attempts,
                     last_code: code.0,
                     last_detail: detail.clone(),
@@ -467,7 +467,7 @@ impl SessionTask {
                     Ok(()) => {
                         self.metrics.retried.increment(1);
                         d.note(vec![Record::RetryScheduled {
-                            id: jid(id),
+                            id,
                             attempt: attempts,
                             due_at_ms: due_ms,
                             last_code: code.0,

@@ -161,6 +161,15 @@ fn spawn(dir: &tempfile::TempDir) -> (Child, serde_json::Value) {
     }
 }
 
+/// The next frame of a stream; panics if none arrives within 30 s or the stream ends.
+pub async fn next_frame(s: &mut waping_client::FrameStream) -> waping_protocol::Frame {
+    tokio::time::timeout(Duration::from_secs(30), s.next())
+        .await
+        .expect("timely frame")
+        .expect("frame")
+        .expect("open stream")
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
