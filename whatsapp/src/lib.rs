@@ -1,0 +1,1 @@
+//! WhatsApp Web upstream (skeleton; filled by issue 4).
