@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod limiter;
 pub mod metrics;
+pub mod pacing;
 pub mod retry;
 pub mod server;
 pub mod session;

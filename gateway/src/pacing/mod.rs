@@ -1,0 +1,1 @@
+//! Account-safety pacing per device (issue 4; being written).
