@@ -193,8 +193,8 @@ impl Store {
         })
     }
 
-    /// Every device with data (written to and not deleted since), in key order, for restore on
-    /// restart. Reads the whole registry: ~(ids + 2) bytes per device.
+    /// Every device with data (written to and not deleted since), sorted by workspace then
+    /// device, for restore on restart. Reads the whole registry: ~(ids + 2) bytes per device.
     pub fn list_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
         let txn = self.inner.begin_read()?;
         let table = txn
@@ -208,6 +208,8 @@ impl Store {
             })?;
             out.push(id);
         }
+        // Disk order is by id length first (length prefixes); callers expect name order.
+        out.sort_unstable();
         Ok(out)
     }
 
