@@ -106,7 +106,8 @@ pub enum EncodeError {
         max: usize,
     },
     /// A field holds a value the decoder would refuse (a REPORT whose status
-    /// and code disagree), so the frame must not be sent.
+    /// and code disagree, a successful DEVICE_CONTROL_RESULT without a state,
+    /// a RECEIPT with too many ids), so the frame must not be sent.
     #[error("field `{field}` has invalid value {value}")]
     InvalidValue {
         /// Field.
@@ -265,6 +266,31 @@ pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, DecodeError> {
         ty::SUBSCRIBE => Frame::Subscribe { mask: r.u32("mask")? },
         ty::SUBSCRIBED => Frame::Subscribed { mask: r.u32("mask")? },
         ty::EVENT => Frame::Event(r.event()?),
+        ty::DEVICE_CONTROL => Frame::DeviceControl {
+            req: r.u64("req")?,
+            device_id: r.str8("device_id")?,
+            action: r.action()?,
+        },
+        ty::DEVICE_CONTROL_RESULT => {
+            let req = r.u64("req")?;
+            let code = ErrorCode(r.u16("code")?);
+            let b = r.u8("state")?;
+            let state = match b {
+                0 => None,
+                b => Some(r.device_state(b)?),
+            };
+            // Success always says the state the device is in; a bare "ok" would leave
+            // clients guessing.
+            if code.0 == 0 && state.is_none() {
+                return Err(r.invalid("state", 0));
+            }
+            Frame::DeviceControlResult {
+                req,
+                code,
+                state,
+                detail: r.str16("detail")?,
+            }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     if r.buf.has_remaining() {
@@ -334,6 +360,32 @@ impl Reader {
         let n = self.u32(field)? as usize;
         self.text(n, field)
     }
+    fn invalid(&self, field: &'static str, value: u64) -> DecodeError {
+        DecodeError::InvalidValue {
+            frame: self.frame,
+            field,
+            value,
+        }
+    }
+    fn device_state(&self, b: u8) -> Result<DeviceState, DecodeError> {
+        DeviceState::from_u8(b).ok_or(self.invalid("state", b.into()))
+    }
+    fn action(&mut self) -> Result<DeviceAction, DecodeError> {
+        Ok(match self.u8("action")? {
+            ACTION_LINK => DeviceAction::Link(match self.u8("link_method")? {
+                LINK_QR => LinkMethod::Qr,
+                LINK_PAIRING_CODE => LinkMethod::PairingCode {
+                    phone: self.str8("phone")?,
+                },
+                v => return Err(self.invalid("link_method", v.into())),
+            }),
+            ACTION_UNLINK => DeviceAction::Unlink,
+            ACTION_DISABLE => DeviceAction::Disable,
+            ACTION_ENABLE => DeviceAction::Enable,
+            ACTION_STATUS => DeviceAction::Status,
+            v => return Err(self.invalid("action", v.into())),
+        })
+    }
     fn body(&mut self) -> Result<Body, DecodeError> {
         match self.u8("body_kind")? {
             BODY_TEXT => Ok(Body::Text(self.str32("text")?)),
@@ -397,11 +449,7 @@ impl Reader {
             EVENT_DEVICE_STATE => {
                 let device_id = self.str8("device_id")?;
                 let b = self.u8("state")?;
-                let state = DeviceState::from_u8(b).ok_or(DecodeError::InvalidValue {
-                    frame: self.frame,
-                    field: "state",
-                    value: b.into(),
-                })?;
+                let state = self.device_state(b)?;
                 EventKind::DeviceState {
                     device_id,
                     state,
@@ -411,6 +459,37 @@ impl Reader {
             EVENT_LAGGED => EventKind::Lagged {
                 missed: self.u64("missed")?,
             },
+            EVENT_LINK_CODE => {
+                let device_id = self.str8("device_id")?;
+                let b = self.u8("code_kind")?;
+                let kind = LinkCodeKind::from_u8(b).ok_or(self.invalid("code_kind", b.into()))?;
+                EventKind::LinkCode {
+                    device_id,
+                    kind,
+                    code: self.str16("code")?,
+                    valid_for_ms: self.u32("valid_for_ms")?,
+                }
+            }
+            EVENT_RECEIPT => {
+                let device_id = self.str8("device_id")?;
+                let from = self.str8("from")?;
+                let b = self.u8("receipt_status")?;
+                let status = ReceiptStatus::from_u8(b).ok_or(self.invalid("receipt_status", b.into()))?;
+                let n = self.u16("upstream_id_count")?;
+                if usize::from(n) > limits::MAX_RECEIPT_IDS {
+                    return Err(self.invalid("upstream_id_count", n.into()));
+                }
+                let mut upstream_ids = Vec::with_capacity(n.into());
+                for _ in 0..n {
+                    upstream_ids.push(self.str8("upstream_id")?);
+                }
+                EventKind::Receipt {
+                    device_id,
+                    from,
+                    upstream_ids,
+                    status,
+                }
+            }
             v => {
                 return Err(DecodeError::InvalidValue {
                     frame: self.frame,
@@ -433,6 +512,15 @@ const EVENT_REPORT: u8 = 0x01;
 const EVENT_INBOUND: u8 = 0x02;
 const EVENT_DEVICE_STATE: u8 = 0x03;
 const EVENT_LAGGED: u8 = 0x04;
+const EVENT_LINK_CODE: u8 = 0x05;
+const EVENT_RECEIPT: u8 = 0x06;
+const ACTION_LINK: u8 = 0x01;
+const ACTION_UNLINK: u8 = 0x02;
+const ACTION_DISABLE: u8 = 0x03;
+const ACTION_ENABLE: u8 = 0x04;
+const ACTION_STATUS: u8 = 0x05;
+const LINK_QR: u8 = 0x01;
+const LINK_PAIRING_CODE: u8 = 0x02;
 
 /// Appends the encoding of `frame` to `dst`.
 ///
@@ -559,7 +647,82 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
                     dst.put_u8(EVENT_LAGGED);
                     dst.put_u64(*missed);
                 }
+                EventKind::LinkCode {
+                    device_id,
+                    kind,
+                    code,
+                    valid_for_ms,
+                } => {
+                    dst.put_u8(EVENT_LINK_CODE);
+                    put_str8(dst, device_id, "device_id")?;
+                    dst.put_u8(*kind as u8);
+                    put_str16(dst, code, "code")?;
+                    dst.put_u32(*valid_for_ms);
+                }
+                EventKind::Receipt {
+                    device_id,
+                    from,
+                    upstream_ids,
+                    status,
+                } => {
+                    // The decoder refuses longer lists; never emit bytes it would refuse.
+                    if upstream_ids.len() > limits::MAX_RECEIPT_IDS {
+                        return Err(EncodeError::InvalidValue {
+                            field: "upstream_id_count",
+                            value: upstream_ids.len() as u64,
+                        });
+                    }
+                    dst.put_u8(EVENT_RECEIPT);
+                    put_str8(dst, device_id, "device_id")?;
+                    put_str8(dst, from, "from")?;
+                    dst.put_u8(*status as u8);
+                    dst.put_u16(upstream_ids.len() as u16);
+                    for id in upstream_ids {
+                        put_str8(dst, id, "upstream_id")?;
+                    }
+                }
             }
+        }
+        Frame::DeviceControl {
+            req,
+            device_id,
+            action,
+        } => {
+            dst.put_u64(*req);
+            put_str8(dst, device_id, "device_id")?;
+            match action {
+                DeviceAction::Link(method) => {
+                    dst.put_u8(ACTION_LINK);
+                    match method {
+                        LinkMethod::Qr => dst.put_u8(LINK_QR),
+                        LinkMethod::PairingCode { phone } => {
+                            dst.put_u8(LINK_PAIRING_CODE);
+                            put_str8(dst, phone, "phone")?;
+                        }
+                    }
+                }
+                DeviceAction::Unlink => dst.put_u8(ACTION_UNLINK),
+                DeviceAction::Disable => dst.put_u8(ACTION_DISABLE),
+                DeviceAction::Enable => dst.put_u8(ACTION_ENABLE),
+                DeviceAction::Status => dst.put_u8(ACTION_STATUS),
+            }
+        }
+        Frame::DeviceControlResult {
+            req,
+            code,
+            state,
+            detail,
+        } => {
+            if code.0 == 0 && state.is_none() {
+                return Err(EncodeError::InvalidValue {
+                    field: "state",
+                    value: 0,
+                });
+            }
+            dst.put_u64(*req);
+            dst.put_u16(code.0);
+            dst.put_u8(state.map_or(0, |s| s as u8));
+            put_str16(dst, detail, "detail")?;
         }
     }
     let body_len = dst.len() - start - HEADER_LEN;

@@ -26,6 +26,27 @@ fn violation(code: ErrorCode, message: impl Into<String>) -> Violation {
     }
 }
 
+/// A frame (or event kind) that the negotiated `version` does not define: for frame types
+/// UNKNOWN_FRAME_TYPE, as if the type byte were unknown; for event kinds MALFORMED_FRAME,
+/// as for an unknown `event_kind`. Both are what a peer of that version would answer.
+fn too_new(frame: &Frame, version: u16) -> Option<Violation> {
+    let since = frame.since_version();
+    if since <= version {
+        return None;
+    }
+    let code = match frame {
+        Frame::Event(_) => ErrorCode::MALFORMED_FRAME,
+        _ => ErrorCode::UNKNOWN_FRAME_TYPE,
+    };
+    Some(violation(
+        code,
+        format!(
+            "{} needs protocol version {since}; the connection speaks {version}",
+            frame.name()
+        ),
+    ))
+}
+
 /// Picks the highest version inside both ranges.
 pub fn negotiate(client_min: u16, client_max: u16) -> Result<u16, Violation> {
     let lo = client_min.max(MIN_VERSION);
@@ -68,8 +89,16 @@ pub enum ServerAction {
         /// Negotiated version.
         version: u16,
     },
-    /// Handle the request (SEND, SUBSCRIBE, PING, PONG).
+    /// Handle the request (SEND, SUBSCRIBE, DEVICE_CONTROL, PING, PONG).
     Handle,
+    /// Refuse this one request with `code` (for DEVICE_CONTROL: a DEVICE_CONTROL_RESULT
+    /// carrying it); the connection stays open.
+    Refuse {
+        /// Why.
+        code: ErrorCode,
+        /// Detail for the answer.
+        message: String,
+    },
     /// The client is leaving: stop taking SENDs, finish what is in flight.
     Drain,
     /// The client reported an error; log it and close.
@@ -121,7 +150,16 @@ impl ServerConn {
                 *self = ServerConn::Closed;
                 Ok(ServerAction::PeerError)
             }
-            (ServerConn::Open { .. }, _) => Ok(ServerAction::Handle),
+            (ServerConn::Open { version }, f) => match too_new(f, *version) {
+                Some(v) => Err(self.fail(v)),
+                None => Ok(ServerAction::Handle),
+            },
+            // Like a SEND while draining: one request refused, the connection kept, so the
+            // client can still read what it is owed.
+            (ServerConn::Draining, Frame::DeviceControl { .. }) => Ok(ServerAction::Refuse {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: "gateway is draining".into(),
+            }),
             (ServerConn::Draining, Frame::Send { .. } | Frame::Subscribe { .. }) => {
                 Err(violation(ErrorCode::SHUTTING_DOWN, "connection is draining"))
             }
@@ -155,6 +193,14 @@ impl ServerConn {
     /// True once requests may flow.
     pub fn is_open(&self) -> bool {
         matches!(self, ServerConn::Open { .. })
+    }
+
+    /// The negotiated version while open; `None` before HELLO_OK and once draining or closed.
+    pub fn version(&self) -> Option<u16> {
+        match self {
+            ServerConn::Authenticating { version } | ServerConn::Open { version } => Some(*version),
+            _ => None,
+        }
     }
 
     fn fail(&mut self, v: Violation) -> Violation {
@@ -214,7 +260,13 @@ impl ClientConn {
                 *self = ClientConn::Closed;
                 Err(violation(ErrorCode::UNEXPECTED_FRAME, "second HELLO_OK"))
             }
-            (ClientConn::Open { .. }, _) => Ok(()),
+            (ClientConn::Open { version }, f) => match too_new(f, version) {
+                Some(v) => {
+                    *self = ClientConn::Closed;
+                    Err(v)
+                }
+                None => Ok(()),
+            },
             (ClientConn::Closed, _) => Ok(()),
         }
     }
@@ -223,7 +275,7 @@ impl ClientConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Body, Text};
+    use crate::frame::{Body, DeviceAction, DeviceState, Event, EventKind, LinkCodeKind, LinkMethod, Text};
 
     fn hello(min: u16, max: u16) -> Frame {
         Frame::Hello {
@@ -247,9 +299,11 @@ mod tests {
     #[test]
     fn negotiation() {
         assert_eq!(negotiate(1, 1), Ok(1));
-        assert_eq!(negotiate(1, 9), Ok(1));
+        assert_eq!(negotiate(1, 2), Ok(2));
+        assert_eq!(negotiate(1, 9), Ok(2));
         assert_eq!(negotiate(0, 1), Ok(1));
-        assert_eq!(negotiate(2, 9).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        assert_eq!(negotiate(2, 9), Ok(2));
+        assert_eq!(negotiate(3, 9).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
         assert_eq!(negotiate(0, 0).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
         assert_eq!(negotiate(3, 1).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
     }
@@ -360,5 +414,105 @@ mod tests {
         let mut c = ClientConn::AwaitHelloOk;
         let bad = hello_ok(7);
         assert_eq!(c.on_frame(&bad).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+    }
+
+    fn control() -> Frame {
+        Frame::DeviceControl {
+            req: 1,
+            device_id: "dev-1".into(),
+            action: DeviceAction::Link(LinkMethod::Qr),
+        }
+    }
+
+    fn control_result() -> Frame {
+        Frame::DeviceControlResult {
+            req: 1,
+            code: ErrorCode(0),
+            state: Some(DeviceState::Linking),
+            detail: Text::default(),
+        }
+    }
+
+    fn link_code_event() -> Frame {
+        Frame::Event(Event {
+            seq: 1,
+            timestamp_ms: 1,
+            kind: EventKind::LinkCode {
+                device_id: "dev-1".into(),
+                kind: LinkCodeKind::Qr,
+                code: "2@abc".into(),
+                valid_for_ms: 20_000,
+            },
+        })
+    }
+
+    #[test]
+    fn device_control_needs_version_2() {
+        let mut s = ServerConn::AwaitHello;
+        assert_eq!(
+            s.on_frame(&hello(1, 2)),
+            Ok(ServerAction::Authenticate { version: 2 })
+        );
+        assert_eq!(s.version(), Some(2));
+        s.auth_ok();
+        assert_eq!(s.on_frame(&control()), Ok(ServerAction::Handle));
+
+        // A version 1 connection treats the type byte as undefined.
+        let mut s = ServerConn::Open { version: 1 };
+        assert_eq!(
+            s.on_frame(&control()).unwrap_err().code,
+            ErrorCode::UNKNOWN_FRAME_TYPE
+        );
+        assert_eq!(s, ServerConn::Closed);
+
+        // The answer is server-to-client only.
+        let mut s = ServerConn::Open { version: 2 };
+        assert_eq!(
+            s.on_frame(&control_result()).unwrap_err().code,
+            ErrorCode::UNEXPECTED_FRAME
+        );
+    }
+
+    #[test]
+    fn device_control_while_draining_is_refused_per_request() {
+        let mut s = ServerConn::Open { version: 2 };
+        s.drain();
+        assert_eq!(s.version(), None);
+        assert_eq!(
+            s.on_frame(&control()),
+            Ok(ServerAction::Refuse {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: "gateway is draining".into()
+            })
+        );
+        assert_eq!(s, ServerConn::Draining, "the connection stays up");
+    }
+
+    #[test]
+    fn client_refuses_version_2_frames_on_a_version_1_connection() {
+        let mut c = ClientConn::Open { version: 2 };
+        assert_eq!(c.on_frame(&control_result()), Ok(()));
+        assert_eq!(c.on_frame(&link_code_event()), Ok(()));
+        assert!(c.on_frame(&control()).is_err(), "client-to-server frame");
+
+        let mut c = ClientConn::Open { version: 1 };
+        assert_eq!(
+            c.on_frame(&control_result()).unwrap_err().code,
+            ErrorCode::UNKNOWN_FRAME_TYPE
+        );
+        let mut c = ClientConn::Open { version: 1 };
+        assert_eq!(
+            c.on_frame(&link_code_event()).unwrap_err().code,
+            ErrorCode::MALFORMED_FRAME
+        );
+        assert_eq!(c, ClientConn::Closed);
+        // Version 1 events are fine on either version.
+        let mut c = ClientConn::Open { version: 1 };
+        let lagged = Frame::Event(Event {
+            seq: 1,
+            timestamp_ms: 1,
+            kind: EventKind::Lagged { missed: 1 },
+        });
+        assert_eq!(c.on_frame(&lagged), Ok(()));
     }
 }

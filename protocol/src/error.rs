@@ -111,7 +111,10 @@ catalogue! {
     UPSTREAM_TIMEOUT = 5002, Upstream, retry: true, fatal: false, "The upstream did not answer in time; the message may or may not have been sent.";
     UPSTREAM_THROTTLED = 5003, Upstream, retry: true, fatal: false, "The upstream said the device sends too fast (WhatsApp rate-overlimit).";
     DEVICE_DISCONNECTED = 5004, Upstream, retry: true, fatal: false, "The device session is not connected to WhatsApp.";
-    DEVICE_LOGGED_OUT = 5005, Upstream, retry: false, fatal: false, "The device was logged out or banned and must be relinked.";
+    DEVICE_LOGGED_OUT = 5005, Upstream, retry: false, fatal: false, "The device was logged out and must be relinked.";
+    DEVICE_BANNED = 5006, Upstream, retry: false, fatal: false, "WhatsApp banned or restricted the device's account (a temporary ban lifts by itself; the device then reconnects).";
+    DEVICE_NOT_LINKED = 5007, Client, retry: false, fatal: false, "The device has no WhatsApp account linked yet; link it first.";
+    DEVICE_DISABLED = 5008, Client, retry: false, fatal: false, "An operator disabled the device; enable it first.";
     // 9xxx: the gateway itself.
     INTERNAL = 9000, Internal, retry: true, fatal: false, "An unexpected gateway error; the request may be retried.";
     SHUTTING_DOWN = 9001, Internal, retry: true, fatal: true, "The gateway is draining; reconnect (to another node) and resend what was not acknowledged.";

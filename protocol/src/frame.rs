@@ -1,7 +1,10 @@
-//! Frame types of protocol version 1.
+//! Frame types of protocol versions 1 and 2.
 //!
 //! Byte layouts are in `PROTOCOL.md`; the codec in [`crate::codec`] is the
-//! executable form of that document.
+//! executable form of that document. Version 2 is version 1 plus device
+//! control (DEVICE_CONTROL / DEVICE_CONTROL_RESULT) and the LINK_CODE and
+//! RECEIPT events; [`Frame::since_version`] says which version introduced a
+//! frame.
 
 use bytes::Bytes;
 use std::fmt;
@@ -199,8 +202,125 @@ pub mod subscribe {
     pub const INBOUND: u32 = 1 << 1;
     /// Device state changes.
     pub const DEVICE_STATE: u32 = 1 << 2;
-    /// Every bit defined in v1.
-    pub const ALL: u32 = REPORTS | INBOUND | DEVICE_STATE;
+    /// QR and pairing codes of devices being linked (version 2). They let whoever holds
+    /// them link a phone to the device, so treat them as secrets.
+    pub const LINK_CODES: u32 = 1 << 3;
+    /// Delivery, read and played receipts from recipients' phones (version 2).
+    pub const RECEIPTS: u32 = 1 << 4;
+    /// Every bit defined in version 1.
+    pub const ALL_V1: u32 = REPORTS | INBOUND | DEVICE_STATE;
+    /// Every bit defined in the highest version this crate speaks.
+    pub const ALL: u32 = ALL_V1 | LINK_CODES | RECEIPTS;
+
+    /// The bits a connection of `version` may be granted: a server answers SUBSCRIBE with
+    /// `mask & allowed(version)`, so a version 1 client never sees an event kind it cannot
+    /// decode, whatever reserved bits it sets.
+    pub const fn allowed(version: u16) -> u32 {
+        if version >= 2 { ALL } else { ALL_V1 }
+    }
+}
+
+/// Which kind of code a LINK_CODE event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkCodeKind {
+    /// A QR payload to render; the phone scans it. Replaced by the next one when it expires.
+    Qr = 1,
+    /// An 8-character pairing code (shown as `ABCD-EFGH`) to type into the phone.
+    PairingCode = 2,
+}
+
+impl LinkCodeKind {
+    /// Decodes the wire byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Qr),
+            2 => Some(Self::PairingCode),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qr => "qr",
+            Self::PairingCode => "pairing_code",
+        }
+    }
+}
+
+/// What a recipient's phone reported in a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReceiptStatus {
+    /// The message reached the recipient's phone.
+    Delivered = 1,
+    /// The recipient opened it.
+    Read = 2,
+    /// The recipient played it (voice, video).
+    Played = 3,
+}
+
+impl ReceiptStatus {
+    /// Decodes the wire byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Delivered),
+            2 => Some(Self::Read),
+            3 => Some(Self::Played),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Played => "played",
+        }
+    }
+}
+
+/// How DEVICE_CONTROL links a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkMethod {
+    /// QR codes, delivered as LINK_CODE events of kind QR while they rotate.
+    Qr,
+    /// A pairing code for this phone number, delivered as a LINK_CODE event of kind
+    /// PAIRING_CODE.
+    PairingCode {
+        /// The account's phone number: E.164 digits without `+`, 7–15 digits
+        /// ([`crate::validate::phone`]).
+        phone: Text,
+    },
+}
+
+/// What DEVICE_CONTROL asks the gateway to do with a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Start linking the device to a WhatsApp account.
+    Link(LinkMethod),
+    /// Log the device out at WhatsApp and forget its credentials.
+    Unlink,
+    /// Stop the device's session and refuse sends until enabled (credentials are kept).
+    Disable,
+    /// Undo [`DeviceAction::Disable`].
+    Enable,
+    /// Change nothing; answer with the current state.
+    Status,
+}
+
+impl DeviceAction {
+    /// Lower-case name for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Link(LinkMethod::Qr) => "link_qr",
+            Self::Link(LinkMethod::PairingCode { .. }) => "link_pairing_code",
+            Self::Unlink => "unlink",
+            Self::Disable => "disable",
+            Self::Enable => "enable",
+            Self::Status => "status",
+        }
+    }
 }
 
 /// What a workspace event carries.
@@ -239,6 +359,44 @@ pub enum EventKind {
         /// How many events were skipped.
         missed: u64,
     },
+    /// A QR or pairing code for a device being linked (version 2, mask bit LINK_CODES).
+    LinkCode {
+        /// The device being linked.
+        device_id: Text,
+        /// QR payload or pairing code.
+        kind: LinkCodeKind,
+        /// The code: the text to encode in the QR, or the pairing code.
+        code: Text,
+        /// How long WhatsApp accepts it, from `timestamp_ms`; 0 = unknown.
+        valid_for_ms: u32,
+    },
+    /// A recipient's phone reported on messages a device sent (version 2, mask bit RECEIPTS).
+    Receipt {
+        /// The device that sent the messages.
+        device_id: Text,
+        /// The recipient whose phone reported.
+        from: Text,
+        /// Upstream ids of the messages (as in REPORT's `upstream_id`), at most
+        /// [`crate::limits::MAX_RECEIPT_IDS`].
+        upstream_ids: Vec<Text>,
+        /// What happened to them.
+        status: ReceiptStatus,
+    },
+}
+
+impl EventKind {
+    /// The SUBSCRIBE mask bit that selects this event; `None` for LAGGED, which is sent
+    /// whatever the mask.
+    pub fn mask_bit(&self) -> Option<u32> {
+        match self {
+            EventKind::Report { .. } => Some(subscribe::REPORTS),
+            EventKind::Inbound { .. } => Some(subscribe::INBOUND),
+            EventKind::DeviceState { .. } => Some(subscribe::DEVICE_STATE),
+            EventKind::LinkCode { .. } => Some(subscribe::LINK_CODES),
+            EventKind::Receipt { .. } => Some(subscribe::RECEIPTS),
+            EventKind::Lagged { .. } => None,
+        }
+    }
 }
 
 /// One event pushed on the server's event stream.
@@ -253,7 +411,7 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Every frame of protocol version 1.
+/// Every frame of protocol versions 1 and 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Client → server, first frame on the first stream: versions and credentials.
@@ -357,6 +515,27 @@ pub enum Frame {
     },
     /// Server → client, on the event stream.
     Event(Event),
+    /// Client → server (version 2): link, unlink, disable, enable a device or ask its state.
+    DeviceControl {
+        /// Client-chosen number echoed in the answer.
+        req: u64,
+        /// The device (1–64 bytes of `A-Z a-z 0-9 . _ -`).
+        device_id: Text,
+        /// What to do.
+        action: DeviceAction,
+    },
+    /// Server → client (version 2), on the DEVICE_CONTROL's stream: its outcome.
+    DeviceControlResult {
+        /// The DEVICE_CONTROL's `req`.
+        req: u64,
+        /// `ErrorCode(0)` when done; otherwise why not (the device is unchanged).
+        code: ErrorCode,
+        /// The device's state after the action; always `Some` when `code` is 0, `None`
+        /// when the gateway has no state to tell (e.g. UNKNOWN_DEVICE).
+        state: Option<DeviceState>,
+        /// Human-readable detail.
+        detail: Text,
+    },
 }
 
 /// Frame type bytes.
@@ -375,6 +554,8 @@ pub mod ty {
     pub const SUBSCRIBE: u8 = 0x20;
     pub const SUBSCRIBED: u8 = 0x21;
     pub const EVENT: u8 = 0x22;
+    pub const DEVICE_CONTROL: u8 = 0x30;
+    pub const DEVICE_CONTROL_RESULT: u8 = 0x31;
 }
 
 /// Which side may send a frame.
@@ -405,6 +586,22 @@ impl Frame {
             Frame::Subscribe { .. } => ty::SUBSCRIBE,
             Frame::Subscribed { .. } => ty::SUBSCRIBED,
             Frame::Event(_) => ty::EVENT,
+            Frame::DeviceControl { .. } => ty::DEVICE_CONTROL,
+            Frame::DeviceControlResult { .. } => ty::DEVICE_CONTROL_RESULT,
+        }
+    }
+
+    /// The protocol version that introduced this frame (or its event kind). A peer that
+    /// negotiated an older version must not send it, and treats receiving it as a
+    /// protocol violation ([`crate::conn`]).
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Frame::DeviceControl { .. } | Frame::DeviceControlResult { .. } => 2,
+            Frame::Event(Event {
+                kind: EventKind::LinkCode { .. } | EventKind::Receipt { .. },
+                ..
+            }) => 2,
+            _ => 1,
         }
     }
 
@@ -416,13 +613,17 @@ impl Frame {
     /// Who may send it.
     pub fn direction(&self) -> Direction {
         match self {
-            Frame::Hello { .. } | Frame::Send { .. } | Frame::Subscribe { .. } => Direction::ClientToServer,
+            Frame::Hello { .. }
+            | Frame::Send { .. }
+            | Frame::Subscribe { .. }
+            | Frame::DeviceControl { .. } => Direction::ClientToServer,
             Frame::HelloOk { .. }
             | Frame::Accepted { .. }
             | Frame::Rejected { .. }
             | Frame::Report(_)
             | Frame::Subscribed { .. }
-            | Frame::Event(_) => Direction::ServerToClient,
+            | Frame::Event(_)
+            | Frame::DeviceControlResult { .. } => Direction::ServerToClient,
             Frame::Error { .. } | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Goodbye { .. } => {
                 Direction::Both
             }
@@ -446,6 +647,8 @@ pub fn type_name(t: u8) -> &'static str {
         ty::SUBSCRIBE => "SUBSCRIBE",
         ty::SUBSCRIBED => "SUBSCRIBED",
         ty::EVENT => "EVENT",
+        ty::DEVICE_CONTROL => "DEVICE_CONTROL",
+        ty::DEVICE_CONTROL_RESULT => "DEVICE_CONTROL_RESULT",
         _ => "UNKNOWN",
     }
 }

@@ -1,4 +1,4 @@
-//! The waping gateway's wire protocol, version 1, without IO.
+//! The waping gateway's wire protocol, versions 1 and 2, without IO.
 //!
 //! Frames ([`frame`]), their byte encoding ([`codec`]), the numeric error
 //! catalogue ([`error`]), per-field validation ([`validate`]) and the
@@ -19,5 +19,6 @@ pub mod validate;
 pub use codec::{DecodeError, Decoder, EncodeError, decode_body, encode};
 pub use error::{CATALOGUE, CodeInfo, ErrorCode, Fault};
 pub use frame::{
-    Body, DeliveryReport, DeliveryStatus, DeviceState, Event, EventKind, Frame, MessageId, Text, subscribe,
+    Body, DeliveryReport, DeliveryStatus, DeviceAction, DeviceState, Event, EventKind, Frame, LinkCodeKind,
+    LinkMethod, MessageId, ReceiptStatus, Text, subscribe,
 };

@@ -1,7 +1,8 @@
-//! Semantic checks of a SEND that reject one message without closing the connection.
+//! Semantic checks of a SEND or DEVICE_CONTROL that reject one request without closing
+//! the connection.
 
 use crate::error::ErrorCode;
-use crate::frame::{Body, Text};
+use crate::frame::{Body, DeviceAction, LinkMethod, Text};
 use crate::limits::*;
 
 /// A field that failed validation: the code to reject with and a message naming the field.
@@ -92,9 +93,74 @@ pub fn send(idempotency_key: &Text, device: &Text, to: &Text, body: &Body) -> Re
     }
 }
 
+/// Checks a phone number for pairing-code linking: E.164 digits without `+`,
+/// [`MIN_PHONE_DIGITS`]–[`MAX_PHONE_DIGITS`] of them, not starting with 0 (no country
+/// code does). WhatsApp wants exactly this form; formatting is the client's job.
+pub fn phone(t: &Text) -> Result<(), Invalid> {
+    let s = t.as_str();
+    let bad = |why: &str| {
+        invalid(
+            ErrorCode::INVALID_FIELD,
+            format!(
+                "phone {why}: {MIN_PHONE_DIGITS}-{MAX_PHONE_DIGITS} digits with the country code, no +, spaces or leading 0"
+            ),
+        )
+    };
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("has characters other than digits"));
+    }
+    if !(MIN_PHONE_DIGITS..=MAX_PHONE_DIGITS).contains(&s.len()) {
+        return Err(bad(&format!("has {} digits", s.len())));
+    }
+    if s.starts_with('0') {
+        return Err(bad("starts with 0"));
+    }
+    Ok(())
+}
+
+/// Checks every field of a DEVICE_CONTROL.
+pub fn device_control(device: &Text, action: &DeviceAction) -> Result<(), Invalid> {
+    device_id(device)?;
+    match action {
+        DeviceAction::Link(LinkMethod::PairingCode { phone: p }) => phone(p),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phones_and_device_control() {
+        for ok in ["4915112345678", "1234567", "123456789012345"] {
+            assert_eq!(phone(&ok.into()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "123456",
+            "1234567890123456",
+            "+4915112345678",
+            "0151123456",
+            "49 151 1234",
+            "49151x2345",
+        ] {
+            assert_eq!(
+                phone(&bad.into()).unwrap_err().code,
+                ErrorCode::INVALID_FIELD,
+                "{bad}"
+            );
+        }
+        let pair = |p: &str| DeviceAction::Link(LinkMethod::PairingCode { phone: p.into() });
+        assert_eq!(device_control(&"dev-1".into(), &pair("4915112345678")), Ok(()));
+        assert_eq!(device_control(&"dev-1".into(), &DeviceAction::Status), Ok(()));
+        assert!(device_control(&"dev/1".into(), &DeviceAction::Status).is_err());
+        assert!(device_control(&"".into(), &DeviceAction::Unlink).is_err());
+        assert_eq!(
+            device_control(&"dev-1".into(), &pair("12")).unwrap_err().code,
+            ErrorCode::INVALID_FIELD
+        );
+    }
 
     #[test]
     fn recipients() {

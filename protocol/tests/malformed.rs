@@ -15,10 +15,12 @@ use common::*;
 use proptest::prelude::*;
 use waping_protocol::codec::HEADER_LEN;
 use waping_protocol::frame::{ty, type_name};
+use waping_protocol::limits::MAX_RECEIPT_IDS;
 use waping_protocol::limits::{DEFAULT_MAX_FRAME_LEN, HARD_MAX_FRAME_LEN};
 use waping_protocol::{
-    Body, DecodeError, Decoder, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, Event, EventKind,
-    Fault, Frame, MessageId, Text, decode_body, fuzzing, validate,
+    Body, DecodeError, Decoder, DeliveryReport, DeliveryStatus, DeviceAction, DeviceState, ErrorCode, Event,
+    EventKind, Fault, Frame, LinkCodeKind, LinkMethod, MessageId, ReceiptStatus, Text, decode_body, fuzzing,
+    validate,
 };
 
 /// Decodes `bytes` at once with the default decoder and returns the error,
@@ -82,7 +84,7 @@ fn frame_too_large_1001() {
 #[test]
 fn unknown_frame_type_1002() {
     let undefined = undefined_types();
-    assert_eq!(undefined.len(), 256 - 13);
+    assert_eq!(undefined.len(), 256 - 15);
     for t in undefined {
         // Reported from the header alone, whatever the length says.
         let e = err(&header(8, t, 0), 1002);
@@ -145,6 +147,8 @@ fn empty_body_is_truncated_for_every_type_1000() {
         (ty::SUBSCRIBE, "mask"),
         (ty::SUBSCRIBED, "mask"),
         (ty::EVENT, "seq"),
+        (ty::DEVICE_CONTROL, "req"),
+        (ty::DEVICE_CONTROL_RESULT, "req"),
     ];
     for (t, field) in first_field {
         let e = err(&header(0, t, 0), 1000);
@@ -399,6 +403,46 @@ fn marked_frames() -> Vec<(Frame, Vec<(&'static str, &'static str)>)> {
             }),
             vec![("Qz", "device_id"), ("QA", "detail")],
         ),
+        (
+            Frame::DeviceControl {
+                req: 0,
+                device_id: t("QB"),
+                action: DeviceAction::Link(LinkMethod::PairingCode { phone: t("QC") }),
+            },
+            vec![("QB", "device_id"), ("QC", "phone")],
+        ),
+        (
+            Frame::DeviceControlResult {
+                req: 0,
+                code: ErrorCode(0),
+                state: Some(DeviceState::Connected),
+                detail: t("QD"),
+            },
+            vec![("QD", "detail")],
+        ),
+        (
+            event(EventKind::LinkCode {
+                device_id: t("QE"),
+                kind: LinkCodeKind::Qr,
+                code: t("QF"),
+                valid_for_ms: 0,
+            }),
+            vec![("QE", "device_id"), ("QF", "code")],
+        ),
+        (
+            event(EventKind::Receipt {
+                device_id: t("QG"),
+                from: t("QH"),
+                upstream_ids: vec![t("QI"), t("QJ")],
+                status: ReceiptStatus::Delivered,
+            }),
+            vec![
+                ("QG", "device_id"),
+                ("QH", "from"),
+                ("QI", "upstream_id"),
+                ("QJ", "upstream_id"),
+            ],
+        ),
     ]
 }
 
@@ -432,7 +476,7 @@ fn invalid_utf8_in_every_text_field_1005() {
             fields += 1;
         }
     }
-    assert_eq!(fields, 27, "every text field of every frame shape");
+    assert_eq!(fields, 36, "every text field of every frame shape");
 }
 
 #[test]
@@ -536,7 +580,7 @@ fn report_status_and_code_disagree_1000() {
 
 #[test]
 fn event_kind_out_of_range_1000() {
-    for kind in [0u8, 5, 0xff] {
+    for kind in [0u8, 7, 0xff] {
         let e = err(&event_head(kind).u64(0).frame(ty::EVENT), 1000);
         assert_eq!(
             e,
@@ -566,6 +610,193 @@ fn device_state_out_of_range_1000() {
     for state in ALL_DEVICE_STATES {
         assert_eq!(DeviceState::from_u8(state as u8), Some(state));
     }
+}
+
+#[test]
+fn device_control_action_and_method_out_of_range_1000() {
+    for action in [0u8, 6, 0xff] {
+        let e = err(
+            &Raw::new()
+                .u64(1)
+                .str8(b"dev-1")
+                .u8(action)
+                .frame(ty::DEVICE_CONTROL),
+            1000,
+        );
+        assert_eq!(
+            e,
+            DecodeError::InvalidValue {
+                frame: "DEVICE_CONTROL",
+                field: "action",
+                value: action.into()
+            }
+        );
+    }
+    for method in [0u8, 3, 0xff] {
+        let e = err(
+            &Raw::new()
+                .u64(1)
+                .str8(b"dev-1")
+                .u8(1)
+                .u8(method)
+                .frame(ty::DEVICE_CONTROL),
+            1000,
+        );
+        assert_eq!(
+            e,
+            DecodeError::InvalidValue {
+                frame: "DEVICE_CONTROL",
+                field: "link_method",
+                value: method.into()
+            }
+        );
+    }
+    // Actions without arguments end right after the action byte.
+    let e = err(
+        &Raw::new()
+            .u64(1)
+            .str8(b"dev-1")
+            .u8(2)
+            .u8(0)
+            .frame(ty::DEVICE_CONTROL),
+        1000,
+    );
+    assert_eq!(
+        e,
+        DecodeError::TrailingBytes {
+            frame: "DEVICE_CONTROL",
+            extra: 1
+        }
+    );
+    // A pairing-code link without its phone.
+    let e = err(
+        &Raw::new()
+            .u64(1)
+            .str8(b"dev-1")
+            .u8(1)
+            .u8(2)
+            .frame(ty::DEVICE_CONTROL),
+        1000,
+    );
+    assert_eq!(
+        e,
+        DecodeError::Truncated {
+            frame: "DEVICE_CONTROL",
+            field: "phone"
+        }
+    );
+}
+
+#[test]
+fn device_control_result_state_1000() {
+    // Success must say the state; 0 ("none") is only allowed with a failure code.
+    let result = |code: u16, state: u8| {
+        Raw::new()
+            .u64(1)
+            .u16(code)
+            .u8(state)
+            .str16(b"")
+            .frame(ty::DEVICE_CONTROL_RESULT)
+    };
+    assert_eq!(
+        err(&result(0, 0), 1000),
+        DecodeError::InvalidValue {
+            frame: "DEVICE_CONTROL_RESULT",
+            field: "state",
+            value: 0
+        }
+    );
+    for state in [8u8, 0xff] {
+        for code in [0u16, 4000] {
+            assert_eq!(
+                err(&result(code, state), 1000),
+                DecodeError::InvalidValue {
+                    frame: "DEVICE_CONTROL_RESULT",
+                    field: "state",
+                    value: state.into()
+                }
+            );
+        }
+    }
+    let mut buf = BytesMut::from(&result(4000, 0)[..]);
+    assert_eq!(
+        Decoder::default().decode(&mut buf),
+        Ok(Some(Frame::DeviceControlResult {
+            req: 1,
+            code: ErrorCode::UNKNOWN_DEVICE,
+            state: None,
+            detail: Text::default()
+        }))
+    );
+}
+
+#[test]
+fn link_code_kind_and_receipt_status_out_of_range_1000() {
+    for kind in [0u8, 3, 0xff] {
+        let bytes = event_head(5)
+            .str8(b"d")
+            .u8(kind)
+            .str16(b"c")
+            .u32(1)
+            .frame(ty::EVENT);
+        assert_eq!(
+            err(&bytes, 1000),
+            DecodeError::InvalidValue {
+                frame: "EVENT",
+                field: "code_kind",
+                value: kind.into()
+            }
+        );
+    }
+    for status in [0u8, 4, 0xff] {
+        let bytes = event_head(6)
+            .str8(b"d")
+            .str8(b"f")
+            .u8(status)
+            .u16(0)
+            .frame(ty::EVENT);
+        assert_eq!(
+            err(&bytes, 1000),
+            DecodeError::InvalidValue {
+                frame: "EVENT",
+                field: "receipt_status",
+                value: status.into()
+            }
+        );
+    }
+}
+
+#[test]
+fn receipt_id_count_above_the_bound_1000() {
+    let receipt = |n: u16| event_head(6).str8(b"d").str8(b"f").u8(1).u16(n);
+    // Refused from the count alone, before any id is read: a peer cannot make us allocate.
+    for n in [MAX_RECEIPT_IDS as u16 + 1, u16::MAX] {
+        assert_eq!(
+            err(&receipt(n).frame(ty::EVENT), 1000),
+            DecodeError::InvalidValue {
+                frame: "EVENT",
+                field: "upstream_id_count",
+                value: n.into()
+            }
+        );
+    }
+    // The bound itself is allowed; a count larger than the ids present is truncated.
+    let mut full = receipt(MAX_RECEIPT_IDS as u16);
+    for _ in 0..MAX_RECEIPT_IDS {
+        full = full.str8(b"id");
+    }
+    let mut buf = BytesMut::from(&full.frame(ty::EVENT)[..]);
+    assert!(matches!(
+        Decoder::default().decode(&mut buf),
+        Ok(Some(Frame::Event(_)))
+    ));
+    assert_eq!(
+        err(&receipt(2).str8(b"id").frame(ty::EVENT), 1000),
+        DecodeError::Truncated {
+            frame: "EVENT",
+            field: "upstream_id"
+        }
+    );
 }
 
 /// The decoder checks layout, not meaning: an empty text field is well-formed

@@ -13,11 +13,11 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use waping_protocol::codec::HEADER_LEN;
 use waping_protocol::limits::{
-    DEFAULT_MAX_FRAME_LEN, HARD_MAX_FRAME_LEN, MAX_MEDIA_REFERENCE_LEN, MAX_TEXT_LEN,
+    DEFAULT_MAX_FRAME_LEN, HARD_MAX_FRAME_LEN, MAX_MEDIA_REFERENCE_LEN, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
 };
 use waping_protocol::{
-    Body, DeliveryReport, DeliveryStatus, DeviceState, EncodeError, ErrorCode, Event, EventKind, Frame,
-    MessageId, Text, decode_body, encode,
+    Body, DeliveryReport, DeliveryStatus, DeviceAction, DeviceState, EncodeError, ErrorCode, Event,
+    EventKind, Frame, LinkCodeKind, LinkMethod, MessageId, ReceiptStatus, Text, decode_body, encode,
 };
 use waping_protocol::{Decoder, fuzzing};
 
@@ -176,6 +176,26 @@ fn unchecked_frame() -> BoxedStrategy<Frame> {
                 report
             }
         })),
+        (
+            prop_oneof![Just(ErrorCode(0)), code()],
+            proptest::option::of(device_state())
+        )
+            .prop_map(|(code, state)| Frame::DeviceControlResult {
+                req: 1,
+                code,
+                state,
+                detail: Text::default()
+            }),
+        (MAX_RECEIPT_IDS - 2..MAX_RECEIPT_IDS + 3).prop_map(|n| Frame::Event(Event {
+            seq: 1,
+            timestamp_ms: 2,
+            kind: EventKind::Receipt {
+                device_id: "d".into(),
+                from: "f".into(),
+                upstream_ids: vec![Text::from("i"); n],
+                status: ReceiptStatus::Read,
+            }
+        })),
     ]
     .boxed()
 }
@@ -289,6 +309,29 @@ fn largest_frames_fit_the_default_limit() {
             state: DeviceState::Banned,
             detail: s16(),
         }),
+        event(EventKind::LinkCode {
+            device_id: s8(),
+            kind: LinkCodeKind::Qr,
+            code: s16(),
+            valid_for_ms: u32::MAX,
+        }),
+        event(EventKind::Receipt {
+            device_id: s8(),
+            from: s8(),
+            upstream_ids: vec![s8(); MAX_RECEIPT_IDS],
+            status: ReceiptStatus::Played,
+        }),
+        Frame::DeviceControl {
+            req: u64::MAX,
+            device_id: s8(),
+            action: DeviceAction::Link(LinkMethod::PairingCode { phone: s8() }),
+        },
+        Frame::DeviceControlResult {
+            req: u64::MAX,
+            code: ErrorCode(u16::MAX),
+            state: Some(DeviceState::Disabled),
+            detail: s16(),
+        },
     ];
     let mut largest = 0;
     for f in frames {
@@ -363,6 +406,45 @@ fn encoder_refuses_fields_wider_than_their_prefix() {
         Err(EncodeError::FrameTooLarge { .. })
     ));
     assert_eq!(&buf[..], b"keep");
+}
+
+/// The encoder refuses what the decoder would: a successful result without a state, a
+/// receipt with more ids than the bound.
+#[test]
+fn encoder_refuses_stateless_success_and_oversized_receipts() {
+    let mut buf = BytesMut::new();
+    let f = Frame::DeviceControlResult {
+        req: 1,
+        code: ErrorCode(0),
+        state: None,
+        detail: Text::default(),
+    };
+    assert_eq!(
+        encode(&f, &mut buf),
+        Err(EncodeError::InvalidValue {
+            field: "state",
+            value: 0
+        })
+    );
+    assert!(buf.is_empty());
+    let f = Frame::Event(Event {
+        seq: 1,
+        timestamp_ms: 1,
+        kind: EventKind::Receipt {
+            device_id: "d".into(),
+            from: "f".into(),
+            upstream_ids: vec![Text::from("x"); MAX_RECEIPT_IDS + 1],
+            status: ReceiptStatus::Delivered,
+        },
+    });
+    assert_eq!(
+        encode(&f, &mut buf),
+        Err(EncodeError::InvalidValue {
+            field: "upstream_id_count",
+            value: MAX_RECEIPT_IDS as u64 + 1
+        })
+    );
+    assert!(buf.is_empty());
 }
 
 /// Found while writing these tests: the encoder used to write REPORTs whose

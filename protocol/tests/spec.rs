@@ -34,7 +34,8 @@ use bytes::BytesMut;
 use waping_protocol::frame::type_name;
 use waping_protocol::limits;
 use waping_protocol::{
-    Body, CATALOGUE, Decoder, DeliveryReport, DeliveryStatus, Event, EventKind, Frame, MessageId, Text,
+    Body, CATALOGUE, Decoder, DeliveryReport, DeliveryStatus, DeviceAction, Event, EventKind, Frame,
+    LinkMethod, MessageId, Text,
 };
 
 fn spec_path() -> PathBuf {
@@ -183,6 +184,14 @@ const NON_CODE_NAMES: &[&str] = &[
     "STOP_SENDING",
     "RESET_STREAM",
     "MAX_STREAMS",
+    "DEVICE_CONTROL",
+    "DEVICE_CONTROL_RESULT",
+    "LINK_CODE",
+    "LINK_CODES",
+    "PAIRING_CODE",
+    "MAX_RECEIPT_IDS",
+    "MIN_PHONE_DIGITS",
+    "MAX_PHONE_DIGITS",
 ];
 
 // ------------------------------------------------------------- (b) examples
@@ -382,7 +391,73 @@ fn annotate(f: &Frame) -> Vec<(Vec<u8>, String)> {
                     r.u8("event_kind", 4, "LAGGED");
                     r.u64("missed", *missed);
                 }
+                EventKind::LinkCode {
+                    device_id,
+                    kind,
+                    code,
+                    valid_for_ms,
+                } => {
+                    r.u8("event_kind", 5, "LINK_CODE");
+                    r.text(1, "device_id", device_id);
+                    r.u8("code_kind", *kind as u8, kind.as_str());
+                    r.text(2, "code", code);
+                    r.u32("valid_for_ms", *valid_for_ms);
+                }
+                EventKind::Receipt {
+                    device_id,
+                    from,
+                    upstream_ids,
+                    status,
+                } => {
+                    r.u8("event_kind", 6, "RECEIPT");
+                    r.text(1, "device_id", device_id);
+                    r.text(1, "from", from);
+                    r.u8("receipt_status", *status as u8, status.as_str());
+                    r.u16("upstream_id_count", upstream_ids.len() as u16, "");
+                    for id in upstream_ids {
+                        r.text(1, "upstream_id", id);
+                    }
+                }
             }
+        }
+        Frame::DeviceControl {
+            req,
+            device_id,
+            action,
+        } => {
+            r.u64("req", *req);
+            r.text(1, "device_id", device_id);
+            match action {
+                DeviceAction::Link(method) => {
+                    r.u8("action", 1, "LINK");
+                    match method {
+                        LinkMethod::Qr => r.u8("link_method", 1, "QR"),
+                        LinkMethod::PairingCode { phone } => {
+                            r.u8("link_method", 2, "PAIRING_CODE");
+                            r.text(1, "phone", phone);
+                        }
+                    }
+                }
+                DeviceAction::Unlink => r.u8("action", 2, "UNLINK"),
+                DeviceAction::Disable => r.u8("action", 3, "DISABLE"),
+                DeviceAction::Enable => r.u8("action", 4, "ENABLE"),
+                DeviceAction::Status => r.u8("action", 5, "STATUS"),
+            }
+        }
+        Frame::DeviceControlResult {
+            req,
+            code,
+            state,
+            detail,
+        } => {
+            r.u64("req", *req);
+            let name = if code.0 == 0 { "ok" } else { code.name() };
+            r.u16("code", code.0, name);
+            match state {
+                Some(st) => r.u8("state", *st as u8, st.as_str()),
+                None => r.u8("state", 0, "none"),
+            }
+            r.text(2, "detail", detail);
         }
     }
     let body_len: usize = r.0.iter().map(|(b, _)| b.len()).sum();
@@ -402,11 +477,17 @@ fn annotate(f: &Frame) -> Vec<(Vec<u8>, String)> {
 }
 
 fn mask_names(mask: u32) -> String {
-    let names: Vec<&str> = [(1, "REPORTS"), (2, "INBOUND"), (4, "DEVICE_STATE")]
-        .iter()
-        .filter(|(bit, _)| mask & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
+    let names: Vec<&str> = [
+        (1, "REPORTS"),
+        (2, "INBOUND"),
+        (4, "DEVICE_STATE"),
+        (8, "LINK_CODES"),
+        (16, "RECEIPTS"),
+    ]
+    .iter()
+    .filter(|(bit, _)| mask & bit != 0)
+    .map(|(_, n)| *n)
+    .collect();
     if names.is_empty() {
         "none".into()
     } else {
@@ -597,6 +678,9 @@ fn limits_table_matches_the_constants() {
         ("MAX_MEDIA_REFERENCE_LEN", limits::MAX_MEDIA_REFERENCE_LEN as u64),
         ("MIN_VERSION", u64::from(limits::MIN_VERSION)),
         ("MAX_VERSION", u64::from(limits::MAX_VERSION)),
+        ("MAX_RECEIPT_IDS", limits::MAX_RECEIPT_IDS as u64),
+        ("MIN_PHONE_DIGITS", limits::MIN_PHONE_DIGITS as u64),
+        ("MAX_PHONE_DIGITS", limits::MAX_PHONE_DIGITS as u64),
     ]
     .into_iter()
     .collect();

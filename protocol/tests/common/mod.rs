@@ -7,10 +7,10 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use waping_protocol::codec::HEADER_LEN;
 use waping_protocol::frame::ty;
-use waping_protocol::limits::{MAX_MEDIA_REFERENCE_LEN, MAX_TEXT_LEN};
+use waping_protocol::limits::{MAX_MEDIA_REFERENCE_LEN, MAX_RECEIPT_IDS, MAX_TEXT_LEN};
 use waping_protocol::{
-    Body, CATALOGUE, DecodeError, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, Event, EventKind,
-    Frame, MessageId, Text, encode, subscribe,
+    Body, CATALOGUE, DecodeError, DeliveryReport, DeliveryStatus, DeviceAction, DeviceState, ErrorCode,
+    Event, EventKind, Frame, LinkCodeKind, LinkMethod, MessageId, ReceiptStatus, Text, encode, subscribe,
 };
 
 /// Largest `str8` / `str16` field.
@@ -151,6 +151,69 @@ pub fn event_kind() -> BoxedStrategy<EventKind> {
             detail
         }),
         any::<u64>().prop_map(|missed| EventKind::Lagged { missed }),
+        (str8(), link_code_kind(), str16(), any::<u32>()).prop_map(
+            |(device_id, kind, code, valid_for_ms)| {
+                EventKind::LinkCode {
+                    device_id,
+                    kind,
+                    code,
+                    valid_for_ms,
+                }
+            }
+        ),
+        (str8(), str8(), receipt_ids(), receipt_status()).prop_map(
+            |(device_id, from, upstream_ids, status)| {
+                EventKind::Receipt {
+                    device_id,
+                    from,
+                    upstream_ids,
+                    status,
+                }
+            }
+        ),
+    ]
+    .boxed()
+}
+
+pub fn link_code_kind() -> BoxedStrategy<LinkCodeKind> {
+    proptest::sample::select(vec![LinkCodeKind::Qr, LinkCodeKind::PairingCode]).boxed()
+}
+
+pub fn receipt_status() -> BoxedStrategy<ReceiptStatus> {
+    proptest::sample::select(vec![
+        ReceiptStatus::Delivered,
+        ReceiptStatus::Read,
+        ReceiptStatus::Played,
+    ])
+    .boxed()
+}
+
+/// Upstream ids of a receipt: usually a few, sometimes up to the bound.
+pub fn receipt_ids() -> BoxedStrategy<Vec<Text>> {
+    prop_oneof![
+        8 => proptest::collection::vec(str8(), 0..8),
+        1 => proptest::collection::vec(text(24), 0..=MAX_RECEIPT_IDS),
+    ]
+    .boxed()
+}
+
+pub fn device_action() -> BoxedStrategy<DeviceAction> {
+    prop_oneof![
+        Just(DeviceAction::Link(LinkMethod::Qr)),
+        str8().prop_map(|phone| DeviceAction::Link(LinkMethod::PairingCode { phone })),
+        Just(DeviceAction::Unlink),
+        Just(DeviceAction::Disable),
+        Just(DeviceAction::Enable),
+        Just(DeviceAction::Status),
+    ]
+    .boxed()
+}
+
+/// A result as the decoder accepts it: code 0 with a state, or a failure with or without one.
+pub fn control_outcome() -> BoxedStrategy<(ErrorCode, Option<DeviceState>)> {
+    prop_oneof![
+        device_state().prop_map(|s| (ErrorCode(0), Some(s))),
+        (failure_code(), proptest::option::of(device_state())),
     ]
     .boxed()
 }
@@ -238,6 +301,19 @@ pub fn frame() -> BoxedStrategy<Frame> {
                 kind
             }
         )),
+        (any::<u64>(), str8(), device_action()).prop_map(|(req, device_id, action)| Frame::DeviceControl {
+            req,
+            device_id,
+            action
+        }),
+        (any::<u64>(), control_outcome(), str16()).prop_map(|(req, (code, state), detail)| {
+            Frame::DeviceControlResult {
+                req,
+                code,
+                state,
+                detail,
+            }
+        }),
     ]
     .boxed()
 }
@@ -293,6 +369,28 @@ pub fn kind(f: &Frame) -> &'static str {
                 DeviceState::Disabled => "EVENT/device_state/disabled",
             },
             EventKind::Lagged { .. } => "EVENT/lagged",
+            EventKind::LinkCode { kind, .. } => match kind {
+                LinkCodeKind::Qr => "EVENT/link_code/qr",
+                LinkCodeKind::PairingCode => "EVENT/link_code/pairing_code",
+            },
+            EventKind::Receipt { status, .. } => match status {
+                ReceiptStatus::Delivered => "EVENT/receipt/delivered",
+                ReceiptStatus::Read => "EVENT/receipt/read",
+                ReceiptStatus::Played => "EVENT/receipt/played",
+            },
+        },
+        Frame::DeviceControl { action, .. } => match action {
+            DeviceAction::Link(LinkMethod::Qr) => "DEVICE_CONTROL/link_qr",
+            DeviceAction::Link(LinkMethod::PairingCode { .. }) => "DEVICE_CONTROL/link_pairing_code",
+            DeviceAction::Unlink => "DEVICE_CONTROL/unlink",
+            DeviceAction::Disable => "DEVICE_CONTROL/disable",
+            DeviceAction::Enable => "DEVICE_CONTROL/enable",
+            DeviceAction::Status => "DEVICE_CONTROL/status",
+        },
+        Frame::DeviceControlResult { code, state, .. } => match (code.0, state) {
+            (0, _) => "DEVICE_CONTROL_RESULT/ok",
+            (_, Some(_)) => "DEVICE_CONTROL_RESULT/refused_with_state",
+            (_, None) => "DEVICE_CONTROL_RESULT/refused",
         },
     }
 }
@@ -325,6 +423,20 @@ pub const ALL_KINDS: &[&str] = &[
     "EVENT/device_state/banned",
     "EVENT/device_state/disabled",
     "EVENT/lagged",
+    "EVENT/link_code/qr",
+    "EVENT/link_code/pairing_code",
+    "EVENT/receipt/delivered",
+    "EVENT/receipt/read",
+    "EVENT/receipt/played",
+    "DEVICE_CONTROL/link_qr",
+    "DEVICE_CONTROL/link_pairing_code",
+    "DEVICE_CONTROL/unlink",
+    "DEVICE_CONTROL/disable",
+    "DEVICE_CONTROL/enable",
+    "DEVICE_CONTROL/status",
+    "DEVICE_CONTROL_RESULT/ok",
+    "DEVICE_CONTROL_RESULT/refused_with_state",
+    "DEVICE_CONTROL_RESULT/refused",
 ];
 
 // ---------------------------------------------------------------- examples
@@ -361,7 +473,7 @@ pub fn examples() -> Vec<(&'static str, Frame)> {
             "hello",
             Frame::Hello {
                 min_version: 1,
-                max_version: 1,
+                max_version: 2,
                 api_key: "wpk_k1_s3cr3t".into(),
                 client_name: "demo/1.0".into(),
             },
@@ -369,7 +481,7 @@ pub fn examples() -> Vec<(&'static str, Frame)> {
         (
             "hello-ok",
             Frame::HelloOk {
-                version: 1,
+                version: 2,
                 max_frame_len: 131_072,
                 max_in_flight: 4096,
                 max_streams: 16,
@@ -487,6 +599,89 @@ pub fn examples() -> Vec<(&'static str, Frame)> {
                 seq: 4,
                 timestamp_ms: 1_720_000_003_000,
                 kind: EventKind::Lagged { missed: 17 },
+            }),
+        ),
+        (
+            "device-control-link-qr",
+            Frame::DeviceControl {
+                req: 1,
+                device_id: "dev-1".into(),
+                action: DeviceAction::Link(LinkMethod::Qr),
+            },
+        ),
+        (
+            "device-control-link-pairing-code",
+            Frame::DeviceControl {
+                req: 2,
+                device_id: "dev-1".into(),
+                action: DeviceAction::Link(LinkMethod::PairingCode {
+                    phone: "4915112345678".into(),
+                }),
+            },
+        ),
+        (
+            "device-control-disable",
+            Frame::DeviceControl {
+                req: 3,
+                device_id: "dev-1".into(),
+                action: DeviceAction::Disable,
+            },
+        ),
+        (
+            "device-control-result-ok",
+            Frame::DeviceControlResult {
+                req: 1,
+                code: ErrorCode(0),
+                state: Some(DeviceState::Linking),
+                detail: "".into(),
+            },
+        ),
+        (
+            "device-control-result-refused",
+            Frame::DeviceControlResult {
+                req: 4,
+                code: ErrorCode::UNKNOWN_DEVICE,
+                state: None,
+                detail: "no such device".into(),
+            },
+        ),
+        (
+            "event-link-code-qr",
+            Frame::Event(Event {
+                seq: 5,
+                timestamp_ms: 1_720_000_004_000,
+                kind: EventKind::LinkCode {
+                    device_id: "dev-1".into(),
+                    kind: LinkCodeKind::Qr,
+                    code: "2@Xq3k,aB9=,Zm4=,Qw8=".into(),
+                    valid_for_ms: 20_000,
+                },
+            }),
+        ),
+        (
+            "event-link-code-pairing",
+            Frame::Event(Event {
+                seq: 6,
+                timestamp_ms: 1_720_000_005_000,
+                kind: EventKind::LinkCode {
+                    device_id: "dev-1".into(),
+                    kind: LinkCodeKind::PairingCode,
+                    code: "ABCD-EFGH".into(),
+                    valid_for_ms: 180_000,
+                },
+            }),
+        ),
+        (
+            "event-receipt",
+            Frame::Event(Event {
+                seq: 7,
+                timestamp_ms: 1_720_000_006_000,
+                kind: EventKind::Receipt {
+                    device_id: "dev-1".into(),
+                    from: "4917612345678".into(),
+                    upstream_ids: vec!["3EB0C767D2".into(), "3EB0C767D3".into()],
+                    status: ReceiptStatus::Read,
+                },
             }),
         ),
     ]
@@ -694,6 +889,71 @@ pub fn seeds() -> Vec<Seed> {
             frame: "EVENT",
             field: "state",
             value: 0,
+        },
+    ));
+    out.push(bad(
+        "device-control-action",
+        Raw::new().u64(1).str8(b"dev-1").u8(9).frame(ty::DEVICE_CONTROL),
+        DecodeError::InvalidValue {
+            frame: "DEVICE_CONTROL",
+            field: "action",
+            value: 9,
+        },
+    ));
+    out.push(bad(
+        "link-method",
+        Raw::new()
+            .u64(1)
+            .str8(b"dev-1")
+            .u8(1)
+            .u8(3)
+            .frame(ty::DEVICE_CONTROL),
+        DecodeError::InvalidValue {
+            frame: "DEVICE_CONTROL",
+            field: "link_method",
+            value: 3,
+        },
+    ));
+    out.push(bad(
+        "result-ok-without-state",
+        Raw::new()
+            .u64(1)
+            .u16(0)
+            .u8(0)
+            .str16(b"")
+            .frame(ty::DEVICE_CONTROL_RESULT),
+        DecodeError::InvalidValue {
+            frame: "DEVICE_CONTROL_RESULT",
+            field: "state",
+            value: 0,
+        },
+    ));
+    out.push(bad(
+        "link-code-kind",
+        event_head(5)
+            .str8(b"dev-1")
+            .u8(3)
+            .str16(b"x")
+            .u32(0)
+            .frame(ty::EVENT),
+        DecodeError::InvalidValue {
+            frame: "EVENT",
+            field: "code_kind",
+            value: 3,
+        },
+    ));
+    out.push(bad(
+        "receipt-count",
+        event_head(6)
+            .str8(b"dev-1")
+            .str8(b"4917612345678")
+            .u8(1)
+            .u16(MAX_RECEIPT_IDS as u16 + 1)
+            .frame(ty::EVENT),
+        DecodeError::InvalidValue {
+            frame: "EVENT",
+            field: "upstream_id_count",
+            value: MAX_RECEIPT_IDS as u64 + 1,
         },
     ));
     // A good frame, then a bad one: the good one decodes, then the error.
