@@ -1,1 +1,12 @@
-//! WhatsApp Web upstream (skeleton; filled by issue 4).
+//! WhatsApp Web multi-device upstream of the waping gateway.
+//!
+//! Wraps the `whatsapp-rust` crates (pinned `=0.7.0`) behind a neutral API so their
+//! churn stays inside this crate: the gateway sees [`WaNode`], [`WaDevice`],
+//! [`WaEvent`], [`WaError`] and the [`DeviceKv`] storage contract, never a
+//! whatsapp-rust type. See `docs/design/0008-whatsapp-upstream.md`.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod kv;
+
+pub use kv::{DeviceKv, KvBatch, KvError, KvOp, MemoryKv};
