@@ -13,7 +13,9 @@ use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use waping_protocol::conn::ClientConn;
 use waping_protocol::limits::{ALPN, MAX_VERSION, MIN_VERSION};
-use waping_protocol::{DecodeError, Decoder, EncodeError, ErrorCode, Frame, Text, encode};
+use waping_protocol::{
+    DecodeError, Decoder, DeviceAction, DeviceState, EncodeError, ErrorCode, Event, Frame, Text, encode,
+};
 
 /// How the client decides to trust the gateway's certificate.
 #[derive(Debug, Clone)]
@@ -91,13 +93,27 @@ pub enum ClientError {
     /// The handshake timed out.
     #[error("timed out")]
     Timeout,
+    /// The server refused one request (DEVICE_CONTROL); the connection stays usable.
+    #[error("refused with {code}: {message}")]
+    Refused {
+        /// Catalogue code.
+        code: ErrorCode,
+        /// The device's state when the server told it.
+        state: Option<DeviceState>,
+        /// Detail.
+        message: String,
+    },
+    /// The gateway speaks a protocol version without this feature (e.g. device control
+    /// needs version 2); upgrading the gateway helps, retrying does not.
+    #[error("not supported by the gateway: {0}")]
+    Unsupported(String),
 }
 
 impl ClientError {
     /// The server's error code, when the server refused.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Server { code, .. } | ClientError::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -160,6 +176,10 @@ pub struct Connection {
     /// Handshake result.
     pub session: Session,
     control: Option<FrameStream>,
+    /// Set once an event stream was opened: the server opens at most one per connection.
+    events_open: std::sync::atomic::AtomicBool,
+    /// Numbers DEVICE_CONTROL requests.
+    next_req: std::sync::atomic::AtomicU64,
 }
 
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -359,7 +379,125 @@ impl Connection {
             endpoint,
             session,
             control: Some(control),
+            events_open: std::sync::atomic::AtomicBool::new(false),
+            next_req: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// Subscribes to the workspace's events (`mask`: bits of [`waping_protocol::subscribe`])
+    /// on a stream of its own and returns the event stream the server opens.
+    ///
+    /// Every event published after this returns is delivered (PROTOCOL.md section 8), so
+    /// subscribe before triggering what you want to watch. Bits the negotiated version
+    /// lacks are not granted ([`EventStream::granted`]). A connection has one event stream:
+    /// a second call fails with [`ClientError::Unsupported`]; send another SUBSCRIBE
+    /// yourself to change the mask of the first.
+    pub async fn subscribe(&self, mask: u32) -> Result<EventStream, ClientError> {
+        use std::sync::atomic::Ordering;
+        if self.events_open.load(Ordering::Acquire) {
+            return Err(ClientError::Unsupported(
+                "this connection already has its event stream".into(),
+            ));
+        }
+        let mut stream = self.open_stream().await?;
+        stream.send(&Frame::Subscribe { mask }).await?;
+        let granted = loop {
+            match stream.next().await? {
+                Some(Frame::Subscribed { mask }) => break mask,
+                Some(Frame::Ping { .. } | Frame::Pong { .. }) => {}
+                Some(f) => return Err(self.unexpected(f)),
+                None => return Err(ClientError::Connection("stream ended before SUBSCRIBED".into())),
+            }
+        };
+        // Nothing more to say on this stream; the subscription lives on the connection.
+        let _ = stream.writer.finish();
+        if granted == 0 {
+            return Err(ClientError::Unsupported(format!(
+                "the gateway granted none of the event kinds 0x{mask:08x}"
+            )));
+        }
+        self.events_open.store(true, Ordering::Release);
+        let reader = self.accept_event_stream().await?;
+        Ok(EventStream {
+            reader,
+            granted,
+            state: ClientConn::Open {
+                version: self.session.version,
+            },
+        })
+    }
+
+    /// Sends DEVICE_CONTROL on a stream of its own and waits for its DEVICE_CONTROL_RESULT:
+    /// the device's state after the action, or [`ClientError::Refused`] with the server's
+    /// code. Needs protocol version 2 ([`ClientError::Unsupported`] otherwise, without
+    /// sending anything). Wrap it in a timeout: taking an action may wait for the device.
+    pub async fn device_control(
+        &self,
+        device_id: &str,
+        action: DeviceAction,
+    ) -> Result<DeviceState, ClientError> {
+        if self.session.version < 2 {
+            return Err(ClientError::Unsupported(format!(
+                "device control needs protocol version 2; the gateway speaks {}",
+                self.session.version
+            )));
+        }
+        let req = self.next_req.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut stream = self.open_stream().await?;
+        stream
+            .send(&Frame::DeviceControl {
+                req,
+                device_id: Text::from(device_id),
+                action,
+            })
+            .await?;
+        let _ = stream.writer.finish();
+        loop {
+            match stream.next().await? {
+                Some(Frame::DeviceControlResult {
+                    req: r,
+                    code,
+                    state,
+                    detail,
+                }) if r == req => {
+                    return match (code.0, state) {
+                        (0, Some(state)) => Ok(state),
+                        _ => Err(ClientError::Refused {
+                            code,
+                            state,
+                            message: detail.to_string(),
+                        }),
+                    };
+                }
+                Some(Frame::Ping { .. } | Frame::Pong { .. }) => {}
+                Some(f) => return Err(self.unexpected(f)),
+                None => {
+                    return Err(ClientError::Connection(
+                        "stream ended before DEVICE_CONTROL_RESULT".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The error for a frame a request stream should not carry: ERROR and GOODBYE say why
+    /// the server is leaving, anything else breaks the protocol.
+    fn unexpected(&self, f: Frame) -> ClientError {
+        match f {
+            Frame::Error { code, message, .. } | Frame::Goodbye { code, message } => ClientError::Server {
+                code,
+                message: message.to_string(),
+            },
+            f => {
+                let mut state = ClientConn::Open {
+                    version: self.session.version,
+                };
+                match state.on_frame(&f) {
+                    Err(v) => ClientError::Protocol(v),
+                    Ok(()) => ClientError::Connection(format!("unexpected {} on this stream", f.name())),
+                }
+            }
+        }
     }
 
     /// The control stream (first stream), usable for SEND like any other; `None` once taken.
@@ -395,6 +533,40 @@ impl Connection {
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The server's event stream of one connection ([`Connection::subscribe`]).
+#[derive(Debug)]
+pub struct EventStream {
+    reader: FrameReader,
+    granted: u32,
+    state: ClientConn,
+}
+
+impl EventStream {
+    /// The mask the server granted.
+    pub fn granted(&self) -> u32 {
+        self.granted
+    }
+
+    /// The next event; `None` when the server finished the stream (the connection is ending).
+    /// A frame other than EVENT, or an event kind the negotiated version lacks, is a
+    /// protocol violation.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        match self.reader.next().await? {
+            None => Ok(None),
+            Some(f) => {
+                self.state.on_frame(&f)?;
+                match f {
+                    Frame::Event(e) => Ok(Some(e)),
+                    f => Err(ClientError::Connection(format!(
+                        "{} on the event stream",
+                        f.name()
+                    ))),
+                }
+            }
+        }
     }
 }
 
