@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::retry::{RetryPolicy, RetryQueue};
 use crate::server::{self, Shared};
 use crate::session::{
-    Outbound, SessionHandle, SessionManager, SessionSettings, SubmitError, route_upstream_events,
+    Outbound, SessionHandle, SessionManager, SessionSettings, SubmitError, gate::ConnectGate,
+    route_upstream_events, store::MemoryStore,
 };
 use crate::upstream::{Upstream, remote::RemoteUpstream, sim::SimUpstream};
 use crate::workspace::Registry;
@@ -113,7 +114,12 @@ impl Gateway {
             UpstreamKind::Sim => Arc::new(SimUpstream::new(cfg.upstream.sim.clone(), ev_tx)),
             UpstreamKind::SimRemote => Arc::new(RemoteUpstream::start(cfg.upstream.remote_addr, ev_tx)),
         };
-        tokio::spawn(route_upstream_events(ev_rx, registry.clone(), metrics.clone()));
+        let gate = ConnectGate::start(
+            cfg.sessions
+                .gate_quota()
+                .context("sessions.connect_rate_per_second / connect_burst")?,
+            durable.clock,
+        );
         let sessions = Arc::new(
             SessionManager::new(
                 upstream.clone(),
@@ -121,11 +127,20 @@ impl Gateway {
                     queue: cfg.limits.device_queue as usize,
                     window: cfg.limits.device_window as usize,
                     send_timeout: Duration::from_millis(cfg.upstream.send_timeout_ms),
+                    lifecycle: cfg.sessions.lifecycle(),
                 },
                 metrics.clone(),
+                gate,
+                Arc::new(MemoryStore::default()),
             )
             .with_durable(durable.clone()),
         );
+        tokio::spawn(route_upstream_events(
+            ev_rx,
+            registry.clone(),
+            sessions.clone(),
+            metrics.clone(),
+        ));
         for w in &cfg.workspaces {
             if let Some(ws) = registry.by_id(&w.id) {
                 for d in &w.devices {

@@ -79,6 +79,28 @@ impl Metrics {
         counter!("waping_auth_failures_total", "reason" => reason).increment(1);
     }
 
+    /// A device session's lifecycle phase changed (`from` None: the session started; `to`
+    /// empty: it stopped). Keeps `waping_sessions{phase}` and counts transitions.
+    pub fn session_phase(&self, from: Option<&'static str>, to: &'static str) {
+        if let Some(f) = from {
+            gauge!("waping_sessions", "phase" => f).decrement(1.0);
+        }
+        if !to.is_empty() {
+            gauge!("waping_sessions", "phase" => to).increment(1.0);
+            counter!("waping_session_transitions_total", "to" => to).increment(1);
+        }
+    }
+
+    /// A connect passed the gate and was tried (`attempted`) or refused at once (`failed`).
+    pub fn connect_attempt(&self, outcome: &'static str) {
+        counter!("waping_session_connects_total", "outcome" => outcome).increment(1);
+    }
+
+    /// A security-relevant action happened (the audit pipeline ships the record).
+    pub fn audit(&self, action: &'static str) {
+        counter!("waping_audit_records_total", "action" => action).increment(1);
+    }
+
     /// The upstream reported an event.
     pub fn upstream_event(&self, kind: &'static str) {
         counter!("waping_upstream_events_total", "kind" => kind).increment(1);
@@ -130,6 +152,11 @@ pub const CATALOGUE: &[&str] = &[
     "waping_idempotency_keys",
     "waping_idempotency_evicted_total",
     "waping_sessions_active",
+    "waping_sessions",
+    "waping_session_transitions_total",
+    "waping_session_connects_total",
+    "waping_connect_gate_waiting",
+    "waping_audit_records_total",
     "waping_subscriptions_active",
     "waping_subscriber_events_sent_total",
     "waping_subscriber_events_missed_total",

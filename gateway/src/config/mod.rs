@@ -31,6 +31,12 @@ pub struct Config {
     pub journal: JournalSection,
     /// Retry policy for failed sends (backoff, per-code rules, dead letters).
     pub retry: crate::retry::RetryConfig,
+    /// Device session lifecycle: reconnect backoff, link and connect timeouts, connect gate.
+    pub sessions: crate::session::config::SessionsConfig,
+    // --- [pacing] (account safety, issue 4) ---
+    /// Account-safety pacing of every device (anti-ban); workspaces may override fields.
+    pub pacing: crate::pacing::PacingConfig,
+    // --- end [pacing] ---
     /// Tenants and their API keys.
     pub workspaces: Vec<WorkspaceConfig>,
 }
@@ -327,6 +333,15 @@ pub struct SimConfig {
     pub inbound_per_second: f64,
     /// RNG seed, so runs can be reproduced. Default 1.
     pub seed: u64,
+    /// Devices start unlinked and must be linked (QR or pairing code) before they connect.
+    /// Default false: every configured device is provisioned, as the load harness needs.
+    pub require_link: bool,
+    /// A link is confirmed ("the phone scanned the QR") this long after it starts. Default
+    /// 2000 ms; 0 = never, so the link times out.
+    pub link_pair_after_ms: u64,
+    /// A new QR payload replaces the previous one this often while linking. Default 20 000 ms
+    /// (WhatsApp rotates its refs about every 20 s).
+    pub qr_rotate_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -342,6 +357,9 @@ impl Default for SimConfig {
             device_rate_per_second: 0,
             inbound_per_second: 0.0,
             seed: 1,
+            require_link: false,
+            link_pair_after_ms: 2000,
+            qr_rotate_ms: 20_000,
         }
     }
 }
@@ -361,6 +379,11 @@ pub struct WorkspaceConfig {
     /// Overrides `limits.device_rate_per_second`.
     #[serde(default)]
     pub device_rate_per_second: Option<u32>,
+    // --- [workspaces.pacing] (account safety, issue 4) ---
+    /// Overrides fields of `[pacing]` for this workspace's devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<crate::pacing::PacingOverride>,
+    // --- end [workspaces.pacing] ---
     /// Devices (linked numbers) of this workspace. Device ids are scoped to the workspace.
     #[serde(default)]
     pub devices: Vec<String>,
@@ -591,9 +614,27 @@ impl Config {
             1_000,
             100_000_000
         );
+        self.sessions.validate(&mut p);
         if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
             p.extend(e.problems);
         }
+        // --- [pacing] (account safety, issue 4) ---
+        let node_pacing = self.pacing.problems("pacing");
+        for (i, w) in self.workspaces.iter().enumerate() {
+            if let Some(o) = &w.pacing {
+                // A workspace inherits the node's mistakes; report only its own.
+                let at = format!("workspaces[{i}].pacing");
+                p.extend(
+                    self.pacing
+                        .with_override(o)
+                        .problems(&at)
+                        .into_iter()
+                        .filter(|m| !node_pacing.iter().any(|n| n["pacing".len()..] == m[at.len()..])),
+                );
+            }
+        }
+        p.extend(node_pacing);
+        // --- end [pacing] ---
         if p.is_empty() {
             Ok(())
         } else {
@@ -603,6 +644,22 @@ impl Config {
             })
         }
     }
+
+    // --- [pacing] (account safety, issue 4) ---
+    /// The effective pacing policy of a workspace's devices: `[pacing]` with the workspace's
+    /// overrides, and pacing off when its `device_rate_per_second` is 0. Share it (`Arc`)
+    /// between the pacers of the workspace's devices.
+    pub fn workspace_pacing(
+        &self,
+        w: &WorkspaceConfig,
+    ) -> Result<crate::pacing::PacingPolicy, crate::pacing::PacingConfigError> {
+        let cfg = match &w.pacing {
+            Some(o) => self.pacing.with_override(o),
+            None => self.pacing.clone(),
+        };
+        crate::pacing::PacingPolicy::new(&cfg, self.workspace_limits(w).2)
+    }
+    // --- end [pacing] ---
 
     /// The effective limits of a workspace.
     pub fn workspace_limits(&self, w: &WorkspaceConfig) -> (u32, u32, u32) {

@@ -7,6 +7,7 @@
 //! instead of buffering without bound.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -23,7 +24,18 @@ use crate::durable::{Durable, RetryItem};
 use crate::limiter::{self, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::retry::{DeadReason, Decision};
-use crate::upstream::{DeviceRef, Upstream, UpstreamError, UpstreamEvent, UpstreamSend};
+use crate::upstream::{
+    BoxFuture, DeviceRef, LinkMethod, SessionEvent, Upstream, UpstreamError, UpstreamEvent, UpstreamSend,
+};
+
+use self::gate::ConnectGate;
+use self::lifecycle::{Action, At, Command, CommandError, Input, Lifecycle, LifecycleConfig};
+use self::store::{SessionRecord, SessionStore};
+
+pub mod config;
+pub mod gate;
+pub mod lifecycle;
+pub mod store;
 use crate::workspace::{Registry, Workspace, WorkspaceIdx};
 
 /// What a stream writes back to its client, in the order it is produced: a message's
@@ -91,6 +103,58 @@ pub struct SessionHandle {
     /// Device id.
     pub device: Text,
     tx: mpsc::Sender<Outbound>,
+    ctl: mpsc::Sender<Control>,
+    /// Public state (a `DeviceState` byte), kept by the task for connections to read.
+    state: AtomicU8,
+    /// Code new messages are refused with while the device cannot send for long (0: none).
+    refusal: AtomicU16,
+}
+
+/// An operator's request about a device (from the data plane or, later, the REST API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCommand {
+    /// Link a WhatsApp account by QR or pairing code.
+    Link(LinkMethod),
+    /// Log out and forget the credentials.
+    Unlink,
+    /// Stop the session.
+    Disable,
+    /// Resume a disabled session.
+    Enable,
+    /// Only report the state.
+    Status,
+}
+
+/// Why a device command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such device in the caller's workspace (indistinguishable from another workspace's).
+    #[error("unknown device")]
+    UnknownDevice,
+    /// The lifecycle refused it in its current state.
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// The session is shutting down.
+    #[error("session stopped")]
+    Stopped,
+}
+
+impl ControlError {
+    /// The catalogue code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ControlError::UnknownDevice => ErrorCode::UNKNOWN_DEVICE,
+            ControlError::Refused(e) => e.code(),
+            ControlError::Stopped => ErrorCode::SHUTTING_DOWN,
+        }
+    }
+}
+
+/// What reaches a session task besides messages.
+#[derive(Debug)]
+enum Control {
+    Command(DeviceCommand, tokio::sync::oneshot::Sender<Result<DeviceState, CommandError>>),
+    Event(SessionEvent),
 }
 
 /// Why a device refused a message; the message is handed back.
@@ -103,6 +167,20 @@ pub enum SubmitError {
 }
 
 impl SessionHandle {
+    /// The device's public state.
+    pub fn state(&self) -> DeviceState {
+        DeviceState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(DeviceState::Disconnected)
+    }
+
+    /// The code a new message must be refused with because the device cannot send for a long
+    /// time (not linked, logged out, banned, disabled); `None` if it sends or soon will.
+    pub fn refusal(&self) -> Option<ErrorCode> {
+        match self.refusal.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(ErrorCode(c)),
+        }
+    }
+
     /// Free queue slots right now (a hint: others may take them first).
     pub fn capacity(&self) -> usize {
         self.tx.capacity()
@@ -140,6 +218,8 @@ pub struct SessionSettings {
     pub window: usize,
     /// Upstream send timeout.
     pub send_timeout: Duration,
+    /// Lifecycle timing (reconnect backoff, link and connect timeouts).
+    pub lifecycle: LifecycleConfig,
 }
 
 /// All device sessions of the node.
@@ -150,6 +230,8 @@ pub struct SessionManager {
     metrics: Arc<Metrics>,
     clock: MonotonicClock,
     durable: Option<Arc<Durable>>,
+    gate: Arc<ConnectGate>,
+    store: Arc<dyn SessionStore>,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -162,7 +244,16 @@ impl std::fmt::Debug for SessionManager {
 
 impl SessionManager {
     /// A manager over `upstream`.
-    pub fn new(upstream: Arc<dyn Upstream>, settings: SessionSettings, metrics: Arc<Metrics>) -> Self {
+    ///
+    /// `gate` paces every connect of the node; `store` keeps each device's lifecycle across
+    /// restarts.
+    pub fn new(
+        upstream: Arc<dyn Upstream>,
+        settings: SessionSettings,
+        metrics: Arc<Metrics>,
+        gate: Arc<ConnectGate>,
+        store: Arc<dyn SessionStore>,
+    ) -> Self {
         SessionManager {
             sessions: DashMap::new(),
             upstream,
@@ -170,6 +261,34 @@ impl SessionManager {
             metrics,
             clock: MonotonicClock::new(),
             durable: None,
+            gate,
+            store,
+        }
+    }
+
+    /// Applies an operator command to a device of workspace `ws` and returns its state after.
+    pub async fn control(
+        &self,
+        ws: WorkspaceIdx,
+        device: &Text,
+        cmd: DeviceCommand,
+    ) -> Result<DeviceState, ControlError> {
+        let handle = self.get(ws, device).ok_or(ControlError::UnknownDevice)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle
+            .ctl
+            .send(Control::Command(cmd, tx))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        Ok(rx.await.map_err(|_| ControlError::Stopped)??)
+    }
+
+    /// Hands an upstream session event to its device's task (waits if the task is behind:
+    /// the upstream holds its events rather than the node dropping them).
+    async fn deliver(&self, ws: WorkspaceIdx, device: &Text, ev: SessionEvent) -> bool {
+        match self.get(ws, device) {
+            Some(h) => h.ctl.send(Control::Event(ev)).await.is_ok(),
+            None => false,
         }
     }
 
@@ -181,14 +300,20 @@ impl SessionManager {
         self
     }
 
-    /// Starts the session task of a device and attaches it upstream.
+    /// Starts the session task of a device: it restores the device's lifecycle from the store
+    /// and connects through the gate if the device is linked.
     pub fn start_device(&self, ws: &Arc<Workspace>, device: &str) {
         let device = Text::from(device);
         let (tx, rx) = mpsc::channel(self.settings.queue);
+        // Control traffic is rare (operator commands, state changes, QR rotation every ~20 s).
+        let (ctl, ctl_rx) = mpsc::channel(64);
         let handle = Arc::new(SessionHandle {
             workspace: ws.clone(),
             device: device.clone(),
             tx,
+            ctl,
+            state: AtomicU8::new(DeviceState::Disconnected as u8),
+            refusal: AtomicU16::new(0),
         });
         let weak = Arc::downgrade(&handle);
         self.sessions.insert((ws.idx, device.clone()), handle);
@@ -218,8 +343,11 @@ impl SessionManager {
             clock: self.clock,
             durable: self.durable.clone(),
             handle: weak,
+            gate: self.gate.clone(),
+            store: self.store.clone(),
+            reported: std::sync::Mutex::new(""),
         };
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run(rx, ctl_rx));
     }
 
     /// Finds a device's session inside a workspace.
@@ -257,22 +385,50 @@ struct SessionTask {
     durable: Option<Arc<Durable>>,
     /// Weak: the task must not keep its own queue open, or closing the manager would never stop it.
     handle: std::sync::Weak<SessionHandle>,
+    gate: Arc<ConnectGate>,
+    store: Arc<dyn SessionStore>,
+    /// The phase last counted in `waping_sessions{phase}`.
+    reported: std::sync::Mutex<&'static str>,
 }
 
+/// A connect under way: waiting for the gate, then for the upstream's answer.
+type Connecting = BoxFuture<'static, Result<(), UpstreamError>>;
+
 impl SessionTask {
-    async fn run(self, mut rx: mpsc::Receiver<Outbound>) {
-        if let Err(e) = self.upstream.attach(self.device.clone()).await {
-            tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e, "attach failed");
+    fn at(&self) -> At {
+        At {
+            now: self.clock.now(),
+            wall_ms: crate::unix_ms(),
         }
-        let mut inflight = FuturesUnordered::new();
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Outbound>, mut ctl: mpsc::Receiver<Control>) {
+        let mut record = match self.store.load(&self.device).await {
+            Ok(Some(r)) => r,
+            Ok(None) => SessionRecord::new(self.upstream.provisioned(&self.device)),
+            Err(e) => {
+                tracing::error!(workspace = %self.ws.id, device = %self.device.device, error = %e,
+                    "session record unreadable; starting as a device seen for the first time");
+                SessionRecord::new(self.upstream.provisioned(&self.device))
+            }
+        };
+        let (mut life, actions) = Lifecycle::restore(self.settings.lifecycle.clone(), &record.lifecycle, self.at());
+        self.metrics.session_phase(None, life.phase().as_str());
+        *self.reported.lock().unwrap_or_else(|p| p.into_inner()) = life.phase().as_str();
+        let mut connecting: Option<Connecting> = None;
         let mut held: Option<Outbound> = None;
+        let mut inflight = FuturesUnordered::new();
+        self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx)
+            .await;
         let mut open = true;
         loop {
-            // One message may wait here for pacing or for a free window slot; the
-            // rest wait in the bounded queue, so a full queue pushes back on clients.
+            // One message may wait here for pacing, for a free window slot or for the device to
+            // (re)connect; the rest wait in the bounded queue, so a full queue pushes back on clients.
             let mut wait = None;
             if let Some(m) = held.take() {
-                if inflight.len() >= self.settings.window {
+                if let Some(code) = life.refusal() {
+                    self.fail_now(m, code, &format!("device is {}", life.phase().as_str()));
+                } else if !life.can_send() || inflight.len() >= self.settings.window {
                     held = Some(m);
                 } else {
                     match self.pace_check() {
@@ -284,24 +440,219 @@ impl SessionTask {
                     }
                 }
             }
-            let paced = async {
-                match wait {
-                    Some(d) => tokio::time::sleep(d).await,
+            let wake = life.next_wake();
+            let timer = async {
+                let now = self.clock.now();
+                let until_wake = wake.map(|w| Duration::from_nanos(w.0.saturating_sub(now.0)));
+                match (wait, until_wake) {
+                    (Some(a), Some(b)) => tokio::time::sleep(a.min(b)).await,
+                    (Some(d), None) | (None, Some(d)) => tokio::time::sleep(d).await,
+                    (None, None) => std::future::pending().await,
+                }
+            };
+            let connect = async {
+                match connecting.as_mut() {
+                    Some(f) => f.await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                Some((m, started, r)) = inflight.next(), if !inflight.is_empty() => self.finish(m, started, r),
-                () = paced, if wait.is_some() => {}
+                Some((m, started, r)) = inflight.next(), if !inflight.is_empty() => {
+                    self.finish(m, started, r);
+                    None
+                }
+                c = ctl.recv() => match c {
+                    Some(Control::Event(ev)) => Some(life.handle(self.at(), Input::Upstream(ev), &mut rand::rng())),
+                    Some(Control::Command(cmd, reply)) => {
+                        let r = match cmd {
+                            DeviceCommand::Status => Ok(Vec::new()),
+                            DeviceCommand::Link(m) => life.command(self.at(), Command::Link(m)),
+                            DeviceCommand::Unlink => life.command(self.at(), Command::Unlink),
+                            DeviceCommand::Disable => life.command(self.at(), Command::Disable),
+                            DeviceCommand::Enable => life.command(self.at(), Command::Enable),
+                        };
+                        match r {
+                            Ok(actions) => {
+                                self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx).await;
+                                let _ = reply.send(Ok(life.phase().public()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                        None
+                    }
+                    // The manager dropped the handle: shutting down.
+                    None => {
+                        open = false;
+                        None
+                    }
+                },
+                r = connect => {
+                    connecting = None;
+                    let input = match r {
+                        Ok(()) => {
+                            self.metrics.connect_attempt("attempted");
+                            Input::ConnectAttempted
+                        }
+                        Err(e) => {
+                            self.metrics.connect_attempt("failed");
+                            tracing::debug!(workspace = %self.ws.id, device = %self.device.device, error = %e, "connect failed");
+                            Input::ConnectFailed(e)
+                        }
+                    };
+                    Some(life.handle(self.at(), input, &mut rand::rng()))
+                }
+                () = timer, if wait.is_some() || wake.is_some() => {
+                    Some(life.handle(self.at(), Input::Tick, &mut rand::rng()))
+                }
                 next = rx.recv(), if open && held.is_none() => match next {
-                    Some(m) => held = Some(m),
-                    None => open = false,
+                    Some(m) => {
+                        held = Some(m);
+                        None
+                    }
+                    None => {
+                        open = false;
+                        None
+                    }
                 },
                 else => break,
+            };
+            if let Some(actions) = step {
+                self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx)
+                    .await;
+            }
+            if !open && inflight.is_empty() && held.is_none() {
+                break;
             }
         }
+        let last = *self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.session_phase(Some(last), "");
         self.metrics.sessions_active.decrement(1.0);
+    }
+
+    /// Carries out what the lifecycle decided, in order.
+    async fn apply(
+        &self,
+        life: &mut Lifecycle,
+        record: &mut SessionRecord,
+        actions: Vec<Action>,
+        connecting: &mut Option<Connecting>,
+        held: &mut Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) {
+        const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+        for a in actions {
+            match a {
+                Action::Connect => {
+                    let gate = self.gate.clone();
+                    let upstream = self.upstream.clone();
+                    let device = self.device.clone();
+                    let priority = gate::priority_of(record.last_active_ms);
+                    let timeout = self.settings.lifecycle.connect_timeout;
+                    *connecting = Some(Box::pin(async move {
+                        gate.acquire(priority).await;
+                        tokio::time::timeout(timeout, upstream.connect(device))
+                            .await
+                            .unwrap_or(Err(UpstreamError::Timeout))
+                    }));
+                }
+                Action::Disconnect => {
+                    *connecting = None;
+                    let _ = tokio::time::timeout(CALL_TIMEOUT, self.upstream.disconnect(self.device.clone())).await;
+                }
+                Action::Logout => {
+                    *connecting = None;
+                    let r = tokio::time::timeout(CALL_TIMEOUT, self.upstream.logout(self.device.clone()))
+                        .await
+                        .unwrap_or(Err(UpstreamError::Timeout));
+                    if let Err(e) = r {
+                        // The credentials are forgotten on our side whatever WhatsApp answered.
+                        tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e, "upstream logout failed");
+                    }
+                    record.account = None;
+                    record.linked_at_ms = 0;
+                }
+                Action::Link(method) => {
+                    let r = tokio::time::timeout(CALL_TIMEOUT, self.upstream.link(self.device.clone(), method))
+                        .await
+                        .unwrap_or(Err(UpstreamError::Timeout));
+                    if let Err(e) = r {
+                        let more = life.handle(self.at(), Input::LinkFailed(e.to_string()), &mut rand::rng());
+                        Box::pin(self.apply(life, record, more, connecting, held, rx)).await;
+                        return;
+                    }
+                }
+                Action::PublishCode(ev) => self.publish_code(ev),
+                Action::Publish { state, detail } => {
+                    if let Some(h) = self.handle.upgrade() {
+                        h.state.store(state as u8, Ordering::Release);
+                        h.refusal.store(life.refusal().map_or(0, |c| c.0), Ordering::Release);
+                    }
+                    tracing::info!(workspace = %self.ws.id, device = %self.device.device, state = state.as_str(), %detail, "device state");
+                    self.ws.publish(EventKind::DeviceState {
+                        device_id: self.device.device.clone(),
+                        state,
+                        detail: Text::from(detail),
+                    });
+                }
+                Action::Persist => {
+                    if life.linked() && record.linked_at_ms == 0 {
+                        record.linked_at_ms = crate::unix_ms();
+                    }
+                    record.lifecycle = life.persisted();
+                    if let Err(e) = self.store.save(&self.device, record).await {
+                        tracing::error!(workspace = %self.ws.id, device = %self.device.device, error = %e,
+                            "session record not saved; the device resumes from its previous record after a restart");
+                    }
+                }
+                Action::Audit(kind) => {
+                    self.metrics.audit(kind.as_str());
+                    tracing::info!(target: "waping::audit", action = kind.as_str(), workspace = %self.ws.id,
+                        device = %self.device.device, actor = "system", "audit");
+                }
+                Action::FailQueued(code) => {
+                    let why = format!("device is {}", life.phase().as_str());
+                    if let Some(m) = held.take() {
+                        self.fail_now(m, code, &why);
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        self.fail_now(m, code, &why);
+                    }
+                }
+            }
+        }
+        let now = life.phase().as_str();
+        let mut last = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != now {
+            self.metrics.session_phase(Some(*last), now);
+            *last = now;
+        }
+    }
+
+    /// Shows a link code to the workspace's subscribers.
+    fn publish_code(&self, ev: SessionEvent) {
+        let (kind, code, valid_for_ms) = match ev {
+            SessionEvent::Qr { code, valid_for } => ("qr", code, valid_for.as_millis() as u64),
+            SessionEvent::PairingCode { code } => ("pairing_code", code, 0),
+            _ => return,
+        };
+        self.metrics.upstream_event(if kind == "qr" { "qr" } else { "pairing_code" });
+        tracing::debug!(workspace = %self.ws.id, device = %self.device.device, kind, valid_for_ms, "link code");
+        let _ = code;
+    }
+
+    /// Fails a message at once with `code` (the device cannot send for a long time).
+    fn fail_now(&self, m: Outbound, code: ErrorCode, why: &str) {
+        let now_ms = crate::unix_ms();
+        match self.after_failure(m, code, why.to_string(), now_ms) {
+            AfterFailure::Deferred(reply, report) => self.emit(reply.as_ref(), report),
+            AfterFailure::Final(m, report) => {
+                self.metrics.failed(code);
+                self.emit(m.reply.as_ref(), report);
+            }
+        }
     }
 
     fn pace_check(&self) -> Result<(), Duration> {
@@ -382,14 +733,14 @@ impl SessionTask {
                     String::new(),
                 )
             }
-            Err(e) => match self.after_failure(m, &e, now_ms) {
+            Err(e) => match self.after_failure(m, e.code(), e.to_string(), now_ms) {
                 AfterFailure::Deferred(reply, report) => {
                     // The message is in the retry queue; the client hears it is deferred.
                     self.emit(reply.as_ref(), report);
                     return;
                 }
                 AfterFailure::Final(m, report) => {
-                    self.metrics.failed(e.code());
+                    self.metrics.failed(report.code);
                     self.emit(m.reply.as_ref(), report);
                     return;
                 }
@@ -399,8 +750,7 @@ impl SessionTask {
     }
 
     /// Decides between a retry and a final failure.
-    fn after_failure(&self, m: Outbound, e: &UpstreamError, now_ms: u64) -> AfterFailure {
-        let code = e.code();
+    fn after_failure(&self, m: Outbound, code: ErrorCode, e: String, now_ms: u64) -> AfterFailure {
         let Some(d) = &self.durable else {
             let r = report(
                 &m,
@@ -408,7 +758,7 @@ impl SessionTask {
                 code,
                 now_ms,
                 String::new(),
-                e.to_string(),
+                e,
             );
             return AfterFailure::Final(m, r);
         };
@@ -448,7 +798,7 @@ impl SessionTask {
                         code,
                         now_ms,
                         String::new(),
-                        e.to_string(),
+                        e,
                     );
                     return AfterFailure::Deferred(m.reply, r);
                 };
@@ -525,63 +875,66 @@ fn report(
     }
 }
 
-/// Routes upstream events (inbound messages, device state) to workspace subscribers until the upstream stops.
+/// Routes upstream events until the upstream stops: session events to their device's task
+/// (its lifecycle decides what they mean), inbound messages and receipts to the workspace.
 pub async fn route_upstream_events(
     mut rx: mpsc::Receiver<UpstreamEvent>,
     registry: Arc<Registry>,
+    sessions: Arc<SessionManager>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(ev) = rx.recv().await {
-        let (ws_id, kind, label) = match ev {
+        match ev {
             UpstreamEvent::Inbound {
                 device,
                 from,
                 upstream_id,
                 body,
-            } => (
-                device.workspace,
-                EventKind::Inbound {
+            } => {
+                metrics.upstream_event("inbound");
+                let kind = EventKind::Inbound {
                     device_id: device.device,
                     from,
                     upstream_id,
                     body,
-                },
-                "inbound",
-            ),
-            UpstreamEvent::State {
-                device,
-                state,
-                detail,
-            } => {
-                tracing::info!(workspace = %device.workspace, device = %device.device, state = state.as_str(), %detail, "device state");
-                (
-                    device.workspace,
-                    EventKind::DeviceState {
-                        device_id: device.device,
-                        state,
-                        detail: Text::from(detail),
-                    },
-                    state_label(state),
-                )
+                };
+                match registry.by_id(&device.workspace) {
+                    Some(ws) => ws.publish(kind),
+                    None => tracing::warn!(workspace = %device.workspace, "inbound message for an unknown workspace dropped"),
+                }
             }
-        };
-        metrics.upstream_event(label);
-        match registry.by_id(&ws_id) {
-            Some(ws) => ws.publish(kind),
-            None => tracing::warn!(workspace = %ws_id, "upstream event for an unknown workspace dropped"),
+            UpstreamEvent::Receipt { kind, .. } => {
+                metrics.upstream_event(match kind {
+                    crate::upstream::ReceiptKind::Delivered => "receipt_delivered",
+                    crate::upstream::ReceiptKind::Read => "receipt_read",
+                    crate::upstream::ReceiptKind::Played => "receipt_played",
+                });
+            }
+            UpstreamEvent::Session { device, event } => {
+                metrics.upstream_event(session_label(&event));
+                let delivered = match registry.by_id(&device.workspace) {
+                    Some(ws) => sessions.deliver(ws.idx, &device.device, event).await,
+                    None => false,
+                };
+                if !delivered {
+                    tracing::warn!(workspace = %device.workspace, device = %device.device,
+                        "session event for a device without a session dropped");
+                }
+            }
         }
     }
 }
 
-fn state_label(s: DeviceState) -> &'static str {
-    match s {
-        DeviceState::Connected => "state_connected",
-        DeviceState::Disconnected => "state_disconnected",
-        DeviceState::Linking => "state_linking",
-        DeviceState::Unlinked => "state_unlinked",
-        DeviceState::LoggedOut => "state_logged_out",
-        DeviceState::Banned => "state_banned",
-        DeviceState::Disabled => "state_disabled",
+fn session_label(e: &SessionEvent) -> &'static str {
+    match e {
+        SessionEvent::Qr { .. } => "qr",
+        SessionEvent::PairingCode { .. } => "pairing_code",
+        SessionEvent::Paired { .. } => "paired",
+        SessionEvent::Connected => "connected",
+        SessionEvent::Disconnected { .. } => "disconnected",
+        SessionEvent::LoggedOut { .. } => "logged_out",
+        SessionEvent::Banned { .. } => "banned",
+        SessionEvent::StreamReplaced => "stream_replaced",
     }
 }
 

@@ -5,7 +5,7 @@ use tokio::sync::Semaphore;
 
 use super::*;
 use crate::limiter::{Cell, Quota};
-use crate::upstream::{BoxFuture, UpstreamAck};
+use crate::upstream::UpstreamAck;
 use crate::workspace::Registry;
 
 /// An upstream whose sends wait for a permit, recording concurrency and call times.
@@ -33,7 +33,19 @@ impl Upstream for Gated {
     fn name(&self) -> &'static str {
         "gated"
     }
-    fn attach(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+    fn provisioned(&self, _d: &DeviceRef) -> bool {
+        true
+    }
+    fn connect(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn disconnect(&self, _d: DeviceRef) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+    fn link(&self, _d: DeviceRef, _m: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn logout(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
         Box::pin(async { Ok(()) })
     }
     fn send(&self, _m: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
@@ -73,10 +85,16 @@ fn setup(
             queue,
             window,
             send_timeout: Duration::from_secs(5),
+            lifecycle: LifecycleConfig::default(),
         },
         Arc::new(Metrics::new()),
+        ConnectGate::start(Quota::per_second(1000, 1000).unwrap(), MonotonicClock::new()),
+        Arc::new(store::MemoryStore::default()),
     );
     m.start_device(&ws, "d");
+    // These upstreams have no event sink: play WhatsApp's "connected" for them.
+    let ctl = m.get(ws.idx, &"d".into()).unwrap().ctl.clone();
+    tokio::spawn(async move { ctl.send(Control::Event(SessionEvent::Connected)).await });
     (m, ws)
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use waping_protocol::{Body, DeviceState, Text};
+use waping_protocol::{Body, Text};
 
 use super::*;
 use crate::config::SimConfig;
@@ -34,7 +34,12 @@ impl std::fmt::Debug for SimUpstream {
 struct Inner {
     cfg: SimConfig,
     origin: Instant,
+    /// Connected devices.
     devices: DashMap<DeviceRef, DeviceSim>,
+    /// Devices with credentials (all of them unless `require_link`).
+    linked: dashmap::DashSet<DeviceRef>,
+    /// Link in progress per device, by generation: a newer link or a logout cancels the older.
+    linking: DashMap<DeviceRef, u64>,
     events: EventSink,
     counter: AtomicU64,
     deliveries: Arc<Deliveries>,
@@ -193,6 +198,8 @@ impl SimUpstream {
             cfg,
             origin: Instant::now(),
             devices: DashMap::new(),
+            linked: dashmap::DashSet::new(),
+            linking: DashMap::new(),
             events,
             counter: AtomicU64::new(0),
         });
@@ -292,23 +299,47 @@ impl Upstream for SimUpstream {
         "sim"
     }
 
-    fn attach(&self, device: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+    fn provisioned(&self, device: &DeviceRef) -> bool {
+        !self.inner.cfg.require_link || self.inner.linked.contains(device)
+    }
+
+    fn connect(&self, device: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            if !(!inner.cfg.require_link || inner.linked.contains(&device)) {
+                return Err(UpstreamError::NotLinked);
+            }
+            inner.linked.insert(device.clone());
             inner.devices.entry(device.clone()).or_insert_with(|| DeviceSim {
                 tat: AtomicU64::new(0),
             });
-            let ev = UpstreamEvent::State {
-                device,
-                state: DeviceState::Connected,
-                detail: "simulated".into(),
-            };
-            inner
-                .events
-                .send(ev)
-                .await
-                .map_err(|_| UpstreamError::Unavailable("gateway stopped".into()))
+            inner.session(device, SessionEvent::Connected).await
         })
+    }
+
+    fn disconnect(&self, device: DeviceRef) -> BoxFuture<'static, ()> {
+        self.inner.devices.remove(&device);
+        Box::pin(async {})
+    }
+
+    fn link(&self, device: DeviceRef, method: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let generation = inner.counter.fetch_add(1, Ordering::Relaxed);
+            inner.linking.insert(device.clone(), generation);
+            inner.linked.remove(&device);
+            inner.devices.remove(&device);
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(link_flow(weak, device, method, generation));
+            Ok(())
+        })
+    }
+
+    fn logout(&self, device: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        self.inner.linking.remove(&device);
+        self.inner.linked.remove(&device);
+        self.inner.devices.remove(&device);
+        Box::pin(async { Ok(()) })
     }
 
     fn send(&self, msg: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
@@ -320,6 +351,84 @@ impl Upstream for SimUpstream {
             outcome
         })
     }
+}
+
+impl Inner {
+    async fn session(&self, device: DeviceRef, event: SessionEvent) -> Result<(), UpstreamError> {
+        self.events
+            .send(UpstreamEvent::Session { device, event })
+            .await
+            .map_err(|_| UpstreamError::Unavailable("gateway stopped".into()))
+    }
+}
+
+/// Plays the phone during a link: QR payloads (rotating) or a pairing code, then, after
+/// `link_pair_after_ms`, the confirmation and the connection.
+async fn link_flow(inner: std::sync::Weak<Inner>, device: DeviceRef, method: LinkMethod, generation: u64) {
+    let current = |i: &Inner| i.linking.get(&device).is_some_and(|g| *g == generation);
+    let (pair_after, rotate) = match inner.upgrade() {
+        Some(i) => (i.cfg.link_pair_after_ms, i.cfg.qr_rotate_ms.max(1)),
+        None => return,
+    };
+    let started = tokio::time::Instant::now();
+    let mut n = 0u64;
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        if !current(&i) {
+            return;
+        }
+        let elapsed = started.elapsed().as_millis() as u64;
+        if pair_after > 0 && elapsed >= pair_after {
+            i.linking.remove(&device);
+            i.linked.insert(device.clone());
+            i.devices.entry(device.clone()).or_insert_with(|| DeviceSim {
+                tat: AtomicU64::new(0),
+            });
+            let account = format!("49170{:08}@s.whatsapp.net", splitmix(generation) % 100_000_000);
+            let _ = i.session(device.clone(), SessionEvent::Paired { account }).await;
+            let _ = i.session(device, SessionEvent::Connected).await;
+            return;
+        }
+        // QR payloads rotate; a pairing code is shown once and stays valid.
+        let ev = match &method {
+            LinkMethod::Qr => Some(SessionEvent::Qr {
+                code: format!("2@sim{generation}x{n},{},{}", device.workspace, device.device.as_str()),
+                valid_for: Duration::from_millis(rotate),
+            }),
+            LinkMethod::PairingCode { .. } if n == 0 => Some(SessionEvent::PairingCode {
+                code: pairing_code(generation),
+            }),
+            LinkMethod::PairingCode { .. } => None,
+        };
+        if let Some(ev) = ev
+            && i.session(device.clone(), ev).await.is_err()
+        {
+            return;
+        }
+        n += 1;
+        drop(i);
+        let next = if pair_after > 0 {
+            rotate.min(pair_after - elapsed)
+        } else {
+            rotate
+        };
+        tokio::time::sleep(Duration::from_millis(next)).await;
+    }
+}
+
+/// Eight characters from WhatsApp's pairing-code alphabet (no 0/O, 1/I), shown as `XXXX-XXXX`.
+fn pairing_code(seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTVWXYZ23456789";
+    let mut x = splitmix(seed);
+    let mut s = String::with_capacity(9);
+    for i in 0..8 {
+        if i == 4 {
+            s.push('-');
+        }
+        s.push(ALPHABET[(x % ALPHABET.len() as u64) as usize] as char);
+        x /= ALPHABET.len() as u64;
+    }
+    s
 }
 
 async fn inbound_generator(inner: std::sync::Weak<Inner>) {
@@ -382,16 +491,99 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn attach_then_send() {
+    async fn connect_then_send() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         let sim = SimUpstream::new(SimConfig::default(), tx);
         assert_eq!(sim.send(msg("a")).await, Err(UpstreamError::Disconnected));
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         match rx.recv().await.unwrap() {
-            UpstreamEvent::State { state, .. } => assert_eq!(state, DeviceState::Connected),
+            UpstreamEvent::Session { event, .. } => assert_eq!(event, SessionEvent::Connected),
             other => panic!("{other:?}"),
         }
         assert_eq!(sim.send(msg_id("a", "x")).await.unwrap().upstream_id, "SIM.x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qr_link_rotates_then_pairs_and_connects() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let cfg = SimConfig {
+            require_link: true,
+            link_pair_after_ms: 50_000,
+            qr_rotate_ms: 20_000,
+            ..Default::default()
+        };
+        let sim = SimUpstream::new(cfg, tx);
+        assert!(!sim.provisioned(&dev("a")));
+        assert_eq!(sim.connect(dev("a")).await, Err(UpstreamError::NotLinked));
+        sim.link(dev("a"), LinkMethod::Qr).await.unwrap();
+        let mut codes = Vec::new();
+        loop {
+            match rx.recv().await.unwrap() {
+                UpstreamEvent::Session {
+                    event: SessionEvent::Qr { code, .. },
+                    ..
+                } => codes.push(code),
+                UpstreamEvent::Session {
+                    event: SessionEvent::Paired { account },
+                    ..
+                } => {
+                    assert!(account.ends_with("@s.whatsapp.net"));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // At 0, 20 and 40 s; paired at 50 s.
+        assert_eq!(codes.len(), 3, "{codes:?}");
+        assert_eq!(codes.iter().collect::<HashSet<_>>().len(), 3, "refs rotate");
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            UpstreamEvent::Session {
+                event: SessionEvent::Connected,
+                ..
+            }
+        ));
+        assert!(sim.provisioned(&dev("a")));
+        sim.send(msg_id("a", "after-link")).await.unwrap();
+        // Logout forgets the credentials.
+        sim.logout(dev("a")).await.unwrap();
+        assert_eq!(sim.connect(dev("a")).await, Err(UpstreamError::NotLinked));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pairing_code_link_and_a_link_that_never_pairs() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let sim = SimUpstream::new(
+            SimConfig {
+                require_link: true,
+                link_pair_after_ms: 0,
+                ..Default::default()
+            },
+            tx,
+        );
+        sim.link(
+            dev("p"),
+            LinkMethod::PairingCode {
+                phone: "4915112345678".into(),
+            },
+        )
+        .await
+        .unwrap();
+        match rx.recv().await.unwrap() {
+            UpstreamEvent::Session {
+                event: SessionEvent::PairingCode { code },
+                ..
+            } => {
+                assert_eq!(code.len(), 9);
+                assert_eq!(&code[4..5], "-");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Never paired: nothing but silence for a long time, then the gateway gives up (logout).
+        let quiet = tokio::time::timeout(Duration::from_secs(600), rx.recv()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+        sim.logout(dev("p")).await.unwrap();
+        assert!(!sim.provisioned(&dev("p")));
     }
 
     #[tokio::test]
@@ -407,8 +599,8 @@ mod tests {
         // Two simulators (two gateway connections, e.g. before and after a crash) share deliveries.
         let a = SimUpstream::with_deliveries(cfg.clone(), tx.clone(), shared.clone());
         let b = SimUpstream::with_deliveries(cfg, tx, shared);
-        a.attach(dev("a")).await.unwrap();
-        b.attach(dev("a")).await.unwrap();
+        a.connect(dev("a")).await.unwrap();
+        b.connect(dev("a")).await.unwrap();
         let first = a.send(msg_id("a", "m1")).await.unwrap();
         assert!(!first.already_sent);
         let again = b.send(msg_id("a", "m1")).await.unwrap();
@@ -456,7 +648,7 @@ mod tests {
             },
             tx.clone(),
         );
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         let e = sim.send(msg_id("a", "z")).await.unwrap_err();
         assert_eq!(e, UpstreamError::Timeout);
         assert!(e.retryable());
@@ -471,7 +663,7 @@ mod tests {
             },
             tx,
         );
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         let e = sim.send(msg_id("a", "z")).await.unwrap_err();
         assert!(matches!(e, UpstreamError::Unavailable(_)) && e.retryable());
         assert_eq!(sim.stats().delivered, 0);
@@ -487,7 +679,7 @@ mod tests {
             },
             tx,
         );
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         let mut failed = 0;
         for _ in 0..4000 {
             if sim.send(msg("a")).await.is_err() {
@@ -510,7 +702,7 @@ mod tests {
             },
             tx,
         );
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         let results: Vec<_> = futures_lite(sim.clone(), 10).await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(
@@ -538,7 +730,7 @@ mod tests {
             },
             tx,
         );
-        sim.attach(dev("a")).await.unwrap();
+        sim.connect(dev("a")).await.unwrap();
         let _state = rx.recv().await.unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
