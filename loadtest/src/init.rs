@@ -91,6 +91,7 @@ pub fn build(a: &InitArgs) -> anyhow::Result<(Config, KeyFile)> {
             rate_per_second: None,
             burst: None,
             device_rate_per_second: None,
+            pacing: None, // [workspaces.pacing] (issue 4): the harness paces nothing
             devices: devices.clone(),
             keys: vec![KeyConfig {
                 id: k.id,
