@@ -11,6 +11,7 @@ pub mod durable;
 pub mod idempotency;
 pub mod ids;
 pub mod limiter;
+pub mod link;
 pub mod metrics;
 pub mod pacing;
 pub mod retry;
