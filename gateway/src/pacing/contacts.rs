@@ -204,7 +204,7 @@ impl ContactBook {
         }
         let declared = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let body = &bytes[HEADER..bytes.len() - CHECKSUM];
-        if body.len() % 8 != 0 || body.len() / 8 != declared as usize {
+        if !body.len().is_multiple_of(8) || body.len() / 8 != declared as usize {
             return Err(ContactBookError::LengthMismatch {
                 declared,
                 actual: body.len(),
