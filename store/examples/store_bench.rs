@@ -9,7 +9,8 @@
 //! Files go to `$TMPDIR` (a real disk here; tmpfs would hide the fsync cost).
 //!
 //! - `puts`: N concurrent writers (1, 16, 256 tokio tasks; 500-byte values over 100 devices)
-//!   for 2 s, 3 runs each, median; the store with and without `quick_repair`, and a peer in the
+//!   for 2 s, 5 runs each with the
+//!   variants interleaved, median; the store with and without `quick_repair`, and a peer in the
 //!   same run: the same redb file with one durable transaction per write from N OS threads
 //!   (what an engine without group commit gives).
 //! - `size`: 1000 devices × 200 keys of 100–2000 bytes (a credential set), file bytes per
@@ -28,7 +29,7 @@ use waping_store::{Batch, Ns, Store, StoreOptions};
 
 const NS: Ns = Ns::new(1);
 const RUN: Duration = Duration::from_secs(2);
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -171,31 +172,32 @@ fn puts(base: &Path) {
     println!("## put throughput (500-byte values, 100 devices, {RUN:?} per run, median of {RUNS})");
     println!("| writers | variant | puts/s | p50 µs | p99 µs | puts per commit | runs (puts/s) |");
     println!("|---|---|---|---|---|---|---|");
+    const VARIANTS: [&str; 3] = ["store", "store quick_repair", "peer: redb txn per put"];
     for writers in [1usize, 16, 256] {
-        for variant in ["store", "store quick_repair", "peer: redb txn per put"] {
-            let mut rates = Vec::new();
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
-            let mut per = Vec::new();
-            for run in 0..RUNS {
-                let path = fresh(base, &format!("puts-{writers}-{run}"));
-                let r = match variant {
+        // results[variant] = (rate, p50, p99, per commit) per run; variants interleaved within
+        // each run so that disk noise from other processes hits them alike.
+        let mut results = vec![Vec::new(); VARIANTS.len()];
+        for run in 0..RUNS {
+            for (v, variant) in VARIANTS.iter().enumerate() {
+                let path = fresh(base, &format!("puts-{writers}-{v}-{run}"));
+                results[v].push(match *variant {
                     "store" => store_run(&path, writers, false),
                     "store quick_repair" => store_run(&path, writers, true),
                     _ => peer_run(&path, writers),
-                };
-                rates.push(r.0);
-                p50.push(r.1 as f64);
-                p99.push(r.2 as f64);
-                per.push(r.3);
+                });
+                std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
             }
-            let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        }
+        for (v, variant) in VARIANTS.iter().enumerate() {
+            let r = &results[v];
+            let rates: Vec<f64> = r.iter().map(|x| x.0).collect();
+            let runs: Vec<String> = rates.iter().map(|x| format!("{x:.0}")).collect();
             println!(
                 "| {writers} | {variant} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
-                median(rates.clone()),
-                median(p50),
-                median(p99),
-                median(per),
+                median(rates),
+                median(r.iter().map(|x| x.1 as f64).collect()),
+                median(r.iter().map(|x| x.2 as f64).collect()),
+                median(r.iter().map(|x| x.3).collect()),
                 runs.join(", ")
             );
         }
@@ -302,22 +304,28 @@ fn size(base: &Path) {
             );
         }
     }
-    let t = Instant::now();
-    let mut found = 0;
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = handles[17]
-            .scan_prefix(NS, b"prekey:", after.as_deref(), 1000)
-            .unwrap();
-        found += page.entries.len();
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
+    // Whole-device scans (what a session restore does), 200 random devices.
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    for _ in 0..200 {
+        let dev = &handles[next() as usize % DEVICES];
+        let t = Instant::now();
+        let mut found = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = dev.scan_prefix(NS, b"prekey:", after.as_deref(), 1000).unwrap();
+            found += page.entries.len();
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
         }
+        assert_eq!(found, 200);
+        hist.record(t.elapsed().as_micros() as u64).unwrap();
     }
     println!(
-        "scan one device's 200 keys: {:.0} µs ({found} entries)",
-        t.elapsed().as_secs_f64() * 1e6
+        "scan one device's 200 keys (200 random devices): p50 {} µs, p99 {} µs",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99)
     );
     drop((handles, store));
 
