@@ -184,11 +184,16 @@ impl DevicePacer {
     }
 
     /// Swaps the policy (a reload), keeping the history: contacts, today's counters, the
-    /// backoff. Buckets restart full under the new quota, the conservative side of a reload
-    /// being rare enough not to matter.
+    /// backoff, the next allowed instant. A bucket whose quota is unchanged keeps its level;
+    /// a changed one restarts full (reloads are rare, and the interval and daily caps still
+    /// hold across it).
     pub fn set_policy(&mut self, policy: Arc<PacingPolicy>) {
-        self.bucket = policy.bucket.map(Bucket::new);
-        self.first_contact_bucket = policy.first_contact_bucket.map(Bucket::new);
+        if policy.bucket != self.policy.bucket {
+            self.bucket = policy.bucket.map(Bucket::new);
+        }
+        if policy.first_contact_bucket != self.policy.first_contact_bucket {
+            self.first_contact_bucket = policy.first_contact_bucket.map(Bucket::new);
+        }
         self.policy = policy;
     }
 

@@ -852,3 +852,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reload_keeps_history_and_unchanged_buckets() {
+    let mut cfg = bare();
+    cfg.bucket_per_minute = 1;
+    cfg.bucket_burst = 1;
+    cfg.daily_cap = 5;
+    cfg.warmup_start = 5;
+    let mut p = pacer(&cfg, None);
+    let mut r = rng();
+    assert!(is_go(poll_at(&mut p, 0, key(1), &mut r)));
+    // Same bucket, another cap: the empty bucket stays empty, the day's count stays.
+    cfg.daily_cap = 1;
+    cfg.warmup_start = 1;
+    p.set_policy(Arc::new(PacingPolicy::new(&cfg, 1_000_000_000).unwrap()));
+    assert_eq!(
+        wait_of(poll_at(&mut p, SEC, key(1), &mut r)).1,
+        PaceReason::DailyCap
+    );
+    assert_eq!(p.usage().sent, 1);
+    assert!(!p.is_first_contact(key(1)));
+    cfg.daily_cap = 0;
+    p.set_policy(Arc::new(PacingPolicy::new(&cfg, 1_000_000_000).unwrap()));
+    assert_eq!(
+        wait_of(poll_at(&mut p, SEC, key(1), &mut r)),
+        (60 * SEC, PaceReason::Bucket)
+    );
+}
