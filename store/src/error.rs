@@ -207,6 +207,10 @@ impl StoreError {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
                 StoreError::Full { op, source: e }
             }
+            // The engine reports a file that is not (or no longer) a database this way.
+            io::ErrorKind::InvalidData => StoreError::Corrupt {
+                reason: format!("{op}: {e}"),
+            },
             _ => StoreError::Io { op, source: e },
         }
     }

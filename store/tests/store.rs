@@ -224,8 +224,41 @@ fn garbage_file_is_reported_not_panicked_on() {
     let path = dir.path().join("devices.redb");
     std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
-    assert_eq!(err.fault(), Fault::Storage, "{err:?}");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(err.fault(), Fault::Storage);
     assert!(!err.retryable());
+}
+
+#[test]
+fn damaged_pages_are_reported_when_verifying_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devices.redb");
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let d = store.device("w", "d").unwrap();
+        let mut batch = Batch::new();
+        for i in 0..500u32 {
+            batch.put(CREDS, format!("k{i:04}"), vec![0xab; 300]);
+        }
+        d.apply_blocking(&batch).unwrap();
+    }
+    // Flip bytes in the middle of the data pages (past the header region).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(300)
+        .position(|w| w.iter().all(|&b| b == 0xab))
+        .unwrap();
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let opts = StoreOptions {
+        verify_on_open: true,
+        ..StoreOptions::default()
+    };
+    let err = Store::open(&path, opts).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(err.fault(), Fault::Storage);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
