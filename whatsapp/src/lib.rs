@@ -8,5 +8,15 @@
 
 pub mod backend;
 pub mod kv;
+mod net;
 
 pub use kv::{DeviceKv, KvBatch, KvError, KvOp, MemoryKv};
+pub mod config;
+pub mod error;
+pub mod event;
+mod node;
+
+pub use config::WaConfig;
+pub use error::{Fault, WaError};
+pub use event::{InboundCommit, MessageBody, ReceiptKind, WaEvent, WaMessage};
+pub use node::{OutboundBody, SendReceipt, WaDevice, WaNode, parse_recipient, wa_message_id};
