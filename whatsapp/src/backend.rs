@@ -954,8 +954,9 @@ impl DeviceStore for KvBackend {
 
     async fn resource_report(&self) -> whatsapp_rust::wacore::stats::StorageResourceReport {
         // The state lives in the gateway's store, not in this process's heap.
-        let mut r = whatsapp_rust::wacore::stats::StorageResourceReport::default();
-        r.memory_bytes = Some(0);
-        r
+        whatsapp_rust::wacore::stats::StorageResourceReport {
+            memory_bytes: Some(0),
+            ..Default::default()
+        }
     }
 }

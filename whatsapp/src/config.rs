@@ -45,6 +45,9 @@ pub struct WaConfig {
     pub connects_per_sec: u32,
     /// Attempts allowed at once before the rate applies. Default 20.
     pub connect_burst: u32,
+    /// Fallback period of the device-state saver; state is also saved right after
+    /// every change (pairing, keys). Default 30 s, as whatsapp-rust's own bot uses.
+    pub device_save_interval: Duration,
     /// Skip the history sync after linking (a gateway does not mirror old chats).
     /// Default true.
     pub skip_history_sync: bool,
@@ -65,6 +68,7 @@ impl Default for WaConfig {
             inbound_commit_timeout: Duration::from_secs(30),
             connects_per_sec: 20,
             connect_burst: 20,
+            device_save_interval: Duration::from_secs(30),
             skip_history_sync: true,
         }
     }

@@ -144,11 +144,14 @@ pub trait DeviceKv: Send + Sync + 'static {
     }
 }
 
+/// Namespace name to its ordered table.
+type Tables = BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// In-memory [`DeviceKv`] for tests and measurements: a `BTreeMap` per namespace
 /// behind one mutex (held only for the map operation, never across an await).
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    tables: Mutex<BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryKv {
@@ -176,7 +179,7 @@ impl MemoryKv {
             .sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // A panic while holding this lock cannot leave a half-applied batch (batches are
         // applied to a copy-free map op by op only after validation), so poison is ignored.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())

@@ -15,6 +15,8 @@ pub mod config;
 pub mod error;
 pub mod event;
 mod node;
+#[cfg(test)]
+mod offline_tests;
 
 pub use config::WaConfig;
 pub use error::{Fault, WaError};

@@ -26,11 +26,14 @@ use whatsapp_rust::wacore::net::{HttpClient, HttpRequest, HttpResponse};
 /// Hosts remembered by one resolver; more than WhatsApp uses (chat + a few CDNs).
 const MAX_CACHED_HOSTS: usize = 64;
 
+/// Cached addresses of one `(host, port)` and when they were resolved.
+type DnsEntries = HashMap<(String, u16), (Instant, Arc<[SocketAddr]>)>;
+
 /// Sans-IO cache of resolved addresses, time passed in.
 #[derive(Debug)]
 pub(crate) struct DnsCache {
     ttl: Duration,
-    entries: HashMap<(String, u16), (Instant, Arc<[SocketAddr]>)>,
+    entries: DnsEntries,
 }
 
 impl DnsCache {

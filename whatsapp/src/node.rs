@@ -143,11 +143,7 @@ impl WaNode {
                 .map_err(|e| WaError::Storage(e.to_string()))?,
         );
         let (tx, rx) = mpsc::channel(self.cfg.event_capacity.max(1));
-        let sink = Arc::new(EventSink {
-            tx: tx.clone(),
-            lagged: AtomicU64::new(0),
-            waiters: Mutex::default(),
-        });
+        let sink = Arc::new(EventSink::new(tx.clone()));
         let hook = CommitHook {
             tx,
             timeout: self.cfg.inbound_commit_timeout,
@@ -160,6 +156,9 @@ impl WaNode {
             .with_version_override(self.cfg.web_version)
             .with_inbound_durability_hook(hook)
             .with_skip_history_sync(self.cfg.skip_history_sync)
+            // Without a saver, device state (the credentials after pairing) would stay
+            // in memory only; it also flushes on shutdown.
+            .with_background_saver_interval(self.cfg.device_save_interval.max(Duration::from_secs(1)))
             .build()
             .await
             .map_err(|e| WaError::Internal(e.to_string()))?;
@@ -181,7 +180,7 @@ impl WaNode {
 
 /// Receives the library's events (a synchronous callback) and forwards them to the
 /// device's bounded channel without ever blocking the library.
-struct EventSink {
+pub(crate) struct EventSink {
     tx: mpsc::Sender<WaEvent>,
     lagged: AtomicU64,
     /// Sends waiting for their server ack, by WhatsApp message id.
@@ -189,6 +188,14 @@ struct EventSink {
 }
 
 impl EventSink {
+    pub(crate) fn new(tx: mpsc::Sender<WaEvent>) -> Self {
+        Self {
+            tx,
+            lagged: AtomicU64::new(0),
+            waiters: Mutex::default(),
+        }
+    }
+
     fn push(&self, ev: WaEvent) {
         let missed = self.lagged.load(Ordering::Relaxed);
         if missed > 0 {
@@ -228,13 +235,13 @@ impl EventHandler for EventSink {
 
 /// The inbound durability hook: hands each batch to the consumer and returns (letting
 /// the library ack WhatsApp) only once the consumer committed it.
-struct CommitHook {
-    tx: mpsc::Sender<WaEvent>,
-    timeout: Duration,
+pub(crate) struct CommitHook {
+    pub(crate) tx: mpsc::Sender<WaEvent>,
+    pub(crate) timeout: Duration,
 }
 
 impl CommitHook {
-    async fn deliver(&self, batch: Vec<WaMessage>) -> anyhow::Result<()> {
+    pub(crate) async fn deliver(&self, batch: Vec<WaMessage>) -> anyhow::Result<()> {
         let (commit, answer) = InboundCommit::gated();
         let wait = async {
             // Awaiting channel space is the backpressure: a slow consumer slows the

@@ -160,8 +160,10 @@ async fn script(b: &dyn Backend) -> Vec<String> {
     obs!(b.get_latest_sync_key_id().await.unwrap());
     let v0 = b.get_version("regular").await.unwrap();
     obs!((v0.version, v0.index_value_map.len()));
-    let mut hs = HashState::default();
-    hs.version = 12;
+    let mut hs = HashState {
+        version: 12,
+        ..Default::default()
+    };
     hs.hash[0] = 0xAB;
     hs.index_value_map.insert("idx".into(), vec![9]);
     b.set_version("regular", hs).await.unwrap();
