@@ -170,10 +170,10 @@ struct Summary {
 }
 
 /// The gateway process; killed when dropped.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    trust: Trust,
+pub(crate) struct Gateway {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) trust: Trust,
 }
 
 impl Drop for Gateway {
@@ -186,7 +186,7 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts `bin run --config cfg` (stderr appended to `log`) and waits for the runtime.json
     /// it writes into `state` (a stale one, from a killed gateway, is removed first).
-    async fn start(bin: &Path, cfg: &Path, state: &Path, log: &Path) -> anyhow::Result<Gateway> {
+    pub(crate) async fn start(bin: &Path, cfg: &Path, state: &Path, log: &Path) -> anyhow::Result<Gateway> {
         let _ = std::fs::remove_file(state.join("runtime.json"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(bin)
@@ -201,7 +201,7 @@ impl Gateway {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             trust: Trust::parse_pin(&format!("sha256:{}", "0".repeat(64)))?,
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             if let Ok((addr, pin)) = runtime_info(state) {
                 gw.addr = addr;
@@ -212,7 +212,7 @@ impl Gateway {
                 bail!("gateway exited during start: {st} (see its log)");
             }
             if Instant::now() > deadline {
-                bail!("gateway wrote no runtime.json within 120 s");
+                bail!("gateway wrote no runtime.json within 600 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -225,7 +225,7 @@ impl Gateway {
     }
 
     /// SIGTERM, then SIGKILL if it has not stopped within 20 s.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -322,7 +322,7 @@ async fn send_keys(
 }
 
 /// Defaults to `waping-gateway` in the directory of the running executable.
-fn default_gateway_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_gateway_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe
         .parent()

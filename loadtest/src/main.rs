@@ -10,6 +10,7 @@ mod crash;
 mod init;
 mod run;
 mod stats;
+mod storm;
 mod target;
 
 #[global_allocator]
@@ -33,6 +34,10 @@ enum Cmd {
     /// resend, and check against the simulator's ledger that no acknowledged message was lost or
     /// delivered twice.
     Crash(Box<crash::CrashArgs>),
+    /// Reconnect storm: start the gateway with many simulated devices, drop them all at once,
+    /// and check that the simulated WhatsApp never saw more connects per second than the
+    /// gateway's cap (non-zero exit if it did); `--idle` also measures the gateway at rest.
+    Storm(Box<storm::StormArgs>),
     /// Run the simulated WhatsApp side as its own process (gateway `upstream.kind = "sim-remote"`).
     Sim {
         /// TCP address to listen on.
@@ -67,6 +72,48 @@ pub struct SimArgs {
     /// Probability a send is delivered but its answer is lost (the gateway times out and resends).
     #[arg(long = "sim-lost-answer-rate", default_value_t = 0.0)]
     pub lost_answer_rate: f64,
+    /// Seed of every random draw of the simulator (per device), so runs reproduce.
+    #[arg(long = "sim-seed", default_value_t = 1)]
+    pub sim_seed: u64,
+    /// Log-normal latency: `--sim-latency-ms` becomes the median, this the sigma (0 = fixed).
+    #[arg(long = "sim-lognormal-sigma", default_value_t = 0.0)]
+    pub lognormal_sigma: f64,
+    /// Probability that an answer is slow.
+    #[arg(long = "sim-slow-ack-rate", default_value_t = 0.0)]
+    pub slow_ack_rate: f64,
+    /// Extra latency of a slow answer, ms.
+    #[arg(long = "sim-slow-ack-ms", default_value_t = 5000)]
+    pub slow_ack_ms: u64,
+    /// Probability of a random 429 rate-overlimit.
+    #[arg(long = "sim-throttle-rate", default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Retry hint of those 429s, ms.
+    #[arg(long = "sim-throttle-retry-ms", default_value_t = 30_000)]
+    pub throttle_retry_ms: u64,
+    /// Mean time between drops of one connected device, s (0 = never).
+    #[arg(long = "sim-disconnect-mean-s", default_value_t = 0.0)]
+    pub disconnect_mean_s: f64,
+    /// Mean time until a connected device is logged out, s (0 = never).
+    #[arg(long = "sim-logout-mean-s", default_value_t = 0.0)]
+    pub logout_mean_s: f64,
+    /// Mean time until a connected device is banned, s (0 = never).
+    #[arg(long = "sim-ban-mean-s", default_value_t = 0.0)]
+    pub ban_mean_s: f64,
+    /// Length of a ban, s (0 = permanent).
+    #[arg(long = "sim-ban-duration-s", default_value_t = 3600)]
+    pub ban_duration_s: u64,
+    /// Probability that a delivered send is answered twice and its receipts arrive twice.
+    #[arg(long = "sim-duplicate-ack-rate", default_value_t = 0.0)]
+    pub duplicate_ack_rate: f64,
+    /// DELIVERED receipt this long after a delivered send's answer, ms (0 = no receipts).
+    #[arg(long = "sim-receipt-delivered-ms", default_value_t = 0)]
+    pub receipt_delivered_ms: u64,
+    /// Probability of a READ receipt after the DELIVERED one.
+    #[arg(long = "sim-receipt-read-rate", default_value_t = 0.0)]
+    pub receipt_read_rate: f64,
+    /// Delay of the READ receipt after the DELIVERED one, ms.
+    #[arg(long = "sim-receipt-read-ms", default_value_t = 5000)]
+    pub receipt_read_ms: u64,
 }
 
 impl SimArgs {
@@ -80,8 +127,21 @@ impl SimArgs {
             inbound_per_second: self.inbound_rate,
             transient_failure_rate: self.transient_failure_rate,
             lost_answer_rate: self.lost_answer_rate,
-            seed: 1,
-            // Dedup capacity and the ledger keep their defaults here.
+            seed: self.sim_seed,
+            latency_lognormal_sigma: self.lognormal_sigma,
+            slow_ack_rate: self.slow_ack_rate,
+            slow_ack_ms: self.slow_ack_ms,
+            throttle_rate: self.throttle_rate,
+            throttle_retry_ms: self.throttle_retry_ms,
+            disconnect_mean_s: self.disconnect_mean_s,
+            logout_mean_s: self.logout_mean_s,
+            ban_mean_s: self.ban_mean_s,
+            ban_duration_s: self.ban_duration_s,
+            duplicate_ack_rate: self.duplicate_ack_rate,
+            receipt_delivered_ms: self.receipt_delivered_ms,
+            receipt_read_rate: self.receipt_read_rate,
+            receipt_read_ms: self.receipt_read_ms,
+            // Dedup capacity, the ledger and linking keep their defaults here.
             ..Default::default()
         }
     }
@@ -121,6 +181,7 @@ fn main() -> ExitCode {
             Cmd::Init(a) => init::init(&a),
             Cmd::Run(a) => run::run(*a).await,
             Cmd::Crash(a) => crash::crash(*a).await,
+            Cmd::Storm(a) => storm::storm(*a).await,
             Cmd::Sim { listen, sim } => {
                 let addr = spawn_sim(listen, &sim).await?;
                 eprintln!("simulated WhatsApp listening on tcp {addr}; Ctrl-C to stop");
@@ -332,6 +393,109 @@ mod tests {
         assert_eq!((sim.latency_ms, sim.latency_jitter_ms), (1, 20));
         assert!((sim.lost_answer_rate - 0.02).abs() < 1e-12);
         assert!(Cli::try_parse_from(["waping-loadtest", "crash", "--kill-after-ms", "9..5"]).is_err());
+    }
+
+    #[test]
+    fn sim_flags_default_to_the_config_defaults_and_all_map() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["waping-loadtest", "sim"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.cmd) {
+                Ok(Cmd::Sim { sim, .. }) => sim.to_config(),
+                other => panic!("expected sim arguments, got {other:?}"),
+            }
+        };
+        assert_eq!(parse(&[]), waping_gateway::config::SimConfig::default());
+        let c = parse(&[
+            "--sim-seed",
+            "9",
+            "--sim-lognormal-sigma",
+            "0.5",
+            "--sim-slow-ack-rate",
+            "0.1",
+            "--sim-slow-ack-ms",
+            "700",
+            "--sim-throttle-rate",
+            "0.2",
+            "--sim-throttle-retry-ms",
+            "800",
+            "--sim-disconnect-mean-s",
+            "60",
+            "--sim-logout-mean-s",
+            "3600",
+            "--sim-ban-mean-s",
+            "7200",
+            "--sim-ban-duration-s",
+            "0",
+            "--sim-duplicate-ack-rate",
+            "0.3",
+            "--sim-receipt-delivered-ms",
+            "200",
+            "--sim-receipt-read-rate",
+            "0.4",
+            "--sim-receipt-read-ms",
+            "900",
+        ]);
+        assert_eq!(c.seed, 9);
+        assert_eq!(
+            (c.slow_ack_ms, c.throttle_retry_ms, c.ban_duration_s),
+            (700, 800, 0)
+        );
+        assert_eq!((c.receipt_delivered_ms, c.receipt_read_ms), (200, 900));
+        for (got, want) in [
+            (c.latency_lognormal_sigma, 0.5),
+            (c.slow_ack_rate, 0.1),
+            (c.throttle_rate, 0.2),
+            (c.disconnect_mean_s, 60.0),
+            (c.logout_mean_s, 3600.0),
+            (c.ban_mean_s, 7200.0),
+            (c.duplicate_ack_rate, 0.3),
+            (c.receipt_read_rate, 0.4),
+        ] {
+            assert!((got - want).abs() < 1e-12, "{got} != {want}");
+        }
+        let mut errors = Vec::new();
+        c.validate_faults(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn storm_parses_its_flags() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["waping-loadtest", "storm"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.cmd) {
+                Ok(Cmd::Storm(a)) => *a,
+                other => panic!("expected storm arguments, got {other:?}"),
+            }
+        };
+        let d = parse(&[]);
+        assert_eq!(
+            (d.devices, d.workspaces, d.connect_rate, d.connect_burst),
+            (10_000, 10, 50, 50)
+        );
+        assert_eq!(d.drop, crate::storm::DropMode::Events);
+        assert!(d.sim.is_none() && !d.no_drop && d.idle.is_zero());
+        let a = parse(&[
+            "--devices",
+            "200",
+            "--connect-rate",
+            "100",
+            "--connect-burst",
+            "20",
+            "--drop",
+            "connections",
+            "--sim",
+            "127.0.0.1:7999",
+            "--idle",
+            "30s",
+            "--no-drop",
+        ]);
+        assert_eq!((a.devices, a.connect_rate, a.connect_burst), (200, 100, 20));
+        assert_eq!(a.drop, crate::storm::DropMode::Connections);
+        assert_eq!(a.sim, Some("127.0.0.1:7999".parse().unwrap()));
+        assert_eq!(a.idle, Duration::from_secs(30));
+        assert!(a.no_drop);
     }
 
     #[test]

@@ -342,6 +342,46 @@ pub struct SimConfig {
     /// A new QR payload replaces the previous one this often while linking. Default 20 000 ms
     /// (WhatsApp rotates its refs about every 20 s).
     pub qr_rotate_ms: u64,
+    // --- [upstream.sim] fault injection (issue 4; owner: sim) ---
+    /// Spread of a log-normal send latency: with a value above 0, `latency_ms` is the median
+    /// and each send's base latency is `latency_ms · e^(sigma·N(0,1))` (a long right tail, as
+    /// real networks have). Default 0 (fixed); 0.0..=4.0.
+    pub latency_lognormal_sigma: f64,
+    /// Probability that a send's answer is slow: `slow_ack_ms` is added to its latency.
+    /// Default 0; 0.0..=1.0.
+    pub slow_ack_rate: f64,
+    /// Extra latency of a slow answer. Default 5000 ms; 0..=600 000.
+    pub slow_ack_ms: u64,
+    /// Probability that a send is refused with WhatsApp's 429 `rate-overlimit`
+    /// (UPSTREAM_THROTTLED) whatever the device's rate. Default 0; 0.0..=1.0.
+    pub throttle_rate: f64,
+    /// The retry hint of those refusals. Default 30 000 ms; 0..=86 400 000.
+    pub throttle_retry_ms: u64,
+    /// Mean time between simulated drops of one connected device (exponentially distributed;
+    /// the gateway reconnects). Default 0 = never; 0.0..=1e9 s.
+    pub disconnect_mean_s: f64,
+    /// Mean time until WhatsApp logs a connected device out (the user removed it on the
+    /// phone; only a new link brings it back). Default 0 = never; 0.0..=1e9 s.
+    pub logout_mean_s: f64,
+    /// Mean time until WhatsApp bans a connected device. Default 0 = never; 0.0..=1e9 s.
+    pub ban_mean_s: f64,
+    /// Length of those bans; connects during a ban are refused (DEVICE_BANNED). Default 3600 s;
+    /// 0 = permanent.
+    pub ban_duration_s: u64,
+    /// Probability that a delivered send is acknowledged twice (the remote simulator writes its
+    /// answer frame twice; the gateway must ignore the second) and its receipts arrive twice.
+    /// Default 0; 0.0..=1.0.
+    pub duplicate_ack_rate: f64,
+    /// A DELIVERED receipt follows each delivered send this long after its answer.
+    /// Default 0 = no receipts; 0..=86 400 000 ms.
+    pub receipt_delivered_ms: u64,
+    /// Probability that a delivered message is also READ (requires receipts). Default 0;
+    /// 0.0..=1.0.
+    pub receipt_read_rate: f64,
+    /// The READ receipt comes this long after the DELIVERED one. Default 5000 ms;
+    /// 0..=86 400 000.
+    pub receipt_read_ms: u64,
+    // --- end [upstream.sim] fault injection ---
 }
 
 impl Default for SimConfig {
@@ -360,9 +400,67 @@ impl Default for SimConfig {
             require_link: false,
             link_pair_after_ms: 2000,
             qr_rotate_ms: 20_000,
+            // --- [upstream.sim] fault injection (owner: sim) ---
+            latency_lognormal_sigma: 0.0,
+            slow_ack_rate: 0.0,
+            slow_ack_ms: 5000,
+            throttle_rate: 0.0,
+            throttle_retry_ms: 30_000,
+            disconnect_mean_s: 0.0,
+            logout_mean_s: 0.0,
+            ban_mean_s: 0.0,
+            ban_duration_s: 3600,
+            duplicate_ack_rate: 0.0,
+            receipt_delivered_ms: 0,
+            receipt_read_rate: 0.0,
+            receipt_read_ms: 5000,
+            // --- end ---
         }
     }
 }
+
+// --- [upstream.sim] fault injection validation (owner: sim) ---
+impl SimConfig {
+    /// Appends every out-of-range fault-injection setting, each with its path.
+    pub fn validate_faults(&self, p: &mut Vec<String>) {
+        for (name, v) in [
+            ("slow_ack_rate", self.slow_ack_rate),
+            ("throttle_rate", self.throttle_rate),
+            ("duplicate_ack_rate", self.duplicate_ack_rate),
+            ("receipt_read_rate", self.receipt_read_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                p.push(format!("upstream.sim.{name}: {v} is outside 0.0..=1.0"));
+            }
+        }
+        for (name, v) in [
+            ("disconnect_mean_s", self.disconnect_mean_s),
+            ("logout_mean_s", self.logout_mean_s),
+            ("ban_mean_s", self.ban_mean_s),
+        ] {
+            if !(0.0..=1e9).contains(&v) {
+                p.push(format!("upstream.sim.{name}: {v} is outside 0.0..=1e9"));
+            }
+        }
+        if !(0.0..=4.0).contains(&self.latency_lognormal_sigma) {
+            p.push(format!(
+                "upstream.sim.latency_lognormal_sigma: {} is outside 0.0..=4.0",
+                self.latency_lognormal_sigma
+            ));
+        }
+        for (name, v, hi) in [
+            ("slow_ack_ms", self.slow_ack_ms, 600_000),
+            ("throttle_retry_ms", self.throttle_retry_ms, 86_400_000),
+            ("receipt_delivered_ms", self.receipt_delivered_ms, 86_400_000),
+            ("receipt_read_ms", self.receipt_read_ms, 86_400_000),
+        ] {
+            if v > hi {
+                p.push(format!("upstream.sim.{name}: {v} is outside 0..={hi}"));
+            }
+        }
+    }
+}
+// --- end ---
 
 /// One tenant.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -542,6 +640,9 @@ impl Config {
                 sim.inbound_per_second
             ));
         }
+        // --- [upstream.sim] fault injection (owner: sim) ---
+        sim.validate_faults(&mut p);
+        // --- end ---
         match (&s.tls_cert, &s.tls_key) {
             (Some(_), None) => p.push("server.tls_key: required when server.tls_cert is set".into()),
             (None, Some(_)) => p.push("server.tls_cert: required when server.tls_key is set".into()),

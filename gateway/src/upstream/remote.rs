@@ -4,6 +4,12 @@
 //! the gateway uses [`RemoteUpstream`]. Requests are pipelined on one
 //! connection and matched to answers by id. The wire is internal to this
 //! pair (not part of PROTOCOL.md): frames of `u32 length`, `u8 type`, body.
+//!
+//! Besides the gateway's device operations, the control frame carries the harness's own
+//! operations on the whole simulator ([`SimControl`]): read its stats (connect ledger), mark
+//! the start of a measurement, and drop every device at once — by session events, or by
+//! closing every gateway connection (then [`RemoteUpstream`] reports every device it had
+//! attached as disconnected).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use waping_protocol::{Body, Text};
 
-use super::sim::{self, SimUpstream};
+use super::sim::{self, SimHub, SimStats};
 use super::*;
 use crate::config::SimConfig;
 
@@ -34,6 +40,11 @@ const OP_DISCONNECT: u8 = 2;
 const OP_LINK_QR: u8 = 3;
 const OP_LINK_PHONE: u8 = 4;
 const OP_LOGOUT: u8 = 5;
+/// Harness operations on the whole simulator (workspace and device are empty).
+const OP_MASS_DISCONNECT: u8 = 6;
+const OP_CLOSE_CONNECTIONS: u8 = 7;
+const OP_STATS: u8 = 8;
+const OP_MARK: u8 = 9;
 
 /// Kinds of [`Msg::Session`] (one per [`SessionEvent`] variant).
 const EV_QR: u8 = 1;
@@ -46,10 +57,38 @@ const EV_BANNED: u8 = 7;
 const EV_STREAM_REPLACED: u8 = 8;
 const MAX_FRAME: usize = 1 << 20;
 
-/// A malformed simulator frame.
-#[derive(Debug, thiserror::Error)]
-#[error("sim wire: {0}")]
-pub struct WireError(&'static str);
+/// A malformed or unexpected simulator frame: always the peer's fault; the connection is
+/// closed (the gateway side reconnects), a retry of the same bytes cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix is 0 or above the 1 MiB bound.
+    #[error("sim wire: bad frame length {0}")]
+    BadLength(usize),
+    /// The frame ended inside a field.
+    #[error("sim wire: frame truncated in {0}")]
+    Truncated(&'static str),
+    /// A string field is not UTF-8.
+    #[error("sim wire: invalid utf-8")]
+    InvalidUtf8,
+    /// Bytes left after the last field.
+    #[error("sim wire: {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// A frame type this side does not know.
+    #[error("sim wire: unknown frame type {0}")]
+    UnknownFrame(u8),
+    /// A known frame in the wrong direction (e.g. a SEND from the simulator).
+    #[error("sim wire: frame type {0} not expected from this peer")]
+    Unexpected(u8),
+    /// A device operation this side does not know.
+    #[error("sim wire: unknown device operation {0}")]
+    UnknownOperation(u8),
+    /// A session event kind this side does not know.
+    #[error("sim wire: unknown session event {0}")]
+    UnknownSessionEvent(u8),
+    /// A receipt kind this side does not know.
+    #[error("sim wire: unknown receipt kind {0}")]
+    UnknownReceiptKind(u8),
+}
 
 #[derive(Debug, PartialEq)]
 enum Msg {
@@ -108,18 +147,18 @@ fn put_str(b: &mut BytesMut, s: &str) {
 
 fn get_str(b: &mut Bytes) -> Result<String, WireError> {
     if b.remaining() < 2 {
-        return Err(WireError("truncated length"));
+        return Err(WireError::Truncated("string length"));
     }
     let n = b.get_u16() as usize;
     if b.remaining() < n {
-        return Err(WireError("truncated string"));
+        return Err(WireError::Truncated("string"));
     }
-    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| WireError("invalid utf-8"))
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| WireError::InvalidUtf8)
 }
 
 fn get_n<const N: usize>(b: &mut Bytes) -> Result<[u8; N], WireError> {
     if b.remaining() < N {
-        return Err(WireError("truncated integer"));
+        return Err(WireError::Truncated("integer"));
     }
     let mut a = [0u8; N];
     b.copy_to_slice(&mut a);
@@ -216,13 +255,24 @@ impl Msg {
         b[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
+    fn frame_type(&self) -> u8 {
+        match self {
+            Msg::Control { .. } => T_CONTROL,
+            Msg::Send { .. } => T_SEND,
+            Msg::Result { .. } => T_RESULT,
+            Msg::Inbound { .. } => T_INBOUND,
+            Msg::Session { .. } => T_SESSION,
+            Msg::Receipt { .. } => T_RECEIPT,
+        }
+    }
+
     fn decode(buf: &mut BytesMut) -> Result<Option<Msg>, WireError> {
         if buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len == 0 || len > MAX_FRAME {
-            return Err(WireError("bad frame length"));
+            return Err(WireError::BadLength(len));
         }
         if buf.len() < 4 + len {
             return Ok(None);
@@ -273,10 +323,10 @@ impl Msg {
                 kind: get_n::<1>(&mut b)?[0],
                 ids: get_str(&mut b)?,
             },
-            _ => return Err(WireError("unknown frame type")),
+            other => return Err(WireError::UnknownFrame(other)),
         };
         if b.has_remaining() {
-            return Err(WireError("trailing bytes"));
+            return Err(WireError::TrailingBytes(b.remaining()));
         }
         Ok(Some(m))
     }
@@ -346,8 +396,7 @@ fn result_from(status: u8, retry_after_ms: u32, text: String) -> Result<Upstream
 /// record of deliveries: a gateway that reconnects (after a crash) and resends
 /// is answered "already sent", never delivered twice.
 pub async fn serve(listener: TcpListener, cfg: SimConfig) -> std::io::Result<()> {
-    let deliveries = Arc::new(sim::Deliveries::new(cfg.dedup_capacity, cfg.ledger.as_deref())?);
-    serve_with(listener, cfg, deliveries).await
+    serve_hub(listener, SimHub::new(cfg)?).await
 }
 
 /// [`serve`] with a delivery record the caller keeps (tests read its counters).
@@ -356,24 +405,48 @@ pub async fn serve_with(
     cfg: SimConfig,
     deliveries: Arc<sim::Deliveries>,
 ) -> std::io::Result<()> {
+    serve_hub(listener, SimHub::with_deliveries(cfg, deliveries)).await
+}
+
+/// [`serve`] on a hub the caller keeps (connect ledger, mass disconnect in process).
+pub async fn serve_hub(listener: TcpListener, hub: Arc<SimHub>) -> std::io::Result<()> {
+    let (kick, _) = tokio::sync::watch::channel(Kick::default());
+    let kick = Arc::new(kick);
+    let mut next_conn = 0u64;
     loop {
         let (sock, peer) = listener.accept().await?;
-        let cfg = cfg.clone();
-        let deliveries = deliveries.clone();
+        next_conn += 1;
+        let conn = next_conn;
+        let hub = hub.clone();
+        let kick = kick.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(sock, cfg, deliveries).await {
+            if let Err(e) = serve_conn(sock, hub, conn, kick).await {
                 tracing::debug!(%peer, error = %e, "simulator connection ended");
             }
         });
     }
 }
 
-async fn serve_conn(sock: TcpStream, cfg: SimConfig, deliveries: Arc<sim::Deliveries>) -> anyhow::Result<()> {
+/// A request to close every gateway connection but the requester's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Kick {
+    generation: u64,
+    spare: u64,
+}
+
+async fn serve_conn(
+    sock: TcpStream,
+    hub: Arc<SimHub>,
+    conn: u64,
+    kick: Arc<tokio::sync::watch::Sender<Kick>>,
+) -> anyhow::Result<()> {
     sock.set_nodelay(true)?;
+    let mut kicked = kick.subscribe();
+    kicked.mark_unchanged();
     let (mut rd, mut wr) = sock.into_split();
     let (ev_tx, mut ev_rx) = mpsc::channel::<UpstreamEvent>(1024);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Msg>();
-    let sim = SimUpstream::with_deliveries(cfg, ev_tx, deliveries);
+    let sim = hub.upstream(ev_tx);
     let writer = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut batch = Vec::with_capacity(256);
@@ -392,70 +465,116 @@ async fn serve_conn(sock: TcpStream, cfg: SimConfig, deliveries: Arc<sim::Delive
         }
     });
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        while let Some(m) = Msg::decode(&mut buf)? {
-            match m {
-                Msg::Control {
-                    id,
-                    op,
-                    ws,
-                    device,
-                    arg,
-                } => {
-                    let device = DeviceRef {
-                        workspace: ws.into(),
-                        device: device.into(),
-                    };
-                    let r = match op {
-                        OP_CONNECT => sim.connect(device).await,
-                        OP_DISCONNECT => {
-                            sim.disconnect(device).await;
-                            Ok(())
-                        }
-                        OP_LINK_QR => sim.link(device, LinkMethod::Qr).await,
-                        OP_LINK_PHONE => sim.link(device, LinkMethod::PairingCode { phone: arg }).await,
-                        OP_LOGOUT => sim.logout(device).await,
-                        _ => return Err(WireError("unknown device operation").into()),
-                    };
-                    let _ = out_tx.send(result_msg(
+    let r = async {
+        loop {
+            while let Some(m) = Msg::decode(&mut buf)? {
+                match m {
+                    Msg::Control {
                         id,
-                        r.map(|()| UpstreamAck {
-                            upstream_id: String::new(),
-                            already_sent: false,
-                        }),
-                    ));
-                }
-                Msg::Send {
-                    id,
-                    ws,
-                    device,
-                    recipient,
-                    upstream_id,
-                    text,
-                } => {
-                    let fut = sim.send(UpstreamSend {
-                        device: DeviceRef {
+                        op,
+                        ws,
+                        device,
+                        arg,
+                    } => {
+                        let device = DeviceRef {
                             workspace: ws.into(),
                             device: device.into(),
-                        },
-                        recipient: recipient.into(),
-                        body: Body::Text(text.into()),
+                        };
+                        let mut text = String::new();
+                        let r = match op {
+                            OP_CONNECT => sim.connect(device).await,
+                            OP_DISCONNECT => {
+                                sim.disconnect(device).await;
+                                Ok(())
+                            }
+                            OP_LINK_QR => sim.link(device, LinkMethod::Qr).await,
+                            OP_LINK_PHONE => sim.link(device, LinkMethod::PairingCode { phone: arg }).await,
+                            OP_LOGOUT => sim.logout(device).await,
+                            OP_MASS_DISCONNECT => {
+                                let reason = if arg.is_empty() {
+                                    "simulated mass disconnect".into()
+                                } else {
+                                    arg
+                                };
+                                text = hub.mass_disconnect(&reason).await.to_string();
+                                Ok(())
+                            }
+                            OP_CLOSE_CONNECTIONS => {
+                                let n = hub.stats().connections.saturating_sub(1);
+                                kick.send_modify(|k| {
+                                    k.generation += 1;
+                                    k.spare = conn;
+                                });
+                                text = n.to_string();
+                                Ok(())
+                            }
+                            OP_STATS => {
+                                text = serde_json::to_string(&hub.stats())?;
+                                Ok(())
+                            }
+                            OP_MARK => {
+                                hub.mark();
+                                Ok(())
+                            }
+                            other => return Err(WireError::UnknownOperation(other).into()),
+                        };
+                        let _ = out_tx.send(result_msg(
+                            id,
+                            r.map(|()| UpstreamAck {
+                                upstream_id: text,
+                                already_sent: false,
+                            }),
+                        ));
+                    }
+                    Msg::Send {
+                        id,
+                        ws,
+                        device,
+                        recipient,
                         upstream_id,
-                    });
-                    let out = out_tx.clone();
-                    tokio::spawn(async move {
-                        let _ = out.send(result_msg(id, fut.await));
-                    });
+                        text,
+                    } => {
+                        let d = sim.decide(&UpstreamSend {
+                            device: DeviceRef {
+                                workspace: ws.into(),
+                                device: device.into(),
+                            },
+                            recipient: recipient.into(),
+                            body: Body::Text(text.into()),
+                            upstream_id,
+                        });
+                        let out = out_tx.clone();
+                        tokio::spawn(async move {
+                            if !d.latency.is_zero() {
+                                tokio::time::sleep(d.latency).await;
+                            }
+                            if d.duplicate {
+                                // The same answer twice: the gateway must take the first and ignore the second.
+                                let _ = out.send(result_msg(id, d.outcome.clone()));
+                            }
+                            let _ = out.send(result_msg(id, d.outcome));
+                        });
+                    }
+                    other => return Err(WireError::Unexpected(other.frame_type()).into()),
                 }
-                _ => return Err(WireError("unexpected frame from gateway").into()),
+            }
+            tokio::select! {
+                n = rd.read_buf(&mut buf) => {
+                    if n? == 0 {
+                        return anyhow::Ok(());
+                    }
+                }
+                Ok(()) = kicked.changed() => {
+                    if kicked.borrow_and_update().spare != conn {
+                        return Ok(());
+                    }
+                }
             }
         }
-        if rd.read_buf(&mut buf).await? == 0 {
-            break;
-        }
     }
+    .await;
     writer.abort();
-    Ok(())
+    r
 }
 
 fn event_msg(ev: UpstreamEvent) -> Msg {
@@ -485,7 +604,11 @@ fn event_msg(ev: UpstreamEvent) -> Msg {
             device: device.device.to_string(),
             from: from.to_string(),
             kind: kind as u8,
-            ids: upstream_ids.iter().map(|t| t.as_str()).collect::<Vec<_>>().join("\n"),
+            ids: upstream_ids
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
         },
         UpstreamEvent::Session { device, event } => {
             let (kind, num, text) = match event {
@@ -525,7 +648,7 @@ fn session_event(kind: u8, num: u64, text: String) -> Result<SessionEvent, WireE
             reason: text,
         },
         EV_STREAM_REPLACED => SessionEvent::StreamReplaced,
-        _ => return Err(WireError("unknown session event")),
+        other => return Err(WireError::UnknownSessionEvent(other)),
     })
 }
 
@@ -534,7 +657,7 @@ fn receipt_kind(k: u8) -> Result<ReceiptKind, WireError> {
         0 => ReceiptKind::Delivered,
         1 => ReceiptKind::Read,
         2 => ReceiptKind::Played,
-        _ => return Err(WireError("unknown receipt kind")),
+        other => return Err(WireError::UnknownReceiptKind(other)),
     })
 }
 
@@ -584,7 +707,12 @@ impl RemoteUpstream {
         self.inner.connected.load(Ordering::Acquire)
     }
 
-    fn control(&self, op: u8, device: DeviceRef, arg: String) -> BoxFuture<'static, Result<(), UpstreamError>> {
+    fn control(
+        &self,
+        op: u8,
+        device: DeviceRef,
+        arg: String,
+    ) -> BoxFuture<'static, Result<(), UpstreamError>> {
         let fut = self.request(|id| Msg::Control {
             id,
             op,
@@ -703,7 +831,11 @@ async fn connection_loop(weak: std::sync::Weak<RemoteInner>, events: EventSink) 
                     let event = SessionEvent::Disconnected {
                         reason: "simulator connection lost".into(),
                     };
-                    if events.send(UpstreamEvent::Session { device, event }).await.is_err() {
+                    if events
+                        .send(UpstreamEvent::Session { device, event })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -819,7 +951,7 @@ async fn run_connection(
                         };
                         events.send(ev).await?;
                     }
-                    _ => return Err(WireError("unexpected frame from simulator").into()),
+                    other => return Err(WireError::Unexpected(other.frame_type()).into()),
                 }
             }
             if rd.read_buf(&mut buf).await? == 0 {
@@ -833,8 +965,110 @@ async fn run_connection(
     }
 }
 
+/// Why a [`SimControl`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimControlError {
+    /// The simulator is not reachable or the connection broke (retry after it is back).
+    #[error("simulator connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The simulator sent a malformed frame (its fault).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The simulator refused the operation.
+    #[error("simulator refused: {0}")]
+    Refused(UpstreamError),
+    /// The answer did not parse (a simulator of another version).
+    #[error("simulator answered something unreadable: {0}")]
+    BadAnswer(String),
+}
+
+/// The load harness's handle on a simulator (a `waping-loadtest sim` process or [`serve_hub`]
+/// in process): its stats and connect ledger, measurement marks, and mass disconnects. One
+/// request at a time on a connection of its own.
+#[derive(Debug)]
+pub struct SimControl {
+    sock: TcpStream,
+    buf: BytesMut,
+    next_id: u64,
+}
+
+impl SimControl {
+    /// Connects to the simulator at `addr`.
+    pub async fn connect(addr: SocketAddr) -> Result<SimControl, SimControlError> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        Ok(SimControl {
+            sock,
+            buf: BytesMut::with_capacity(64 * 1024),
+            next_id: 1,
+        })
+    }
+
+    async fn call(&mut self, op: u8, arg: &str) -> Result<String, SimControlError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = BytesMut::new();
+        Msg::Control {
+            id,
+            op,
+            ws: String::new(),
+            device: String::new(),
+            arg: arg.to_string(),
+        }
+        .encode(&mut out);
+        self.sock.write_all(&out).await?;
+        loop {
+            while let Some(m) = Msg::decode(&mut self.buf)? {
+                // This connection has no devices; anything but our answer is ignored.
+                if let Msg::Result {
+                    id: got,
+                    status,
+                    retry_after_ms,
+                    text,
+                } = m
+                    && got == id
+                {
+                    return result_from(status, retry_after_ms, text)
+                        .map(|a| a.upstream_id)
+                        .map_err(SimControlError::Refused);
+                }
+            }
+            if self.sock.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
+
+    /// Devices connected, deliveries and the connect ledger.
+    pub async fn stats(&mut self) -> Result<SimStats, SimControlError> {
+        let text = self.call(OP_STATS, "").await?;
+        serde_json::from_str(&text).map_err(|e| SimControlError::BadAnswer(e.to_string()))
+    }
+
+    /// Starts a new measurement of the connect ledger.
+    pub async fn mark(&mut self) -> Result<(), SimControlError> {
+        self.call(OP_MARK, "").await.map(|_| ())
+    }
+
+    /// Drops every connected device of every gateway connection with a session event;
+    /// returns how many were dropped.
+    pub async fn mass_disconnect(&mut self, reason: &str) -> Result<u64, SimControlError> {
+        let text = self.call(OP_MASS_DISCONNECT, reason).await?;
+        text.parse().map_err(|_| SimControlError::BadAnswer(text.clone()))
+    }
+
+    /// Closes every gateway connection (not this one); returns how many. Each gateway then
+    /// reports all its devices disconnected and reconnects them.
+    pub async fn close_connections(&mut self) -> Result<u64, SimControlError> {
+        let text = self.call(OP_CLOSE_CONNECTIONS, "").await?;
+        text.parse().map_err(|_| SimControlError::BadAnswer(text.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -994,5 +1228,283 @@ mod tests {
             })
             .await;
         assert!(matches!(r, Err(UpstreamError::Unavailable(_))), "{r:?}");
+    }
+
+    #[test]
+    fn bad_input_gets_its_typed_error() {
+        let dec = |b: &[u8]| Msg::decode(&mut BytesMut::from(b));
+        assert_eq!(dec(&[0, 0, 0, 0]), Err(WireError::BadLength(0)));
+        assert_eq!(
+            dec(&[0xff, 0xff, 0xff, 0xff]),
+            Err(WireError::BadLength(0xffff_ffff))
+        );
+        assert_eq!(dec(&[0, 0, 0, 1, 99]), Err(WireError::UnknownFrame(99)));
+        assert_eq!(
+            dec(&[0, 0, 0, 2, T_SESSION, 0]),
+            Err(WireError::Truncated("string length"))
+        );
+        assert_eq!(
+            dec(&[0, 0, 0, 4, T_INBOUND, 0, 5, b'a']),
+            Err(WireError::Truncated("string"))
+        );
+        assert_eq!(
+            dec(&[0, 0, 0, 3, T_CONTROL, 0, 0]),
+            Err(WireError::Truncated("integer"))
+        );
+        assert_eq!(
+            dec(&[0, 0, 0, 14, T_CONTROL, 0, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 0]),
+            Err(WireError::Truncated("string length"))
+        );
+        let mut bad_utf8 = vec![0, 0, 0, 0, T_INBOUND, 0, 2, 0xc3, 0x28];
+        bad_utf8.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        bad_utf8[3] = (bad_utf8.len() - 4) as u8;
+        assert_eq!(dec(&bad_utf8), Err(WireError::InvalidUtf8));
+        let mut trailing = BytesMut::new();
+        Msg::Control {
+            id: 1,
+            op: OP_STATS,
+            ws: String::new(),
+            device: String::new(),
+            arg: String::new(),
+        }
+        .encode(&mut trailing);
+        trailing.extend_from_slice(&[7, 7]);
+        let n = trailing.len() as u32 - 4;
+        trailing[..4].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(Msg::decode(&mut trailing), Err(WireError::TrailingBytes(2)));
+        assert_eq!(
+            session_event(200, 0, String::new()),
+            Err(WireError::UnknownSessionEvent(200))
+        );
+        assert_eq!(receipt_kind(3), Err(WireError::UnknownReceiptKind(3)));
+    }
+
+    proptest::proptest! {
+        /// Any bytes decode to frames or a typed error, never a panic, and a frame that decodes
+        /// encodes back to the same bytes.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            loop {
+                let before = buf.clone();
+                match Msg::decode(&mut buf) {
+                    Ok(Some(m)) => {
+                        let mut again = BytesMut::new();
+                        m.encode(&mut again);
+                        proptest::prop_assert_eq!(&again[..], &before[..again.len()]);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
+    async fn wait_connected(up: &RemoteUpstream) {
+        for _ in 0..500 {
+            if up.is_connected() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("remote upstream never connected");
+    }
+
+    fn devn(i: usize) -> DeviceRef {
+        DeviceRef {
+            workspace: "w".into(),
+            device: format!("d{i}").into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_one_connection_and_the_server_goes_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, SimConfig::default()));
+        for garbage in [&[0u8, 0, 0, 1, 42][..], &[0, 0, 0, 0], &[0, 0, 0, 1, T_RESULT]] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(garbage).await.unwrap();
+            let mut rest = Vec::new();
+            // The simulator closes the connection (EOF or reset), whatever it was sent.
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+                .await
+                .expect("closed");
+        }
+        // An unknown device operation is refused the same way.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut b = BytesMut::new();
+        Msg::Control {
+            id: 1,
+            op: 77,
+            ws: "w".into(),
+            device: "d".into(),
+            arg: String::new(),
+        }
+        .encode(&mut b);
+        s.write_all(&b).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("closed");
+        // Still serving.
+        let mut ctl = SimControl::connect(addr).await.unwrap();
+        assert_eq!(ctl.stats().await.unwrap().connected, 0);
+    }
+
+    #[tokio::test]
+    async fn a_simulator_sending_garbage_disconnects_every_attached_device() {
+        // A fake simulator: answers the first connect, then sends a frame of an unknown type.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let id = loop {
+                s.read_buf(&mut buf).await.unwrap();
+                if let Some(Msg::Control { id, .. }) = Msg::decode(&mut buf).unwrap() {
+                    break id;
+                }
+            };
+            let mut out = BytesMut::new();
+            result_msg(
+                id,
+                Ok(UpstreamAck {
+                    upstream_id: String::new(),
+                    already_sent: false,
+                }),
+            )
+            .encode(&mut out);
+            out.extend_from_slice(&[0, 0, 0, 1, 250]);
+            s.write_all(&out).await.unwrap();
+            // Keep the socket open: the gateway side must close it on the bad frame.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let up = RemoteUpstream::start(addr, tx);
+        wait_connected(&up).await;
+        up.connect(devn(1)).await.unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev, UpstreamEvent::Session { ref device, event: SessionEvent::Disconnected { .. } } if *device == devn(1)),
+            "{ev:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_answers_are_ignored() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = SimConfig {
+            duplicate_ack_rate: 1.0,
+            receipt_delivered_ms: 1,
+            ..Default::default()
+        };
+        tokio::spawn(serve(listener, cfg));
+        // Room for every receipt: nobody reads events while the sends run, and a full event
+        // channel holds the connection's reader (answers included), by design.
+        let (tx, mut rx) = mpsc::channel(256);
+        let up = RemoteUpstream::start(addr, tx);
+        wait_connected(&up).await;
+        up.connect(devn(1)).await.unwrap();
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            UpstreamEvent::Session {
+                event: SessionEvent::Connected,
+                ..
+            }
+        ));
+        for i in 0..50 {
+            let ack = up
+                .send(UpstreamSend {
+                    device: devn(1),
+                    recipient: "4915112345678".into(),
+                    body: Body::Text("hi".into()),
+                    upstream_id: format!("m{i}"),
+                })
+                .await
+                .unwrap();
+            assert_eq!(ack.upstream_id, format!("SIM.m{i}"));
+            assert!(!ack.already_sent);
+        }
+        // Every message's DELIVERED receipt arrives twice.
+        let mut receipts = std::collections::HashMap::new();
+        while receipts.values().sum::<u32>() < 100 {
+            if let UpstreamEvent::Receipt { upstream_ids, .. } = rx.recv().await.unwrap() {
+                *receipts.entry(upstream_ids[0].to_string()).or_insert(0u32) += 1;
+            }
+        }
+        assert!(receipts.values().all(|n| *n == 2), "{receipts:?}");
+        assert!(up.inner.pending.is_empty(), "no answer left waiting");
+    }
+
+    #[tokio::test]
+    async fn control_reads_the_ledger_and_drops_everyone_both_ways() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hub = SimHub::new(SimConfig::default()).unwrap();
+        tokio::spawn(serve_hub(listener, hub.clone()));
+        let (tx, mut rx) = mpsc::channel(256);
+        let up = RemoteUpstream::start(addr, tx);
+        wait_connected(&up).await;
+        let mut ctl = SimControl::connect(addr).await.unwrap();
+        for i in 0..50 {
+            up.connect(devn(i)).await.unwrap();
+        }
+        for _ in 0..50 {
+            rx.recv().await.unwrap();
+        }
+        let s = ctl.stats().await.unwrap();
+        assert_eq!((s.connected, s.connections), (50, 2));
+        assert_eq!(s.connects.attempts, 50);
+        assert!(s.connects.peak_per_second >= 1);
+        ctl.mark().await.unwrap();
+        assert_eq!(ctl.stats().await.unwrap().connects.attempts_since_mark, 0);
+
+        // Session events: every device hears Disconnected; the gateway connection stays.
+        assert_eq!(ctl.mass_disconnect("storm").await.unwrap(), 50);
+        for _ in 0..50 {
+            match rx.recv().await.unwrap() {
+                UpstreamEvent::Session {
+                    event: SessionEvent::Disconnected { reason },
+                    ..
+                } => assert_eq!(reason, "storm"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(hub.connected(), 0);
+        assert!(up.is_connected());
+        for i in 0..50 {
+            up.connect(devn(i)).await.unwrap();
+        }
+        for _ in 0..50 {
+            rx.recv().await.unwrap();
+        }
+        assert_eq!(ctl.stats().await.unwrap().connects.attempts_since_mark, 50);
+
+        // Closing the connections: the gateway side reports its attached devices disconnected.
+        assert_eq!(ctl.close_connections().await.unwrap(), 1);
+        let mut lost = HashSet::new();
+        while lost.len() < 50 {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                UpstreamEvent::Session {
+                    device,
+                    event: SessionEvent::Disconnected { reason },
+                } => {
+                    assert_eq!(reason, "simulator connection lost");
+                    lost.insert(device);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The control connection itself survives, and the gateway comes back.
+        wait_connected(&up).await;
+        assert_eq!(ctl.stats().await.unwrap().connected, 0);
     }
 }
