@@ -417,9 +417,12 @@ impl Connection {
             )));
         }
         self.events_open.store(true, Ordering::Release);
-        let reader = self.accept_event_stream().await?;
+        // QUIC announces a stream with its first bytes, so the server's event stream is only
+        // seen once an event is written: accept it on the first `next`, not here, or a caller
+        // that subscribes before causing the first event would wait forever.
         Ok(EventStream {
-            reader,
+            reader: None,
+            conn: self.conn.clone(),
             granted,
             state: ClientConn::Open {
                 version: self.session.version,
@@ -539,7 +542,8 @@ impl Connection {
 /// The server's event stream of one connection ([`Connection::subscribe`]).
 #[derive(Debug)]
 pub struct EventStream {
-    reader: FrameReader,
+    reader: Option<FrameReader>,
+    conn: quinn::Connection,
     granted: u32,
     state: ClientConn,
 }
@@ -554,7 +558,17 @@ impl EventStream {
     /// A frame other than EVENT, or an event kind the negotiated version lacks, is a
     /// protocol violation.
     pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
-        match self.reader.next().await? {
+        if self.reader.is_none() {
+            let recv = self.conn.accept_uni().await?;
+            self.reader = Some(FrameReader::new(
+                recv,
+                Decoder::new(waping_protocol::limits::HARD_MAX_FRAME_LEN),
+            ));
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        match reader.next().await? {
             None => Ok(None),
             Some(f) => {
                 self.state.on_frame(&f)?;

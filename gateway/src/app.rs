@@ -19,7 +19,7 @@ use crate::retry::{RetryPolicy, RetryQueue};
 use crate::server::{self, Shared};
 use crate::session::{
     Outbound, SessionHandle, SessionManager, SessionSettings, SubmitError, gate::ConnectGate,
-    route_upstream_events, store::MemoryStore,
+    route_upstream_events, store::DeviceStoreSessions,
 };
 use crate::upstream::{Upstream, remote::RemoteUpstream, sim::SimUpstream};
 use crate::workspace::Registry;
@@ -114,6 +114,12 @@ impl Gateway {
             UpstreamKind::Sim => Arc::new(SimUpstream::new(cfg.upstream.sim.clone(), ev_tx)),
             UpstreamKind::SimRemote => Arc::new(RemoteUpstream::start(cfg.upstream.remote_addr, ev_tx)),
         };
+        // Session records (and, with the WhatsApp upstream, its credentials) for every device.
+        let store_path = state_dir.join("devices.redb");
+        let device_store = Arc::new(
+            waping_store::Store::open(&store_path, waping_store::StoreOptions::default())
+                .with_context(|| format!("opening the device store {}", store_path.display()))?,
+        );
         let gate = ConnectGate::start(
             cfg.sessions
                 .gate_quota()
@@ -131,7 +137,7 @@ impl Gateway {
                 },
                 metrics.clone(),
                 gate,
-                Arc::new(MemoryStore::default()),
+                Arc::new(DeviceStoreSessions::new(device_store.clone())),
             )
             .with_durable(durable.clone()),
         );

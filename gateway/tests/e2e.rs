@@ -40,7 +40,7 @@ async fn next(s: &mut waping_client::FrameStream) -> Frame {
 async fn pipelined_messages_are_accepted_and_reported() {
     let gw = Gateway::start(&[ACME, OTHER], "");
     let mut conn = gw.connect("acme").await;
-    assert_eq!(conn.session.version, 1);
+    assert_eq!(conn.session.version, waping_protocol::limits::MAX_VERSION);
     let mut s = conn.take_control().unwrap();
     const N: u64 = 500;
     // All in one batch: several frames per stream write.
@@ -204,7 +204,7 @@ async fn handshake_errors() {
     // Unsupported version range.
     let (_ep, conn, mut s) = waping_client::connect_raw(&gw.client_config("")).await.unwrap();
     s.send(&Frame::Hello {
-        min_version: 2,
+        min_version: waping_protocol::limits::MAX_VERSION + 1,
         max_version: 9,
         api_key: gw.key("acme").as_str().into(),
         client_name: "".into(),

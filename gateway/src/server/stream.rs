@@ -12,7 +12,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::{broadcast, mpsc};
 use waping_protocol::conn::{ServerAction, ServerConn};
-use waping_protocol::{DecodeError, Decoder, ErrorCode, Event, EventKind, Frame, Text, subscribe, validate};
+use waping_protocol::{
+    DecodeError, Decoder, DeviceAction, ErrorCode, Event, EventKind, Frame, LinkMethod, Text, subscribe,
+    validate,
+};
 
 use super::{ConnCtx, close};
 use crate::durable::accepted_record;
@@ -114,11 +117,20 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
     let mut reports = Vec::with_capacity(256);
     let mut shutdown = ctx.shared.shutdown.clone();
     let mut drain_seen = false;
+    // DEVICE_CONTROL answers come back here from their tasks; the stream stays open until
+    // every one is written (PROTOCOL.md 6.7).
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Frame>();
+    let mut ctl_pending = 0usize;
     loop {
         loop {
             match io.decoder.decode(&mut io.inbuf) {
                 Ok(Some(f)) => {
-                    let r = handle(&ctx, &mut io, &mut state, f, &mut pending, &mut staged, &reply_tx);
+                    let r = match f {
+                        Frame::DeviceControl { .. } => {
+                            device_control(&ctx, &mut io, &mut state, f, &ctl_tx, &mut ctl_pending)
+                        }
+                        f => handle(&ctx, &mut io, &mut state, f, &mut pending, &mut staged, &reply_tx),
+                    };
                     if let Err((code, msg)) = r {
                         commit_staged(&ctx, &mut staged, &reply_tx);
                         ctx.shared.metrics.connection_error(code);
@@ -146,7 +158,7 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
             return;
         }
         let draining = ctx.draining.load(Ordering::Acquire);
-        if pending.is_empty() && (io.recv_done || draining) {
+        if pending.is_empty() && ctl_pending == 0 && (io.recv_done || draining) {
             // Closing the connection right after would discard reports still in
             // flight; wait until the client has acknowledged every byte.
             if io.send.finish().is_ok() {
@@ -199,6 +211,10 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
+            }
+            Some(answer) = ctl_rx.recv() => {
+                ctl_pending -= 1;
+                io.queue(&answer);
             }
             _ = super::wait_shutdown(&mut shutdown), if !drain_seen => {
                 drain_seen = true;
@@ -287,12 +303,15 @@ fn handle(
         ServerAction::Authenticate { .. } => {
             return Err((ErrorCode::UNEXPECTED_FRAME, "second HELLO".into()));
         }
+        // Only DEVICE_CONTROL is refused per request, and it is handled in `device_control`.
+        ServerAction::Refuse { code, message } => return Err((code, message)),
     }
     match frame {
         Frame::Ping { nonce } => io.queue(&Frame::Pong { nonce }),
         Frame::Pong { .. } => {}
         Frame::Subscribe { mask } => {
-            let granted = mask & subscribe::ALL;
+            // Bits of a later version than the connection's are never granted (PROTOCOL.md 6.6).
+            let granted = mask & subscribe::allowed(state.version().unwrap_or(1));
             ctx.subscription.store(granted, Ordering::Release);
             // One event stream per connection: later SUBSCRIBEs (even after a mask of 0) only
             // change the mask it filters with.
@@ -310,6 +329,99 @@ fn handle(
             ));
         }
     }
+    Ok(())
+}
+
+// ---- DEVICE_CONTROL (protocol version 2): link, unlink, disable, enable, status --------------
+
+/// Checks a DEVICE_CONTROL against the connection's state and its fields, then lets a task
+/// apply it through the session manager; the answer comes back on `answers`.
+/// A refusal is answered here; a violation (a version 1 connection) is returned as fatal.
+fn device_control(
+    ctx: &Arc<ConnCtx>,
+    io: &mut FrameIo,
+    state: &mut ServerConn,
+    frame: Frame,
+    answers: &mpsc::UnboundedSender<Frame>,
+    in_progress: &mut usize,
+) -> Result<(), Fatal> {
+    // Like a SEND: a gateway drain seen by another stream refuses this request, not the connection.
+    if ctx.draining.load(Ordering::Acquire) && state.is_open() {
+        state.drain();
+    }
+    let action = state.on_frame(&frame).map_err(|v| (v.code, v.message))?;
+    let Frame::DeviceControl {
+        req,
+        device_id,
+        action: what,
+    } = frame
+    else {
+        return Ok(());
+    };
+    let refuse = |io: &mut FrameIo, code, detail: String| {
+        io.queue(&Frame::DeviceControlResult {
+            req,
+            code,
+            state: None,
+            detail: Text::from(detail),
+        });
+        Ok(())
+    };
+    match action {
+        ServerAction::Handle => {}
+        ServerAction::Refuse { code, message } => return refuse(io, code, message),
+        other => {
+            return Err((
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("DEVICE_CONTROL gave {other:?}"),
+            ));
+        }
+    }
+    let action = what;
+    if let Err(e) = validate::device_control(&device_id, &action) {
+        return refuse(io, e.code, e.message);
+    }
+    use crate::session::DeviceCommand;
+    use crate::upstream::LinkMethod as Method;
+    let name = action.as_str();
+    let cmd = match action {
+        DeviceAction::Link(LinkMethod::Qr) => DeviceCommand::Link(Method::Qr),
+        DeviceAction::Link(LinkMethod::PairingCode { phone }) => DeviceCommand::Link(Method::PairingCode {
+            phone: phone.to_string(),
+        }),
+        DeviceAction::Unlink => DeviceCommand::Unlink,
+        DeviceAction::Disable => DeviceCommand::Disable,
+        DeviceAction::Enable => DeviceCommand::Enable,
+        DeviceAction::Status => DeviceCommand::Status,
+    };
+    *in_progress += 1;
+    let ctx = ctx.clone();
+    let answers = answers.clone();
+    tokio::spawn(async move {
+        let answer = match ctx.shared.sessions.control(ctx.ws.idx, &device_id, cmd).await {
+            Ok(st) => {
+                tracing::info!(conn = ctx.id, workspace = %ctx.ws.id, device = %device_id, action = name,
+                    state = st.as_str(), "device control");
+                Frame::DeviceControlResult {
+                    req,
+                    code: ErrorCode(0),
+                    state: Some(st),
+                    detail: Text::default(),
+                }
+            }
+            Err(e) => {
+                tracing::info!(conn = ctx.id, workspace = %ctx.ws.id, device = %device_id, action = name,
+                    code = %e.code(), error = %e, "device control refused");
+                Frame::DeviceControlResult {
+                    req,
+                    code: e.code(),
+                    state: None,
+                    detail: Text::from(e.to_string()),
+                }
+            }
+        };
+        let _ = answers.send(answer);
+    });
     Ok(())
 }
 
@@ -377,6 +489,12 @@ fn handle_send(
             "no such device in this workspace",
         );
     };
+    // A device that cannot send for a long time (not linked, logged out, banned, disabled)
+    // refuses here, handing the message back, rather than accepting it only to fail it.
+    if let Some(code) = session.refusal() {
+        let why = format!("device is {}", session.state().as_str());
+        return reject(ctx, io, seq, code, 0, &why);
+    }
     let max = ctx.shared.cfg.max_in_flight;
     if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -577,12 +695,8 @@ async fn event_stream(ctx: Arc<ConnCtx>, mut rx: broadcast::Receiver<Arc<WsEvent
             for item in batch {
                 let (ts, kind) = match item {
                     Ok(ev) => {
-                        let bit = match &ev.kind {
-                            EventKind::Report { .. } => subscribe::REPORTS,
-                            EventKind::Inbound { .. } => subscribe::INBOUND,
-                            EventKind::DeviceState { .. } => subscribe::DEVICE_STATE,
-                            EventKind::Lagged { .. } => u32::MAX,
-                        };
+                        // LAGGED has no bit: it is sent whatever the mask.
+                        let bit = ev.kind.mask_bit().unwrap_or(u32::MAX);
                         if mask & bit == 0 {
                             continue;
                         }

@@ -15,7 +15,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use waping_protocol::{
-    Body, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, EventKind, MessageId, Text,
+    Body, DeliveryReport, DeliveryStatus, DeviceState, ErrorCode, EventKind, LinkCodeKind, MessageId,
+    ReceiptStatus, Text,
 };
 
 use waping_journal::Record;
@@ -631,16 +632,21 @@ impl SessionTask {
         }
     }
 
-    /// Shows a link code to the workspace's subscribers.
+    /// Shows a link code to the workspace's subscribers (LINK_CODE events; the CLI renders
+    /// them as QR codes).
     fn publish_code(&self, ev: SessionEvent) {
-        let (kind, code, valid_for_ms) = match ev {
-            SessionEvent::Qr { code, valid_for } => ("qr", code, valid_for.as_millis() as u64),
-            SessionEvent::PairingCode { code } => ("pairing_code", code, 0),
+        let (kind, code, valid_for) = match ev {
+            SessionEvent::Qr { code, valid_for } => (LinkCodeKind::Qr, code, valid_for),
+            SessionEvent::PairingCode { code } => (LinkCodeKind::PairingCode, code, Duration::ZERO),
             _ => return,
         };
-        self.metrics.upstream_event(if kind == "qr" { "qr" } else { "pairing_code" });
-        tracing::debug!(workspace = %self.ws.id, device = %self.device.device, kind, valid_for_ms, "link code");
-        let _ = code;
+        tracing::debug!(workspace = %self.ws.id, device = %self.device.device, kind = kind.as_str(), "link code");
+        self.ws.publish(EventKind::LinkCode {
+            device_id: self.device.device.clone(),
+            kind,
+            code: Text::from(code),
+            valid_for_ms: valid_for.as_millis().min(u128::from(u32::MAX)) as u32,
+        });
     }
 
     /// Fails a message at once with `code` (the device cannot send for a long time).
@@ -903,12 +909,32 @@ pub async fn route_upstream_events(
                     None => tracing::warn!(workspace = %device.workspace, "inbound message for an unknown workspace dropped"),
                 }
             }
-            UpstreamEvent::Receipt { kind, .. } => {
-                metrics.upstream_event(match kind {
-                    crate::upstream::ReceiptKind::Delivered => "receipt_delivered",
-                    crate::upstream::ReceiptKind::Read => "receipt_read",
-                    crate::upstream::ReceiptKind::Played => "receipt_played",
-                });
+            UpstreamEvent::Receipt {
+                device,
+                from,
+                upstream_ids,
+                kind,
+            } => {
+                use crate::upstream::ReceiptKind;
+                let (label, status) = match kind {
+                    ReceiptKind::Delivered => ("receipt_delivered", ReceiptStatus::Delivered),
+                    ReceiptKind::Read => ("receipt_read", ReceiptStatus::Read),
+                    ReceiptKind::Played => ("receipt_played", ReceiptStatus::Played),
+                };
+                metrics.upstream_event(label);
+                let Some(ws) = registry.by_id(&device.workspace) else {
+                    tracing::warn!(workspace = %device.workspace, "receipt for an unknown workspace dropped");
+                    continue;
+                };
+                // WhatsApp batches receipts; the protocol bounds ids per event, so split.
+                for ids in upstream_ids.chunks(waping_protocol::limits::MAX_RECEIPT_IDS) {
+                    ws.publish(EventKind::Receipt {
+                        device_id: device.device.clone(),
+                        from: from.clone(),
+                        upstream_ids: ids.to_vec(),
+                        status,
+                    });
+                }
             }
             UpstreamEvent::Session { device, event } => {
                 metrics.upstream_event(session_label(&event));

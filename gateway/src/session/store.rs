@@ -92,3 +92,108 @@ impl SessionStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The namespace of the session record inside a device's data in the device store. Never
+/// renumber: the number is part of every stored key and of the sealing AAD. Namespaces
+/// 16..=63 belong to the WhatsApp upstream's credentials (`waping-whatsapp`).
+pub const SESSION_NS: waping_store::Ns = waping_store::Ns::new(1);
+const RECORD_KEY: &[u8] = b"record";
+
+/// Session records in the node's device store (`waping-store`): one embedded database for
+/// every device, group-committed, sealed at rest through the store's sealer.
+#[derive(Debug, Clone)]
+pub struct DeviceStoreSessions {
+    store: Arc<waping_store::Store>,
+}
+
+impl DeviceStoreSessions {
+    /// Records kept in `store`.
+    pub fn new(store: Arc<waping_store::Store>) -> Self {
+        DeviceStoreSessions { store }
+    }
+}
+
+fn store_err(e: waping_store::StoreError) -> SessionStoreError {
+    if e.retryable() {
+        SessionStoreError::Unavailable(e.to_string())
+    } else {
+        SessionStoreError::Corrupt(e.to_string())
+    }
+}
+
+impl SessionStore for DeviceStoreSessions {
+    fn load(&self, device: &DeviceRef) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
+        // A B-tree lookup, usually from the page cache: done inline, not on the blocking pool.
+        let r = self
+            .store
+            .device(&device.workspace, device.device.as_str())
+            .and_then(|d| d.get(SESSION_NS, RECORD_KEY))
+            .map_err(store_err)
+            .and_then(|v| v.map(|b| SessionRecord::decode(&b)).transpose());
+        Box::pin(async move { r })
+    }
+
+    fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>> {
+        let d = self.store.device(&device.workspace, device.device.as_str());
+        let bytes = rec.encode();
+        Box::pin(async move {
+            d.map_err(store_err)?
+                .put(SESSION_NS, RECORD_KEY, &bytes)
+                .await
+                .map_err(store_err)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(w: &str, d: &str) -> DeviceRef {
+        DeviceRef {
+            workspace: w.into(),
+            device: d.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_the_device_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.redb");
+        let rec = SessionRecord {
+            lifecycle: Persisted::Banned {
+                until_ms: Some(1_800_000_000_000),
+            },
+            account: Some("4915112345678@s.whatsapp.net".into()),
+            linked_at_ms: 17,
+            last_active_ms: 42,
+        };
+        {
+            let s = DeviceStoreSessions::new(Arc::new(
+                waping_store::Store::open(&path, Default::default()).unwrap(),
+            ));
+            assert_eq!(s.load(&dev("w", "d")).await.unwrap(), None);
+            s.save(&dev("w", "d"), &rec).await.unwrap();
+            s.save(&dev("w", "e"), &SessionRecord::new(false)).await.unwrap();
+        }
+        let s = DeviceStoreSessions::new(Arc::new(
+            waping_store::Store::open(&path, Default::default()).unwrap(),
+        ));
+        assert_eq!(s.load(&dev("w", "d")).await.unwrap(), Some(rec));
+        assert_eq!(
+            s.load(&dev("w", "e")).await.unwrap().unwrap().lifecycle,
+            Persisted::Unlinked
+        );
+        // Another workspace's device of the same name is a different device.
+        assert_eq!(s.load(&dev("x", "d")).await.unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        assert!(matches!(
+            SessionRecord::decode(b"{\"lifecycle\":{\"state\":\"nonsense\"}}"),
+            Err(SessionStoreError::Corrupt(_))
+        ));
+        assert!(matches!(SessionRecord::decode(&[0xff, 0]), Err(SessionStoreError::Corrupt(_))));
+    }
+}

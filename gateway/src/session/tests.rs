@@ -259,3 +259,32 @@ async fn closing_the_manager_stops_sessions() {
     h.submit(outbound(1, &tx)).unwrap();
     assert_eq!(report(&mut rx).await.status, DeliveryStatus::Sent);
 }
+
+#[tokio::test]
+async fn control_commands_reach_the_lifecycle() {
+    let up = Gated::new(
+        1000,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+            already_sent: false,
+        }),
+    );
+    let (m, ws) = setup(up, 100, 4, 0);
+    let st = tokio::time::timeout(Duration::from_secs(5), m.control(ws.idx, &"d".into(), DeviceCommand::Status))
+        .await
+        .expect("answered");
+    assert!(matches!(st, Ok(DeviceState::Connected | DeviceState::Disconnected)), "{st:?}");
+    assert_eq!(
+        m.control(ws.idx, &"d".into(), DeviceCommand::Disable).await,
+        Ok(DeviceState::Disabled)
+    );
+    assert_eq!(m.get(ws.idx, &"d".into()).unwrap().refusal(), Some(ErrorCode::DEVICE_DISABLED));
+    assert_eq!(
+        m.control(ws.idx, &"d".into(), DeviceCommand::Link(LinkMethod::Qr)).await,
+        Err(ControlError::Refused(CommandError::Disabled))
+    );
+    assert_eq!(
+        m.control(ws.idx, &"nope".into(), DeviceCommand::Status).await,
+        Err(ControlError::UnknownDevice)
+    );
+}
