@@ -99,7 +99,10 @@ impl Gateway {
         let mut keys = KeyStore::default();
         for (w, cell) in cfg.workspaces.iter().zip(cells) {
             let (_, _, device_rate) = cfg.workspace_limits(w);
-            let ws = registry.add(&w.id, cell, device_rate);
+            let pacing = cfg
+                .workspace_pacing(w)
+                .map_err(|e| anyhow::anyhow!("workspace {}: {e}", w.id))?;
+            let ws = registry.add(&w.id, cell, device_rate, Arc::new(pacing));
             for k in &w.keys {
                 keys.insert(&k.id, &k.hash, ws.idx)
                     .map_err(|e| anyhow::anyhow!("workspace {}: key {}: {e}", w.id, k.id))?;

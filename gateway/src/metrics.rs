@@ -91,6 +91,16 @@ impl Metrics {
         }
     }
 
+    /// Account-safety pacing held a message back (`reason` ∈ the six `PaceReason` names).
+    pub fn paced(&self, reason: &'static str) {
+        counter!("waping_pacing_waits_total", "reason" => reason).increment(1);
+    }
+
+    /// A message held back for long was parked in the retry queue until the pacer allows it.
+    pub fn pacing_deferred(&self, reason: &'static str) {
+        counter!("waping_pacing_deferred_total", "reason" => reason).increment(1);
+    }
+
     /// A connect passed the gate and was tried (`attempted`) or refused at once (`failed`).
     pub fn connect_attempt(&self, outcome: &'static str) {
         counter!("waping_session_connects_total", "outcome" => outcome).increment(1);
@@ -156,6 +166,8 @@ pub const CATALOGUE: &[&str] = &[
     "waping_session_transitions_total",
     "waping_session_connects_total",
     "waping_connect_gate_waiting",
+    "waping_pacing_waits_total",
+    "waping_pacing_deferred_total",
     "waping_audit_records_total",
     "waping_subscriptions_active",
     "waping_subscriber_events_sent_total",

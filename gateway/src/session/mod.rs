@@ -23,6 +23,7 @@ use waping_journal::Record;
 
 use crate::durable::{Durable, RetryItem};
 use crate::limiter::{self, MonotonicClock};
+use crate::pacing::{ContactBook, ContactKey, DailyUsage, DevicePacer, Pace, PaceReason};
 use crate::metrics::Metrics;
 use crate::retry::{DeadReason, Decision};
 use crate::upstream::{
@@ -156,6 +157,8 @@ impl ControlError {
 enum Control {
     Command(DeviceCommand, tokio::sync::oneshot::Sender<Result<DeviceState, CommandError>>),
     Event(SessionEvent),
+    /// Someone wrote to the device: a reply to them is not a first contact.
+    Inbound(Text),
 }
 
 /// Why a device refused a message; the message is handed back.
@@ -319,18 +322,6 @@ impl SessionManager {
         let weak = Arc::downgrade(&handle);
         self.sessions.insert((ws.idx, device.clone()), handle);
         self.metrics.sessions_active.increment(1.0);
-        // Burst 1: pacing spaces sends evenly; it never lets a backlog rush out.
-        let pacing = match ws.device_rate_per_second {
-            0 => None,
-            rate => match limiter::Quota::per_second(rate, 1) {
-                Ok(q) => Some(Arc::new(limiter::Cell::new(q))),
-                // Unreachable: Gateway::start refuses such a workspace before any device starts.
-                Err(e) => {
-                    tracing::error!(workspace = %ws.id, error = %e, "device pacing quota invalid; pacing off");
-                    None
-                }
-            },
-        };
         let task = SessionTask {
             ws: ws.clone(),
             device: DeviceRef {
@@ -340,7 +331,6 @@ impl SessionManager {
             upstream: self.upstream.clone(),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
-            pacing,
             clock: self.clock,
             durable: self.durable.clone(),
             handle: weak,
@@ -381,7 +371,6 @@ struct SessionTask {
     upstream: Arc<dyn Upstream>,
     settings: SessionSettings,
     metrics: Arc<Metrics>,
-    pacing: Option<Arc<limiter::Cell>>,
     clock: MonotonicClock,
     durable: Option<Arc<Durable>>,
     /// Weak: the task must not keep its own queue open, or closing the manager would never stop it.
@@ -391,6 +380,11 @@ struct SessionTask {
     /// The phase last counted in `waping_sessions{phase}`.
     reported: std::sync::Mutex<&'static str>,
 }
+
+/// How often a device's pacing state is saved while it sends.
+const PACING_SAVE_EVERY: Duration = Duration::from_secs(60);
+/// Blob name of the pacer's contact book in the session store.
+const CONTACTS_BLOB: &str = "contacts";
 
 /// A connect under way: waiting for the gate, then for the upstream's answer.
 type Connecting = BoxFuture<'static, Result<(), UpstreamError>>;
@@ -414,6 +408,11 @@ impl SessionTask {
             }
         };
         let (mut life, actions) = Lifecycle::restore(self.settings.lifecycle.clone(), &record.lifecycle, self.at());
+        let mut pacer = self.pacer(&record).await;
+        // When the pacer's state (contacts, daily counters) must next be saved, if it changed.
+        let mut save_pacing_at: Option<limiter::Nanos> = None;
+        // A send the pacer granted after a "typing" pause: go at this instant, no second poll.
+        let mut granted_at: Option<limiter::Nanos> = None;
         self.metrics.session_phase(None, life.phase().as_str());
         *self.reported.lock().unwrap_or_else(|p| p.into_inner()) = life.phase().as_str();
         let mut connecting: Option<Connecting> = None;
@@ -428,18 +427,54 @@ impl SessionTask {
             let mut wait = None;
             if let Some(m) = held.take() {
                 if let Some(code) = life.refusal() {
+                    granted_at = None;
                     self.fail_now(m, code, &format!("device is {}", life.phase().as_str()));
                 } else if !life.can_send() || inflight.len() >= self.settings.window {
                     held = Some(m);
                 } else {
-                    match self.pace_check() {
-                        Ok(()) => inflight.push(self.dispatch(m)),
-                        Err(d) => {
+                    let now = self.clock.now();
+                    let decision = match granted_at {
+                        Some(at) if at > now => Pace::Wait {
+                            until: at,
+                            reason: PaceReason::MinInterval,
+                        },
+                        Some(_) => Pace::Go { typing: None },
+                        None => pacer.poll(now, crate::unix_ms(), ContactKey::of(m.recipient.as_str()), &mut rand::rng()),
+                    };
+                    match decision {
+                        Pace::Go { typing: Some(d) } if !d.is_zero() => {
+                            // Recorded by the pacer as sent at now + d: hold it that long.
+                            granted_at = Some(now.saturating_add(d));
                             held = Some(m);
                             wait = Some(d);
                         }
+                        Pace::Go { .. } => {
+                            granted_at = None;
+                            if pacer.policy().is_enabled() && save_pacing_at.is_none() {
+                                save_pacing_at = Some(now.saturating_add(PACING_SAVE_EVERY));
+                            }
+                            inflight.push(self.dispatch(m));
+                        }
+                        Pace::Wait { until, reason } => {
+                            self.metrics.paced(reason.as_str());
+                            let long = reason.is_long()
+                                || matches!(reason, PaceReason::FirstContactRate | PaceReason::FirstContactDaily);
+                            // A long wait must not hold the queue head: replies to known
+                            // contacts would be stuck behind one message to a stranger.
+                            match if long && granted_at.is_none() { self.defer(m, until, reason) } else { Some(m) } {
+                                None => {}
+                                Some(m) => {
+                                    held = Some(m);
+                                    wait = Some(Duration::from_nanos(until.0.saturating_sub(now.0)));
+                                }
+                            }
+                        }
                     }
                 }
+            }
+            if let Some(at) = save_pacing_at {
+                let d = Duration::from_nanos(at.0.saturating_sub(self.clock.now().0));
+                wait = Some(wait.map_or(d, |w: Duration| w.min(d)));
             }
             let wake = life.next_wake();
             let timer = async {
@@ -460,11 +495,23 @@ impl SessionTask {
             let step = tokio::select! {
                 biased;
                 Some((m, started, r)) = inflight.next(), if !inflight.is_empty() => {
+                    match &r {
+                        Ok(_) => pacer.on_success(self.clock.now()),
+                        Err(UpstreamError::Throttled { retry_after }) => {
+                            // WhatsApp said "too fast" for this number: the whole device pauses.
+                            pacer.on_throttled(self.clock.now(), Some(*retry_after));
+                        }
+                        Err(_) => {}
+                    }
                     self.finish(m, started, r);
                     None
                 }
                 c = ctl.recv() => match c {
                     Some(Control::Event(ev)) => Some(life.handle(self.at(), Input::Upstream(ev), &mut rand::rng())),
+                    Some(Control::Inbound(from)) => {
+                        pacer.on_inbound(ContactKey::of(from.as_str()));
+                        None
+                    }
                     Some(Control::Command(cmd, reply)) => {
                         let r = match cmd {
                             DeviceCommand::Status => Ok(Vec::new()),
@@ -506,6 +553,10 @@ impl SessionTask {
                     Some(life.handle(self.at(), input, &mut rand::rng()))
                 }
                 () = timer, if wait.is_some() || wake.is_some() => {
+                    if save_pacing_at.is_some_and(|at| at <= self.clock.now()) {
+                        save_pacing_at = None;
+                        self.save_pacing(&pacer, &mut record).await;
+                    }
                     Some(life.handle(self.at(), Input::Tick, &mut rand::rng()))
                 }
                 next = rx.recv(), if open && held.is_none() => match next {
@@ -527,6 +578,9 @@ impl SessionTask {
             if !open && inflight.is_empty() && held.is_none() {
                 break;
             }
+        }
+        if save_pacing_at.is_some() {
+            self.save_pacing(&pacer, &mut record).await;
         }
         let last = *self.reported.lock().unwrap_or_else(|p| p.into_inner());
         self.metrics.session_phase(Some(last), "");
@@ -661,18 +715,88 @@ impl SessionTask {
         }
     }
 
-    fn pace_check(&self) -> Result<(), Duration> {
-        match &self.pacing {
-            None => Ok(()),
-            Some(cell) => match cell.check(self.clock.now(), 1) {
-                Ok(()) => Ok(()),
-                Err(r) => match r.reason {
-                    limiter::RefusalReason::RateExceeded => Err(r.retry_after),
-                    // Cost 1 never exceeds burst 1; should it ever, holding the
-                    // message would stall the device forever, so send it.
-                    limiter::RefusalReason::ExceedsBurst => Ok(()),
-                },
-            },
+    /// The device's pacer, resumed from its saved contacts and daily counters.
+    async fn pacer(&self, record: &SessionRecord) -> DevicePacer {
+        let policy = self.ws.pacing.clone();
+        let cap = policy.contact_book_capacity();
+        let book = if policy.is_enabled() {
+            match self.store.load_blob(&self.device, CONTACTS_BLOB).await {
+                Ok(Some(b)) => ContactBook::from_bytes(&b, cap).unwrap_or_else(|e| {
+                    // An empty book only makes the first-contact rules stricter: safe.
+                    tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e,
+                        "contact book unreadable; starting empty");
+                    ContactBook::new(cap)
+                }),
+                Ok(None) => ContactBook::new(cap),
+                Err(e) => {
+                    tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e,
+                        "contact book not loaded; starting empty");
+                    ContactBook::new(cap)
+                }
+            }
+        } else {
+            ContactBook::new(cap)
+        };
+        let linked_at = (record.linked_at_ms > 0).then_some(record.linked_at_ms);
+        let mut pacer = DevicePacer::new(policy, linked_at, book);
+        if let Some((day, sent, first_contacts)) = record.usage {
+            pacer.restore_usage(DailyUsage {
+                day,
+                sent,
+                first_contacts,
+            });
+        }
+        pacer
+    }
+
+    /// Saves the pacer's contacts and daily counters (at most once per `PACING_SAVE_EVERY`,
+    /// and when the session stops): a crash loses at most that much of them, which only
+    /// errs on the strict side for contacts and on the lenient side for one minute of counts.
+    async fn save_pacing(&self, pacer: &DevicePacer, record: &mut SessionRecord) {
+        let u = pacer.usage();
+        record.usage = Some((u.day, u.sent, u.first_contacts));
+        record.last_active_ms = crate::unix_ms();
+        let r1 = self
+            .store
+            .save_blob(&self.device, CONTACTS_BLOB, pacer.contacts().to_bytes())
+            .await;
+        let r2 = self.store.save(&self.device, record).await;
+        if let Err(e) = r1.and(r2) {
+            tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e, "pacing state not saved");
+        }
+    }
+
+    /// Parks a message the pacer holds back for long in the durable retry queue until `until`,
+    /// so the device's queue keeps moving. `None` when parked; the message back when it
+    /// cannot be (no durable core, queue full, shutting down): the caller holds it instead.
+    fn defer(&self, m: Outbound, until: limiter::Nanos, reason: PaceReason) -> Option<Outbound> {
+        let Some(d) = &self.durable else { return Some(m) };
+        let Some(session) = self.handle.upgrade() else { return Some(m) };
+        let now = d.clock.now();
+        let now_ms = crate::unix_ms();
+        let due_ms = now_ms.saturating_add(until.0.saturating_sub(now.0) / 1_000_000);
+        let (id, attempts, reply) = (m.id, m.attempts, m.reply.clone());
+        let r = report(
+            &m,
+            DeliveryStatus::Deferred,
+            ErrorCode::RATE_LIMITED,
+            now_ms,
+            String::new(),
+            format!("held by account-safety pacing ({}); next try at unix ms {due_ms}", reason.as_str()),
+        );
+        match d.retry.schedule(id, RetryItem { session, msg: m }, until) {
+            Ok(()) => {
+                self.metrics.pacing_deferred(reason.as_str());
+                d.note(vec![Record::RetryScheduled {
+                    id,
+                    attempt: attempts,
+                    due_at_ms: due_ms,
+                    last_code: ErrorCode::RATE_LIMITED.0,
+                }]);
+                self.emit(reply.as_ref(), r);
+                None
+            }
+            Err(full) => Some(full.item.msg),
         }
     }
 
@@ -898,6 +1022,12 @@ pub async fn route_upstream_events(
                 body,
             } => {
                 metrics.upstream_event("inbound");
+                if let Some(ws) = registry.by_id(&device.workspace)
+                    && let Some(h) = sessions.get(ws.idx, &device.device)
+                {
+                    // Best effort: a full control queue only makes first-contact rules stricter.
+                    let _ = h.ctl.try_send(Control::Inbound(from.clone()));
+                }
                 let kind = EventKind::Inbound {
                     device_id: device.device,
                     from,

@@ -27,6 +27,10 @@ pub struct SessionRecord {
     /// Last time the device sent or connected, unix ms; orders reconnects after a restart.
     #[serde(default)]
     pub last_active_ms: u64,
+    /// The pacer's counters of the current UTC day (`day`, `sent`, `first_contacts`), so a
+    /// restart never hands out a fresh daily cap.
+    #[serde(default)]
+    pub usage: Option<(u64, u32, u32)>,
 }
 
 impl SessionRecord {
@@ -41,6 +45,7 @@ impl SessionRecord {
             account: None,
             linked_at_ms: 0,
             last_active_ms: 0,
+            usage: None,
         }
     }
 
@@ -73,12 +78,26 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, device: &DeviceRef) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>>;
     /// Saves durably (resolves after the data is on disk).
     fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>>;
+    /// A named blob of the device (e.g. the pacer's contact book), if saved.
+    fn load_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SessionStoreError>>;
+    /// Saves a named blob durably.
+    fn save_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>>;
 }
 
 /// Records in memory (tests; nodes run with the device store).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     map: Arc<DashMap<DeviceRef, Vec<u8>>>,
+    blobs: Arc<DashMap<(DeviceRef, &'static str), Vec<u8>>>,
 }
 
 impl SessionStore for MemoryStore {
@@ -89,6 +108,25 @@ impl SessionStore for MemoryStore {
 
     fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>> {
         self.map.insert(device.clone(), rec.encode());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SessionStoreError>> {
+        let v = self.blobs.get(&(device.clone(), name)).map(|b| b.clone());
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn save_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
+        self.blobs.insert((device.clone(), name), bytes);
         Box::pin(async { Ok(()) })
     }
 }
@@ -143,6 +181,34 @@ impl SessionStore for DeviceStoreSessions {
                 .map_err(store_err)
         })
     }
+
+    fn load_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SessionStoreError>> {
+        let r = self
+            .store
+            .device(&device.workspace, device.device.as_str())
+            .and_then(|d| d.get(SESSION_NS, name.as_bytes()))
+            .map_err(store_err);
+        Box::pin(async move { r })
+    }
+
+    fn save_blob(
+        &self,
+        device: &DeviceRef,
+        name: &'static str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
+        let d = self.store.device(&device.workspace, device.device.as_str());
+        Box::pin(async move {
+            d.map_err(store_err)?
+                .put(SESSION_NS, name.as_bytes(), &bytes)
+                .await
+                .map_err(store_err)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +233,7 @@ mod tests {
             account: Some("4915112345678@s.whatsapp.net".into()),
             linked_at_ms: 17,
             last_active_ms: 42,
+            usage: Some((20_000, 7, 2)),
         };
         {
             let s = DeviceStoreSessions::new(Arc::new(
@@ -186,6 +253,9 @@ mod tests {
         );
         // Another workspace's device of the same name is a different device.
         assert_eq!(s.load(&dev("x", "d")).await.unwrap(), None);
+        s.save_blob(&dev("w", "d"), "contacts", vec![1, 2, 3]).await.unwrap();
+        assert_eq!(s.load_blob(&dev("w", "d"), "contacts").await.unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(s.load_blob(&dev("w", "e"), "contacts").await.unwrap(), None);
     }
 
     #[test]

@@ -67,6 +67,20 @@ impl Upstream for Gated {
     }
 }
 
+/// Pacing with only the `1 / device_rate` spacing (every other rule off).
+fn spacing_only(device_rate: u32) -> crate::pacing::PacingPolicy {
+    let cfg = crate::pacing::PacingConfig {
+        min_interval_ms: 0,
+        jitter_ms: 0,
+        bucket_per_minute: 0,
+        first_contact_per_hour: 0,
+        first_contact_per_day: 0,
+        daily_cap: 0,
+        ..Default::default()
+    };
+    crate::pacing::PacingPolicy::new(&cfg, device_rate).unwrap()
+}
+
 fn setup(
     up: Arc<dyn Upstream>,
     queue: usize,
@@ -78,6 +92,7 @@ fn setup(
         "w",
         Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),
         device_rate,
+        Arc::new(spacing_only(device_rate)),
     );
     let m = SessionManager::new(
         up,
@@ -287,4 +302,124 @@ async fn control_commands_reach_the_lifecycle() {
         m.control(ws.idx, &"nope".into(), DeviceCommand::Status).await,
         Err(ControlError::UnknownDevice)
     );
+}
+
+/// An upstream that answers rate-overlimit to its first send, then accepts.
+struct ThrottleOnce {
+    calls: Mutex<Vec<Instant>>,
+    hint: Duration,
+}
+
+impl Upstream for ThrottleOnce {
+    fn name(&self) -> &'static str {
+        "throttle-once"
+    }
+    fn provisioned(&self, _d: &DeviceRef) -> bool {
+        true
+    }
+    fn connect(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn disconnect(&self, _d: DeviceRef) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+    fn link(&self, _d: DeviceRef, _m: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn logout(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn send(&self, _m: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(Instant::now());
+        let r = if calls.len() == 1 {
+            Err(UpstreamError::Throttled { retry_after: self.hint })
+        } else {
+            Ok(UpstreamAck {
+                upstream_id: "u".into(),
+                already_sent: false,
+            })
+        };
+        Box::pin(async move { r })
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_429_pauses_the_whole_device() {
+    let up = Arc::new(ThrottleOnce {
+        calls: Mutex::new(Vec::new()),
+        hint: Duration::from_millis(300),
+    });
+    // Spacing 1 ms only: without the pause the second send would follow at once.
+    let (m, ws) = setup(up.clone(), 100, 16, 1000);
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    h.submit(outbound(1, &tx)).unwrap();
+    let first = report(&mut rx).await;
+    assert_eq!(first.code, ErrorCode::UPSTREAM_THROTTLED);
+    h.submit(outbound(2, &tx)).unwrap();
+    let second = report(&mut rx).await;
+    assert_eq!(second.status, DeliveryStatus::Sent);
+    let calls = up.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    // A lower bound only: the pause may end late on a busy machine, never early.
+    assert!(calls[1] - calls[0] >= Duration::from_millis(299), "{:?}", calls[1] - calls[0]);
+}
+
+#[tokio::test]
+async fn first_contact_limits_hold_strangers_but_not_known_contacts() {
+    let up = Gated::new(
+        1000,
+        Ok(UpstreamAck {
+            upstream_id: "u".into(),
+            already_sent: false,
+        }),
+    );
+    let mut reg = Registry::default();
+    let cfg = crate::pacing::PacingConfig {
+        min_interval_ms: 0,
+        jitter_ms: 0,
+        bucket_per_minute: 0,
+        first_contact_per_hour: 0,
+        first_contact_per_day: 1,
+        daily_cap: 0,
+        ..Default::default()
+    };
+    let ws = reg.add(
+        "w",
+        Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),
+        1000,
+        Arc::new(crate::pacing::PacingPolicy::new(&cfg, 1000).unwrap()),
+    );
+    let m = SessionManager::new(
+        up.clone(),
+        SessionSettings {
+            queue: 10,
+            window: 4,
+            send_timeout: Duration::from_secs(5),
+            lifecycle: LifecycleConfig::default(),
+        },
+        Arc::new(Metrics::new()),
+        ConnectGate::start(Quota::per_second(1000, 1000).unwrap(), MonotonicClock::new()),
+        Arc::new(store::MemoryStore::default()),
+    );
+    m.start_device(&ws, "d");
+    let h = m.get(ws.idx, &"d".into()).unwrap();
+    // Someone wrote to the device first: replying is not a first contact.
+    h.ctl.send(Control::Inbound("4917000000001".into())).await.unwrap();
+    h.ctl.send(Control::Event(SessionEvent::Connected)).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let to = |seq: u64, r: &str| Outbound {
+        recipient: r.into(),
+        ..outbound(seq, &tx)
+    };
+    h.submit(to(1, "4917000000009")).unwrap(); // a stranger: the day's one first contact
+    h.submit(to(2, "4917000000001")).unwrap(); // known: goes
+    assert_eq!(report(&mut rx).await.seq, 1);
+    assert_eq!(report(&mut rx).await.seq, 2);
+    h.submit(to(3, "4917000000008")).unwrap(); // a second stranger today: held
+    h.submit(to(4, "4917000000009")).unwrap(); // now known
+    let held = tokio::time::timeout(Duration::from_millis(300), report(&mut rx)).await;
+    assert!(held.is_err(), "the second stranger waits for tomorrow: {held:?}");
+    assert_eq!(up.calls.lock().unwrap().len(), 2);
 }

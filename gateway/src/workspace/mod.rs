@@ -40,6 +40,9 @@ pub struct Workspace {
     pub limiter: Arc<limiter::Cell>,
     /// Per-device pacing, messages per second (0 = off).
     pub device_rate_per_second: u32,
+    /// Account-safety pacing of this workspace's devices (`[pacing]` with the workspace's
+    /// overrides); every device session builds its pacer from it.
+    pub pacing: Arc<crate::pacing::PacingPolicy>,
     /// Live subscribers.
     pub events: broadcast::Sender<Arc<WsEvent>>,
 }
@@ -70,6 +73,7 @@ impl Registry {
         id: &str,
         limiter: Arc<limiter::Cell>,
         device_rate_per_second: u32,
+        pacing: Arc<crate::pacing::PacingPolicy>,
     ) -> Arc<Workspace> {
         let idx = WorkspaceIdx(self.list.len() as u32);
         let (events, _) = broadcast::channel(EVENT_BUS_CAPACITY);
@@ -78,6 +82,7 @@ impl Registry {
             id: id.into(),
             limiter,
             device_rate_per_second,
+            pacing,
             events,
         });
         self.by_id.insert(ws.id.clone(), idx);
