@@ -960,3 +960,32 @@ impl DeviceStore for KvBackend {
         }
     }
 }
+
+/// A device found in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDevice {
+    /// The gateway's device id (as given to [`KvBackend::new`]).
+    pub id: String,
+    /// The linked account's phone-number JID; `None` while not linked.
+    pub jid: Option<String>,
+}
+
+/// Every device with state in `kv` (for restoring sessions at start, and for a
+/// synchronous "has credentials" check kept by the caller).
+pub async fn stored_devices(kv: &dyn DeviceKv) -> Result<Vec<StoredDevice>> {
+    let rows = kv.scan_prefix(NS_DEVICE, b"").await.map_err(kv_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (k, v) in rows {
+        let id = k
+            .get(4..)
+            .filter(|id| k.len() >= 4 && id.len() == u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize)
+            .and_then(|id| String::from_utf8(id.to_vec()).ok())
+            .ok_or_else(|| StoreError::Validation(format!("{NS_DEVICE}: malformed device key")))?;
+        let device: Device = from_json(&v)?;
+        out.push(StoredDevice {
+            id,
+            jid: device.pn.as_ref().map(ToString::to_string),
+        });
+    }
+    Ok(out)
+}

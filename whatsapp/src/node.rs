@@ -126,6 +126,13 @@ impl WaNode {
         })
     }
 
+    /// Devices with state in the store, linked or not (restore order is the caller's).
+    pub async fn stored_devices(&self) -> Result<Vec<crate::backend::StoredDevice>, WaError> {
+        crate::backend::stored_devices(self.kv.as_ref())
+            .await
+            .map_err(|e| WaError::Storage(e.to_string()))
+    }
+
     /// Name lookups done so far by the node's resolver (one per host per TTL).
     pub fn dns_lookups(&self) -> u64 {
         self.net.resolver.lookups()

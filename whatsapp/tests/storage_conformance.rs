@@ -412,7 +412,25 @@ async fn devices_sharing_one_kv_are_isolated_and_wipe_is_complete() {
     script(&a).await;
     script(&ab).await;
     let both = kv.len();
+    let listed = waping_whatsapp::backend::stored_devices(kv.as_ref())
+        .await
+        .unwrap();
+    let ids: Vec<_> = listed.iter().map(|d| (d.id.as_str(), d.jid.as_deref())).collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("a", Some("15551234567@s.whatsapp.net")),
+            ("ab", Some("15551234567@s.whatsapp.net"))
+        ]
+    );
     a.wipe().await.unwrap();
+    assert_eq!(
+        waping_whatsapp::backend::stored_devices(kv.as_ref())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(kv.len(), both / 2, "wiping one device removes exactly its rows");
     use whatsapp_rust::wacore::store::traits::{DeviceStore, SignalStore};
     assert!(!a.exists().await.unwrap());
