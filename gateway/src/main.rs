@@ -42,6 +42,13 @@ enum Cmd {
     },
     /// Print the embedded default configuration as TOML.
     DefaultConfig,
+    // ---- device linking (gateway/src/link/cli.rs) ----
+    /// Link, unlink, disable or enable a device, or show its state, through the running gateway.
+    Device {
+        #[command(subcommand)]
+        op: waping_gateway::link::cli::DeviceCmd,
+    },
+    // ---- end device linking ----
     /// Inspect and act on dead letters (run with the gateway stopped).
     DeadLetters {
         /// TOML configuration file (its state directory holds the journal).
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
             eprintln!("[[workspaces.keys]]\nid = \"{}\"\nhash = \"{}\"", k.id, k.hash);
             ExitCode::SUCCESS
         }
+        Cmd::Device { op } => waping_gateway::link::cli::main(op),
         Cmd::DefaultConfig => match toml::to_string_pretty(&Config::default()) {
             Ok(s) => {
                 print!("{s}");

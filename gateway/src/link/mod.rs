@@ -6,6 +6,7 @@
 //! API render them with these functions.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod pairing;
 pub mod qr;
 
