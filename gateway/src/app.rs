@@ -112,17 +112,31 @@ impl Gateway {
 
         let (durable, queue, recovered) = open_durable(&cfg, &state_dir).await?;
 
-        let (ev_tx, ev_rx) = mpsc::channel(UPSTREAM_EVENT_BUFFER);
-        let upstream: Arc<dyn Upstream> = match cfg.upstream.kind {
-            UpstreamKind::Sim => Arc::new(SimUpstream::new(cfg.upstream.sim.clone(), ev_tx)),
-            UpstreamKind::SimRemote => Arc::new(RemoteUpstream::start(cfg.upstream.remote_addr, ev_tx)),
-        };
-        // Session records (and, with the WhatsApp upstream, its credentials) for every device.
+        // Session records (and the WhatsApp upstream's credentials) for every device.
         let store_path = state_dir.join("devices.redb");
         let device_store = Arc::new(
             waping_store::Store::open(&store_path, waping_store::StoreOptions::default())
                 .with_context(|| format!("opening the device store {}", store_path.display()))?,
         );
+        let (ev_tx, ev_rx) = mpsc::channel(UPSTREAM_EVENT_BUFFER);
+        let upstream: Arc<dyn Upstream> = match cfg.upstream.kind {
+            UpstreamKind::Sim => Arc::new(SimUpstream::new(cfg.upstream.sim.clone(), ev_tx)),
+            UpstreamKind::SimRemote => Arc::new(RemoteUpstream::start(cfg.upstream.remote_addr, ev_tx)),
+            #[cfg(feature = "whatsapp")]
+            UpstreamKind::Whatsapp => Arc::new(
+                crate::upstream::whatsapp::WhatsAppUpstream::start(
+                    &cfg.upstream.whatsapp,
+                    device_store.clone(),
+                    ev_tx,
+                )
+                .await
+                .context("starting the WhatsApp upstream")?,
+            ),
+            #[cfg(not(feature = "whatsapp"))]
+            UpstreamKind::Whatsapp => anyhow::bail!(
+                "upstream.kind = \"whatsapp\" but this binary was built without the `whatsapp` feature"
+            ),
+        };
         let gate = ConnectGate::start(
             cfg.sessions
                 .gate_quota()

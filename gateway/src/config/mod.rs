@@ -279,6 +279,8 @@ pub struct UpstreamConfig {
     pub remote_addr: SocketAddr,
     /// How long to wait for one upstream send before failing it with UPSTREAM_TIMEOUT. Default 30 000 ms.
     pub send_timeout_ms: u64,
+    /// WhatsApp Web settings (for `whatsapp`).
+    pub whatsapp: crate::upstream::whatsapp_config::WhatsAppConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -288,6 +290,7 @@ impl Default for UpstreamConfig {
             sim: SimConfig::default(),
             remote_addr: SocketAddr::from(([127, 0, 0, 1], 7401)),
             send_timeout_ms: 30_000,
+            whatsapp: Default::default(),
         }
     }
 }
@@ -300,6 +303,8 @@ pub enum UpstreamKind {
     Sim,
     /// Simulated WhatsApp in another process, over TCP.
     SimRemote,
+    /// WhatsApp Web multi-device (devices are linked with `waping-gateway device link`).
+    Whatsapp,
 }
 
 /// Simulated WhatsApp behaviour.
@@ -716,6 +721,7 @@ impl Config {
             100_000_000
         );
         self.sessions.validate(&mut p);
+        self.upstream.whatsapp.validate(&mut p);
         if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
             p.extend(e.problems);
         }

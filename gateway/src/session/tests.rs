@@ -76,6 +76,8 @@ fn spacing_only(device_rate: u32) -> crate::pacing::PacingPolicy {
         first_contact_per_hour: 0,
         first_contact_per_day: 0,
         daily_cap: 0,
+        // Only upstream's retry hint pauses after a 429.
+        throttle_pause_ms: 0,
         ..Default::default()
     };
     crate::pacing::PacingPolicy::new(&cfg, device_rate).unwrap()

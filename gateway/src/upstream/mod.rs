@@ -3,9 +3,9 @@
 //! [`Upstream`] is what a device session needs from "WhatsApp": attach a
 //! device, send one message, and a stream of events (inbound messages,
 //! device state) pushed into an [`EventSink`]. Implementations: [`sim`]
-//! (in-process simulator) and [`remote`] (the simulator in another process,
-//! so the load harness can play WhatsApp on its own cores). The real
-//! WhatsApp Web implementation plugs in here later.
+//! (in-process simulator), [`remote`] (the simulator in another process,
+//! so the load harness can play WhatsApp on its own cores) and `whatsapp` (WhatsApp Web
+//! multi-device over the `waping-whatsapp` crate; cargo feature `whatsapp`, on by default).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +17,9 @@ use waping_protocol::{Body, ErrorCode, Text};
 
 pub mod remote;
 pub mod sim;
+#[cfg(feature = "whatsapp")]
+pub mod whatsapp;
+pub mod whatsapp_config;
 
 /// A boxed send future; one allocation per message, negligible next to the upstream round trip.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
