@@ -443,14 +443,17 @@ impl SessionTask {
                     };
                     match decision {
                         Pace::Go { typing: Some(d) } if !d.is_zero() => {
-                            // Recorded by the pacer as sent at now + d: hold it that long.
+                            // Recorded by the pacer as sent at now + d: show "typing…" and
+                            // hold the message that long.
+                            tokio::spawn(self.upstream.typing(self.device.clone(), m.recipient.clone()));
                             granted_at = Some(now.saturating_add(d));
                             held = Some(m);
                             wait = Some(d);
                         }
                         Pace::Go { .. } => {
                             granted_at = None;
-                            if pacer.policy().is_enabled() && save_pacing_at.is_none() {
+                            // Also keeps `last_active_ms`, which orders reconnects after a restart.
+                            if save_pacing_at.is_none() {
                                 save_pacing_at = Some(now.saturating_add(PACING_SAVE_EVERY));
                             }
                             inflight.push(self.dispatch(m));
@@ -756,10 +759,13 @@ impl SessionTask {
         let u = pacer.usage();
         record.usage = Some((u.day, u.sent, u.first_contacts));
         record.last_active_ms = crate::unix_ms();
-        let r1 = self
-            .store
-            .save_blob(&self.device, CONTACTS_BLOB, pacer.contacts().to_bytes())
-            .await;
+        let r1 = if pacer.policy().is_enabled() {
+            self.store
+                .save_blob(&self.device, CONTACTS_BLOB, pacer.contacts().to_bytes())
+                .await
+        } else {
+            Ok(())
+        };
         let r2 = self.store.save(&self.device, record).await;
         if let Err(e) = r1.and(r2) {
             tracing::warn!(workspace = %self.ws.id, device = %self.device.device, error = %e, "pacing state not saved");

@@ -261,4 +261,10 @@ pub trait Upstream: Send + Sync + 'static {
 
     /// Sends one message.
     fn send(&self, msg: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>>;
+
+    /// Shows "typing…" to `to` before a send (account-safety pacing may ask for it). Best
+    /// effort: a failure only means the presence was not shown. The simulators ignore it.
+    fn typing(&self, _device: DeviceRef, _to: Text) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }

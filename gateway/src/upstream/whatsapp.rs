@@ -499,6 +499,17 @@ impl Upstream for WhatsAppUpstream {
         })
     }
 
+    fn typing(&self, device: DeviceRef, to: Text) -> BoxFuture<'static, ()> {
+        let dev = self.inner.devices.get(&device).map(|d| d.clone());
+        Box::pin(async move {
+            if let Some(d) = dev
+                && let Err(e) = d.typing(to.as_str(), true).await
+            {
+                tracing::debug!(error = %e, "typing presence not shown");
+            }
+        })
+    }
+
     fn send(&self, msg: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
         let this = self.clone();
         Box::pin(async move {
