@@ -7,6 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+/// Test suite for `DeviceKv` implementations; never in normal builds.
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod kv;
 mod net;
 
