@@ -57,6 +57,9 @@ const NAMESPACES: &[&str] = &[
     "wa.device",
 ];
 
+/// `(key, value)` pairs of a scan.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn ns_of(name: &str) -> Result<waping_store::Ns, KvError> {
     NAMESPACES
         .iter()
@@ -121,7 +124,7 @@ impl StoreKv {
         d: &waping_store::DeviceStore,
         ns: waping_store::Ns,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Rows, KvError> {
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -145,7 +148,7 @@ impl DeviceKv for StoreKv {
         d.get(ns, &k).map_err(|e| KvError::new("get", e))
     }
 
-    async fn scan_prefix(&self, ns: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    async fn scan_prefix(&self, ns: &'static str, prefix: &[u8]) -> Result<Rows, KvError> {
         let ns = ns_of(ns)?;
         if let Some((id, rest)) = split_key(prefix) {
             let d = self.device(id)?;
