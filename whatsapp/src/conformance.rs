@@ -638,13 +638,16 @@ pub async fn random_sequences(
                     0 => format!("{:?}", b.put_session(addr, &[byte]).await.unwrap()),
                     1 => format!("{:?}", b.delete_session(addr).await.unwrap()),
                     2 => format!("{:?}", b.get_session(addr).await.unwrap()),
-                    3 => format!("{:?}", b.store_prekey(id, &[byte], byte % 2 == 0).await.unwrap()),
+                    3 => format!(
+                        "{:?}",
+                        b.store_prekey(id, &[byte], byte.is_multiple_of(2)).await.unwrap()
+                    ),
                     4 => format!("{:?}", b.remove_prekey(id).await.unwrap()),
                     5 => format!("{:?}", b.get_max_prekey_id().await.unwrap()),
                     6 => format!("{:?}", b.load_prekeys_batch(&[0, 1, 2, 3, 4, 5]).await.unwrap()),
                     7 => format!(
                         "{:?}",
-                        b.set_sender_key_status(group, &[(addr, byte % 2 == 0)])
+                        b.set_sender_key_status(group, &[(addr, byte.is_multiple_of(2))])
                             .await
                             .unwrap()
                     ),

@@ -208,8 +208,21 @@ impl DeviceKv for StoreKv {
                 }
                 KvOp::DeletePrefix { .. } => {
                     let d = self.device(&id)?;
-                    for (k, _) in Self::scan_device(&d, ns, &rest)? {
-                        per_device[slot].1.delete(ns, k);
+                    let batch = &mut per_device[slot].1;
+                    // "In order": keys put earlier in this batch are not in the store yet, so
+                    // the scan cannot see them; they fall under the prefix delete too.
+                    let staged: Vec<Vec<u8>> = batch
+                        .ops()
+                        .iter()
+                        .filter_map(|op| match op {
+                            waping_store::BatchOp::Put { ns: n, key, .. } => (*n == ns).then_some(key),
+                            _ => None,
+                        })
+                        .filter(|k| k.starts_with(&rest))
+                        .cloned()
+                        .collect();
+                    for k in Self::scan_device(&d, ns, &rest)?.into_iter().map(|(k, _)| k).chain(staged) {
+                        batch.delete(ns, k);
                     }
                 }
             }
