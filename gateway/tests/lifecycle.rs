@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{Gateway, Ws};
 use waping_client::{ClientError, Connection, EventStream};
 use waping_protocol::{
-    Body, DeliveryStatus, DeviceAction, DeviceState, ErrorCode, EventKind, Frame, LinkCodeKind, LinkMethod, Text,
-    subscribe,
+    Body, DeliveryStatus, DeviceAction, DeviceState, ErrorCode, EventKind, Frame, LinkCodeKind, LinkMethod,
+    Text, subscribe,
 };
 
 const ACME: Ws = Ws {
@@ -67,7 +67,10 @@ async fn until_state(events: &mut EventStream, want: DeviceState) -> Vec<(LinkCo
             .expect("event stream open");
         match ev.kind {
             EventKind::LinkCode {
-                device_id, kind, code, ..
+                device_id,
+                kind,
+                code,
+                ..
             } => {
                 assert_eq!(device_id.as_str(), "d1");
                 codes.push((kind, code.to_string()));
@@ -88,7 +91,10 @@ async fn link_by_qr_then_unlink() {
         .unwrap();
 
     // A device never linked refuses sends (the message is handed back, not queued).
-    assert_eq!(control(&conn, DeviceAction::Status).await.unwrap(), DeviceState::Unlinked);
+    assert_eq!(
+        control(&conn, DeviceAction::Status).await.unwrap(),
+        DeviceState::Unlinked
+    );
     assert_eq!(try_send(&mut conn, 1).await, Some(ErrorCode::DEVICE_NOT_LINKED));
 
     // Link by QR: rotating codes, then connected.
@@ -109,12 +115,18 @@ async fn link_by_qr_then_unlink() {
     assert_eq!(try_send(&mut conn, 2).await, None);
 
     // Unlink: logged out at the (simulated) WhatsApp and forgotten.
-    assert_eq!(control(&conn, DeviceAction::Unlink).await.unwrap(), DeviceState::Unlinked);
+    assert_eq!(
+        control(&conn, DeviceAction::Unlink).await.unwrap(),
+        DeviceState::Unlinked
+    );
     assert_eq!(try_send(&mut conn, 6).await, Some(ErrorCode::DEVICE_NOT_LINKED));
     // An unknown device is refused like one of another workspace.
-    match tokio::time::timeout(Duration::from_secs(10), conn.device_control("nope", DeviceAction::Status))
-        .await
-        .unwrap()
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.device_control("nope", DeviceAction::Status),
+    )
+    .await
+    .unwrap()
     {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::UNKNOWN_DEVICE),
         other => panic!("{other:?}"),
@@ -132,7 +144,10 @@ async fn a_disabled_device_stays_disabled_across_kill9_and_enables_again() {
         until_state(&mut events, DeviceState::Connected).await;
     }
     assert_eq!(try_send(&mut conn, 1).await, None);
-    assert_eq!(control(&conn, DeviceAction::Disable).await.unwrap(), DeviceState::Disabled);
+    assert_eq!(
+        control(&conn, DeviceAction::Disable).await.unwrap(),
+        DeviceState::Disabled
+    );
     assert_eq!(try_send(&mut conn, 2).await, Some(ErrorCode::DEVICE_DISABLED));
     // Unlink and link are refused while disabled; the state is unchanged.
     match control(&conn, DeviceAction::Link(LinkMethod::Qr)).await {
@@ -144,7 +159,10 @@ async fn a_disabled_device_stays_disabled_across_kill9_and_enables_again() {
     gw.respawn();
     let mut conn = gw.connect("acme").await;
     let mut events = conn.subscribe(subscribe::DEVICE_STATE).await.unwrap();
-    assert_eq!(control(&conn, DeviceAction::Status).await.unwrap(), DeviceState::Disabled);
+    assert_eq!(
+        control(&conn, DeviceAction::Status).await.unwrap(),
+        DeviceState::Disabled
+    );
     assert_eq!(try_send(&mut conn, 3).await, Some(ErrorCode::DEVICE_DISABLED));
 
     // Enable: the device is still linked, so it reconnects without a new link.
@@ -162,7 +180,10 @@ async fn a_link_the_phone_never_confirms_times_out_with_a_reason() {
         false,
     );
     let conn = gw.connect("acme").await;
-    let mut events = conn.subscribe(subscribe::DEVICE_STATE | subscribe::LINK_CODES).await.unwrap();
+    let mut events = conn
+        .subscribe(subscribe::DEVICE_STATE | subscribe::LINK_CODES)
+        .await
+        .unwrap();
     control(&conn, DeviceAction::Link(LinkMethod::Qr)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut qr = 0;
@@ -186,5 +207,8 @@ async fn a_link_the_phone_never_confirms_times_out_with_a_reason() {
         }
     }
     assert!(qr >= 5, "codes kept coming until the timeout: {qr}");
-    assert_eq!(control(&conn, DeviceAction::Status).await.unwrap(), DeviceState::Unlinked);
+    assert_eq!(
+        control(&conn, DeviceAction::Status).await.unwrap(),
+        DeviceState::Unlinked
+    );
 }

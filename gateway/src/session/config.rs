@@ -69,7 +69,12 @@ impl SessionsConfig {
         range("stable_after_ms", self.stable_after_ms, 1000, 86_400_000);
         range("link_timeout_ms", self.link_timeout_ms, 10_000, 3_600_000);
         range("connect_timeout_ms", self.connect_timeout_ms, 1000, 600_000);
-        range("connect_rate_per_second", self.connect_rate_per_second.into(), 1, 100_000);
+        range(
+            "connect_rate_per_second",
+            self.connect_rate_per_second.into(),
+            1,
+            100_000,
+        );
         range("connect_burst", self.connect_burst.into(), 1, 100_000);
         if !(0.0..=0.5).contains(&self.reconnect_jitter) {
             p.push(format!(

@@ -151,7 +151,10 @@ impl ConnectGate {
     /// Waits for this device's turn to connect.
     pub async fn acquire(&self, priority: Priority) {
         let (tx, rx) = oneshot::channel();
-        self.core.lock().unwrap_or_else(|p| p.into_inner()).push(priority, tx);
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(priority, tx);
         self.wake.notify_one();
         // The driver only drops a sender when the gate itself is gone; then connect at once.
         let _ = rx.await;

@@ -328,7 +328,11 @@ impl Lifecycle {
         });
         if matches!(m.phase, Phase::Banned { .. }) {
             // A ban may already be over.
-            out.extend(m.handle(at, Input::Tick, &mut <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0)));
+            out.extend(m.handle(
+                at,
+                Input::Tick,
+                &mut <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0),
+            ));
         }
         (m, out)
     }
@@ -446,7 +450,11 @@ impl Lifecycle {
                     out.push(Action::Audit(AuditKind::Enabled));
                     if self.linked {
                         out.push(Action::Connect);
-                        self.go(Phase::Connecting { deadline: None }, "enabled by operator", &mut out);
+                        self.go(
+                            Phase::Connecting { deadline: None },
+                            "enabled by operator",
+                            &mut out,
+                        );
                     } else {
                         self.go(Phase::Unlinked, "enabled by operator", &mut out);
                     }
@@ -591,7 +599,14 @@ impl Lifecycle {
     }
 
     /// Schedules the next connect; `fixed` overrides the Fibonacci delay.
-    fn backoff(&mut self, at: At, fixed: Option<Duration>, why: &str, rng: &mut impl Rng, out: &mut Vec<Action>) {
+    fn backoff(
+        &mut self,
+        at: At,
+        fixed: Option<Duration>,
+        why: &str,
+        rng: &mut impl Rng,
+        out: &mut Vec<Action>,
+    ) {
         if let Phase::Connected { since } = self.phase
             && at.now.0.saturating_sub(since.0) >= Nanos::from_duration(self.cfg.stable_after).0
         {
@@ -613,7 +628,11 @@ impl Lifecycle {
         let base = fib(failures).saturating_mul(self.cfg.reconnect_initial.as_millis() as u64);
         let capped = base.min(self.cfg.reconnect_max.as_millis() as u64) as f64;
         let j = self.cfg.reconnect_jitter.clamp(0.0, 0.5);
-        let factor = if j > 0.0 { rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
+        let factor = if j > 0.0 {
+            rng.random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
         Duration::from_millis((capped * factor).round() as u64)
     }
 

@@ -101,9 +101,17 @@ fn qr_link_then_connect() {
 #[test]
 fn link_times_out_cleanly_with_a_reason() {
     let (mut m, _) = Lifecycle::restore(no_jitter(), &Persisted::Unlinked, at(0.0));
-    m.command(at(0.0), Command::Link(LinkMethod::PairingCode { phone: "4915112345678".into() }))
-        .unwrap();
-    assert_eq!(m.next_wake(), Some(Nanos::from_duration(Duration::from_secs(180))));
+    m.command(
+        at(0.0),
+        Command::Link(LinkMethod::PairingCode {
+            phone: "4915112345678".into(),
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        m.next_wake(),
+        Some(Nanos::from_duration(Duration::from_secs(180)))
+    );
     assert!(m.handle(at(179.9), Input::Tick, &mut rng()).is_empty());
     let a = m.handle(at(180.0), Input::Tick, &mut rng());
     assert_eq!(a[0], Action::Logout);
@@ -131,12 +139,31 @@ fn fibonacci_backoff_caps_and_resets_after_stable_period() {
     for _ in 0..20 {
         let a = dropped(&mut m, t);
         assert_eq!(published(&a), [DeviceState::Disconnected]);
-        let Phase::Disconnected { retry_at } = m.phase() else { panic!() };
+        let Phase::Disconnected { retry_at } = m.phase() else {
+            panic!()
+        };
         let delay = retry_at.0 - at(t).now.0;
         delays.push(delay / 1_000_000_000);
         // Nothing happens before the deadline, then a connect.
-        assert!(m.handle(At { now: Nanos(retry_at.0 - 1), ..at(t) }, Input::Tick, &mut rng()).is_empty());
-        let a = m.handle(At { now: retry_at, ..at(t) }, Input::Tick, &mut rng());
+        assert!(
+            m.handle(
+                At {
+                    now: Nanos(retry_at.0 - 1),
+                    ..at(t)
+                },
+                Input::Tick,
+                &mut rng()
+            )
+            .is_empty()
+        );
+        let a = m.handle(
+            At {
+                now: retry_at,
+                ..at(t)
+            },
+            Input::Tick,
+            &mut rng(),
+        );
         assert_eq!(a, [Action::Connect], "backoff re-arms are not published");
         t = retry_at.0 as f64 / 1e9;
         m.handle(at(t), Input::ConnectAttempted, &mut rng());
@@ -158,7 +185,10 @@ fn jitter_stays_within_bounds_and_spreads() {
     let mut r = rng();
     let samples: Vec<u128> = (0..1000).map(|_| m.delay(10, &mut r).as_millis()).collect();
     // fib(10) = 55 s ± 10 %.
-    assert!(samples.iter().all(|&d| (49_500..=60_500).contains(&d)), "{samples:?}");
+    assert!(
+        samples.iter().all(|&d| (49_500..=60_500).contains(&d)),
+        "{samples:?}"
+    );
     let distinct: std::collections::HashSet<_> = samples.iter().collect();
     assert!(distinct.len() > 500, "jitter spreads reconnects");
 }
@@ -179,10 +209,18 @@ fn connect_attempt_times_out() {
 #[test]
 fn connect_failures_map_by_kind() {
     let (mut m, _) = Lifecycle::restore(no_jitter(), &Persisted::Linked, at(0.0));
-    m.handle(at(0.0), Input::ConnectFailed(UpstreamError::Unavailable("dns".into())), &mut rng());
+    m.handle(
+        at(0.0),
+        Input::ConnectFailed(UpstreamError::Unavailable("dns".into())),
+        &mut rng(),
+    );
     assert!(matches!(m.phase(), Phase::Disconnected { .. }));
     let (mut m, _) = Lifecycle::restore(no_jitter(), &Persisted::Linked, at(0.0));
-    let a = m.handle(at(0.0), Input::ConnectFailed(UpstreamError::LoggedOut), &mut rng());
+    let a = m.handle(
+        at(0.0),
+        Input::ConnectFailed(UpstreamError::LoggedOut),
+        &mut rng(),
+    );
     assert_eq!(m.phase(), Phase::LoggedOut);
     assert!(a.contains(&Action::FailQueued(ErrorCode::DEVICE_LOGGED_OUT)));
     let (mut m, _) = Lifecycle::restore(no_jitter(), &Persisted::Linked, at(0.0));
@@ -206,7 +244,10 @@ fn logout_is_terminal_until_relinked() {
     assert_eq!(m.persisted(), Persisted::LoggedOut);
     assert_eq!(m.next_wake(), None, "no reconnect");
     // Late events of the old connection change nothing.
-    assert!(m.handle(at(6.0), Input::Upstream(SessionEvent::Connected), &mut rng()).is_empty());
+    assert!(
+        m.handle(at(6.0), Input::Upstream(SessionEvent::Connected), &mut rng())
+            .is_empty()
+    );
     assert!(dropped(&mut m, 7.0).is_empty());
     // Relinking works.
     m.command(at(8.0), Command::Link(LinkMethod::Qr)).unwrap();
@@ -227,7 +268,12 @@ fn temporary_ban_lifts_and_survives_restart() {
     );
     assert!(a.contains(&Action::Audit(AuditKind::Banned)));
     assert!(a.contains(&Action::FailQueued(ErrorCode::DEVICE_BANNED)));
-    assert_eq!(m.persisted(), Persisted::Banned { until_ms: Some(until_ms) });
+    assert_eq!(
+        m.persisted(),
+        Persisted::Banned {
+            until_ms: Some(until_ms)
+        }
+    );
     // Restarted half way through the ban, on a new monotonic clock.
     let restart = At {
         now: Nanos(5),
@@ -237,13 +283,22 @@ fn temporary_ban_lifts_and_survives_restart() {
     assert_eq!(published(&a), [DeviceState::Banned]);
     let wake = r.next_wake().unwrap();
     assert_eq!(wake.0, 5 + 1800 * 1_000_000_000);
-    let a = r.handle(At { now: wake, wall_ms: until_ms }, Input::Tick, &mut rng());
+    let a = r.handle(
+        At {
+            now: wake,
+            wall_ms: until_ms,
+        },
+        Input::Tick,
+        &mut rng(),
+    );
     assert_eq!(a[0], Action::Connect);
     assert_eq!(published(&a), [DeviceState::Disconnected]);
     // A ban that ended while the node was down reconnects at once.
     let (_, a) = Lifecycle::restore(
         no_jitter(),
-        &Persisted::Banned { until_ms: Some(until_ms) },
+        &Persisted::Banned {
+            until_ms: Some(until_ms),
+        },
         At {
             now: Nanos(0),
             wall_ms: until_ms + 1,
@@ -255,7 +310,11 @@ fn temporary_ban_lifts_and_survives_restart() {
 #[test]
 fn stream_replaced_waits_the_longest_backoff() {
     let mut m = linked_and_connected(0.0);
-    m.handle(at(100.0), Input::Upstream(SessionEvent::StreamReplaced), &mut rng());
+    m.handle(
+        at(100.0),
+        Input::Upstream(SessionEvent::StreamReplaced),
+        &mut rng(),
+    );
     assert_eq!(m.next_wake(), Some(at(1000.0).now));
 }
 
@@ -272,7 +331,10 @@ fn disable_and_enable() {
         Err(CommandError::Disabled)
     );
     // Events of the closed connection do not revive it.
-    assert!(m.handle(at(2.0), Input::Upstream(SessionEvent::Connected), &mut rng()).is_empty());
+    assert!(
+        m.handle(at(2.0), Input::Upstream(SessionEvent::Connected), &mut rng())
+            .is_empty()
+    );
     let a = m.command(at(3.0), Command::Enable).unwrap();
     assert!(a.contains(&Action::Connect));
     assert_eq!(m.persisted(), Persisted::Linked);

@@ -23,8 +23,8 @@ use waping_journal::Record;
 
 use crate::durable::{Durable, RetryItem};
 use crate::limiter::{self, MonotonicClock};
-use crate::pacing::{ContactBook, ContactKey, DailyUsage, DevicePacer, Pace, PaceReason};
 use crate::metrics::Metrics;
+use crate::pacing::{ContactBook, ContactKey, DailyUsage, DevicePacer, Pace, PaceReason};
 use crate::retry::{DeadReason, Decision};
 use crate::upstream::{
     BoxFuture, DeviceRef, LinkMethod, SessionEvent, Upstream, UpstreamError, UpstreamEvent, UpstreamSend,
@@ -155,7 +155,10 @@ impl ControlError {
 /// What reaches a session task besides messages.
 #[derive(Debug)]
 enum Control {
-    Command(DeviceCommand, tokio::sync::oneshot::Sender<Result<DeviceState, CommandError>>),
+    Command(
+        DeviceCommand,
+        tokio::sync::oneshot::Sender<Result<DeviceState, CommandError>>,
+    ),
     Event(SessionEvent),
     /// Someone wrote to the device: a reply to them is not a first contact.
     Inbound(Text),
@@ -407,7 +410,8 @@ impl SessionTask {
                 SessionRecord::new(self.upstream.provisioned(&self.device))
             }
         };
-        let (mut life, actions) = Lifecycle::restore(self.settings.lifecycle.clone(), &record.lifecycle, self.at());
+        let (mut life, actions) =
+            Lifecycle::restore(self.settings.lifecycle.clone(), &record.lifecycle, self.at());
         let mut pacer = self.pacer(&record).await;
         // When the pacer's state (contacts, daily counters) must next be saved, if it changed.
         let mut save_pacing_at: Option<limiter::Nanos> = None;
@@ -418,8 +422,15 @@ impl SessionTask {
         let mut connecting: Option<Connecting> = None;
         let mut held: Option<Outbound> = None;
         let mut inflight = FuturesUnordered::new();
-        self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx)
-            .await;
+        self.apply(
+            &mut life,
+            &mut record,
+            actions,
+            &mut connecting,
+            &mut held,
+            &mut rx,
+        )
+        .await;
         let mut open = true;
         loop {
             // One message may wait here for pacing, for a free window slot or for the device to
@@ -439,7 +450,12 @@ impl SessionTask {
                             reason: PaceReason::MinInterval,
                         },
                         Some(_) => Pace::Go { typing: None },
-                        None => pacer.poll(now, crate::unix_ms(), ContactKey::of(m.recipient.as_str()), &mut rand::rng()),
+                        None => pacer.poll(
+                            now,
+                            crate::unix_ms(),
+                            ContactKey::of(m.recipient.as_str()),
+                            &mut rand::rng(),
+                        ),
                     };
                     match decision {
                         Pace::Go { typing: Some(d) } if !d.is_zero() => {
@@ -461,10 +477,17 @@ impl SessionTask {
                         Pace::Wait { until, reason } => {
                             self.metrics.paced(reason.as_str());
                             let long = reason.is_long()
-                                || matches!(reason, PaceReason::FirstContactRate | PaceReason::FirstContactDaily);
+                                || matches!(
+                                    reason,
+                                    PaceReason::FirstContactRate | PaceReason::FirstContactDaily
+                                );
                             // A long wait must not hold the queue head: replies to known
                             // contacts would be stuck behind one message to a stranger.
-                            match if long && granted_at.is_none() { self.defer(m, until, reason) } else { Some(m) } {
+                            match if long && granted_at.is_none() {
+                                self.defer(m, until, reason)
+                            } else {
+                                Some(m)
+                            } {
                                 None => {}
                                 Some(m) => {
                                     held = Some(m);
@@ -575,8 +598,15 @@ impl SessionTask {
                 else => break,
             };
             if let Some(actions) = step {
-                self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx)
-                    .await;
+                self.apply(
+                    &mut life,
+                    &mut record,
+                    actions,
+                    &mut connecting,
+                    &mut held,
+                    &mut rx,
+                )
+                .await;
             }
             if !open && inflight.is_empty() && held.is_none() {
                 break;
@@ -618,7 +648,8 @@ impl SessionTask {
                 }
                 Action::Disconnect => {
                     *connecting = None;
-                    let _ = tokio::time::timeout(CALL_TIMEOUT, self.upstream.disconnect(self.device.clone())).await;
+                    let _ = tokio::time::timeout(CALL_TIMEOUT, self.upstream.disconnect(self.device.clone()))
+                        .await;
                 }
                 Action::Logout => {
                     *connecting = None;
@@ -633,9 +664,10 @@ impl SessionTask {
                     record.linked_at_ms = 0;
                 }
                 Action::Link(method) => {
-                    let r = tokio::time::timeout(CALL_TIMEOUT, self.upstream.link(self.device.clone(), method))
-                        .await
-                        .unwrap_or(Err(UpstreamError::Timeout));
+                    let r =
+                        tokio::time::timeout(CALL_TIMEOUT, self.upstream.link(self.device.clone(), method))
+                            .await
+                            .unwrap_or(Err(UpstreamError::Timeout));
                     if let Err(e) = r {
                         let more = life.handle(self.at(), Input::LinkFailed(e.to_string()), &mut rand::rng());
                         Box::pin(self.apply(life, record, more, connecting, held, rx)).await;
@@ -646,7 +678,8 @@ impl SessionTask {
                 Action::Publish { state, detail } => {
                     if let Some(h) = self.handle.upgrade() {
                         h.state.store(state as u8, Ordering::Release);
-                        h.refusal.store(life.refusal().map_or(0, |c| c.0), Ordering::Release);
+                        h.refusal
+                            .store(life.refusal().map_or(0, |c| c.0), Ordering::Release);
                     }
                     tracing::info!(workspace = %self.ws.id, device = %self.device.device, state = state.as_str(), %detail, "device state");
                     self.ws.publish(EventKind::DeviceState {
@@ -777,7 +810,9 @@ impl SessionTask {
     /// cannot be (no durable core, queue full, shutting down): the caller holds it instead.
     fn defer(&self, m: Outbound, until: limiter::Nanos, reason: PaceReason) -> Option<Outbound> {
         let Some(d) = &self.durable else { return Some(m) };
-        let Some(session) = self.handle.upgrade() else { return Some(m) };
+        let Some(session) = self.handle.upgrade() else {
+            return Some(m);
+        };
         let now = d.clock.now();
         let now_ms = crate::unix_ms();
         let due_ms = now_ms.saturating_add(until.0.saturating_sub(now.0) / 1_000_000);
@@ -788,7 +823,10 @@ impl SessionTask {
             ErrorCode::RATE_LIMITED,
             now_ms,
             String::new(),
-            format!("held by account-safety pacing ({}); next try at unix ms {due_ms}", reason.as_str()),
+            format!(
+                "held by account-safety pacing ({}); next try at unix ms {due_ms}",
+                reason.as_str()
+            ),
         );
         match d.retry.schedule(id, RetryItem { session, msg: m }, until) {
             Ok(()) => {
@@ -888,14 +926,7 @@ impl SessionTask {
     /// Decides between a retry and a final failure.
     fn after_failure(&self, m: Outbound, code: ErrorCode, e: String, now_ms: u64) -> AfterFailure {
         let Some(d) = &self.durable else {
-            let r = report(
-                &m,
-                DeliveryStatus::Failed,
-                code,
-                now_ms,
-                String::new(),
-                e,
-            );
+            let r = report(&m, DeliveryStatus::Failed, code, now_ms, String::new(), e);
             return AfterFailure::Final(m, r);
         };
         let decision = {
@@ -928,14 +959,7 @@ impl SessionTask {
             Decision::RetryAt(due_ms) => {
                 let Some(session) = self.handle.upgrade() else {
                     // Shutting down: the journal keeps the message unfinished; the next start retries it.
-                    let r = report(
-                        &m,
-                        DeliveryStatus::Deferred,
-                        code,
-                        now_ms,
-                        String::new(),
-                        e,
-                    );
+                    let r = report(&m, DeliveryStatus::Deferred, code, now_ms, String::new(), e);
                     return AfterFailure::Deferred(m.reply, r);
                 };
                 let now = d.clock.now();
@@ -1042,7 +1066,9 @@ pub async fn route_upstream_events(
                 };
                 match registry.by_id(&device.workspace) {
                     Some(ws) => ws.publish(kind),
-                    None => tracing::warn!(workspace = %device.workspace, "inbound message for an unknown workspace dropped"),
+                    None => {
+                        tracing::warn!(workspace = %device.workspace, "inbound message for an unknown workspace dropped")
+                    }
                 }
             }
             UpstreamEvent::Receipt {

@@ -75,9 +75,16 @@ pub enum SessionStoreError {
 /// Where session records live.
 pub trait SessionStore: Send + Sync + 'static {
     /// The record of a device, if one was saved.
-    fn load(&self, device: &DeviceRef) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>>;
+    fn load(
+        &self,
+        device: &DeviceRef,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>>;
     /// Saves durably (resolves after the data is on disk).
-    fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>>;
+    fn save(
+        &self,
+        device: &DeviceRef,
+        rec: &SessionRecord,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>>;
     /// A named blob of the device (e.g. the pacer's contact book), if saved.
     fn load_blob(
         &self,
@@ -101,12 +108,23 @@ pub struct MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    fn load(&self, device: &DeviceRef) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
-        let r = self.map.get(device).map(|b| SessionRecord::decode(&b)).transpose();
+    fn load(
+        &self,
+        device: &DeviceRef,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
+        let r = self
+            .map
+            .get(device)
+            .map(|b| SessionRecord::decode(&b))
+            .transpose();
         Box::pin(async move { r })
     }
 
-    fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>> {
+    fn save(
+        &self,
+        device: &DeviceRef,
+        rec: &SessionRecord,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
         self.map.insert(device.clone(), rec.encode());
         Box::pin(async { Ok(()) })
     }
@@ -160,7 +178,10 @@ fn store_err(e: waping_store::StoreError) -> SessionStoreError {
 }
 
 impl SessionStore for DeviceStoreSessions {
-    fn load(&self, device: &DeviceRef) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
+    fn load(
+        &self,
+        device: &DeviceRef,
+    ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
         // A B-tree lookup, usually from the page cache: done inline, not on the blocking pool.
         let r = self
             .store
@@ -171,7 +192,11 @@ impl SessionStore for DeviceStoreSessions {
         Box::pin(async move { r })
     }
 
-    fn save(&self, device: &DeviceRef, rec: &SessionRecord) -> BoxFuture<'static, Result<(), SessionStoreError>> {
+    fn save(
+        &self,
+        device: &DeviceRef,
+        rec: &SessionRecord,
+    ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
         let d = self.store.device(&device.workspace, device.device.as_str());
         let bytes = rec.encode();
         Box::pin(async move {
@@ -253,8 +278,13 @@ mod tests {
         );
         // Another workspace's device of the same name is a different device.
         assert_eq!(s.load(&dev("x", "d")).await.unwrap(), None);
-        s.save_blob(&dev("w", "d"), "contacts", vec![1, 2, 3]).await.unwrap();
-        assert_eq!(s.load_blob(&dev("w", "d"), "contacts").await.unwrap(), Some(vec![1, 2, 3]));
+        s.save_blob(&dev("w", "d"), "contacts", vec![1, 2, 3])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.load_blob(&dev("w", "d"), "contacts").await.unwrap(),
+            Some(vec![1, 2, 3])
+        );
         assert_eq!(s.load_blob(&dev("w", "e"), "contacts").await.unwrap(), None);
     }
 
@@ -264,6 +294,9 @@ mod tests {
             SessionRecord::decode(b"{\"lifecycle\":{\"state\":\"nonsense\"}}"),
             Err(SessionStoreError::Corrupt(_))
         ));
-        assert!(matches!(SessionRecord::decode(&[0xff, 0]), Err(SessionStoreError::Corrupt(_))));
+        assert!(matches!(
+            SessionRecord::decode(&[0xff, 0]),
+            Err(SessionStoreError::Corrupt(_))
+        ));
     }
 }

@@ -287,17 +287,27 @@ async fn control_commands_reach_the_lifecycle() {
         }),
     );
     let (m, ws) = setup(up, 100, 4, 0);
-    let st = tokio::time::timeout(Duration::from_secs(5), m.control(ws.idx, &"d".into(), DeviceCommand::Status))
-        .await
-        .expect("answered");
-    assert!(matches!(st, Ok(DeviceState::Connected | DeviceState::Disconnected)), "{st:?}");
+    let st = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.control(ws.idx, &"d".into(), DeviceCommand::Status),
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(st, Ok(DeviceState::Connected | DeviceState::Disconnected)),
+        "{st:?}"
+    );
     assert_eq!(
         m.control(ws.idx, &"d".into(), DeviceCommand::Disable).await,
         Ok(DeviceState::Disabled)
     );
-    assert_eq!(m.get(ws.idx, &"d".into()).unwrap().refusal(), Some(ErrorCode::DEVICE_DISABLED));
     assert_eq!(
-        m.control(ws.idx, &"d".into(), DeviceCommand::Link(LinkMethod::Qr)).await,
+        m.get(ws.idx, &"d".into()).unwrap().refusal(),
+        Some(ErrorCode::DEVICE_DISABLED)
+    );
+    assert_eq!(
+        m.control(ws.idx, &"d".into(), DeviceCommand::Link(LinkMethod::Qr))
+            .await,
         Err(ControlError::Refused(CommandError::Disabled))
     );
     assert_eq!(
@@ -335,7 +345,9 @@ impl Upstream for ThrottleOnce {
         let mut calls = self.calls.lock().unwrap();
         calls.push(Instant::now());
         let r = if calls.len() == 1 {
-            Err(UpstreamError::Throttled { retry_after: self.hint })
+            Err(UpstreamError::Throttled {
+                retry_after: self.hint,
+            })
         } else {
             Ok(UpstreamAck {
                 upstream_id: "u".into(),
@@ -365,7 +377,11 @@ async fn an_upstream_429_pauses_the_whole_device() {
     let calls = up.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     // A lower bound only: the pause may end late on a busy machine, never early.
-    assert!(calls[1] - calls[0] >= Duration::from_millis(299), "{:?}", calls[1] - calls[0]);
+    assert!(
+        calls[1] - calls[0] >= Duration::from_millis(299),
+        "{:?}",
+        calls[1] - calls[0]
+    );
 }
 
 #[tokio::test]
@@ -408,7 +424,10 @@ async fn first_contact_limits_hold_strangers_but_not_known_contacts() {
     m.start_device(&ws, "d");
     let h = m.get(ws.idx, &"d".into()).unwrap();
     // Someone wrote to the device first: replying is not a first contact.
-    h.ctl.send(Control::Inbound("4917000000001".into())).await.unwrap();
+    h.ctl
+        .send(Control::Inbound("4917000000001".into()))
+        .await
+        .unwrap();
     h.ctl.send(Control::Event(SessionEvent::Connected)).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let to = |seq: u64, r: &str| Outbound {

@@ -185,11 +185,12 @@ impl DeviceKv for StoreKv {
         let mut per_device: Vec<(String, waping_store::Batch)> = Vec::new();
         for op in batch.into_ops() {
             let (ns, key) = match &op {
-                KvOp::Put { ns, key, .. } | KvOp::Delete { ns, key } | KvOp::DeletePrefix { ns, prefix: key } => {
-                    (ns_of(ns)?, key.clone())
-                }
+                KvOp::Put { ns, key, .. }
+                | KvOp::Delete { ns, key }
+                | KvOp::DeletePrefix { ns, prefix: key } => (ns_of(ns)?, key.clone()),
             };
-            let (id, rest) = split_key(&key).ok_or_else(|| KvError::new("key", "key without a device prefix"))?;
+            let (id, rest) =
+                split_key(&key).ok_or_else(|| KvError::new("key", "key without a device prefix"))?;
             let id = id.to_string();
             let rest = rest.to_vec();
             let slot = match per_device.iter().position(|(d, _)| *d == id) {
@@ -221,7 +222,11 @@ impl DeviceKv for StoreKv {
                         .filter(|k| k.starts_with(&rest))
                         .cloned()
                         .collect();
-                    for k in Self::scan_device(&d, ns, &rest)?.into_iter().map(|(k, _)| k).chain(staged) {
+                    for k in Self::scan_device(&d, ns, &rest)?
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .chain(staged)
+                    {
                         batch.delete(ns, k);
                     }
                 }
@@ -231,7 +236,10 @@ impl DeviceKv for StoreKv {
             if b.is_empty() {
                 continue;
             }
-            self.device(&id)?.apply(&b).await.map_err(|e| KvError::new("apply", e))?;
+            self.device(&id)?
+                .apply(&b)
+                .await
+                .map_err(|e| KvError::new("apply", e))?;
         }
         Ok(())
     }
@@ -268,8 +276,8 @@ impl WhatsAppUpstream {
         store: Arc<waping_store::Store>,
         events: EventSink,
     ) -> Result<Self, UpstreamError> {
-        let node =
-            WaNode::new(cfg.wa_config(), Arc::new(StoreKv::new(store))).map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        let node = WaNode::new(cfg.wa_config(), Arc::new(StoreKv::new(store)))
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         let provisioned = DashSet::new();
         for d in node.stored_devices().await.map_err(map_err)? {
             if d.jid.is_some()
@@ -301,7 +309,12 @@ impl WhatsAppUpstream {
         let dev = Arc::new(dev);
         // The session task is the only caller for its device, so there is no race to open.
         self.inner.devices.insert(d.clone(), dev.clone());
-        tokio::spawn(pump(Arc::downgrade(&self.inner), d.clone(), Arc::downgrade(&dev), rx));
+        tokio::spawn(pump(
+            Arc::downgrade(&self.inner),
+            d.clone(),
+            Arc::downgrade(&dev),
+            rx,
+        ));
         Ok(dev)
     }
 }
@@ -385,7 +398,11 @@ async fn pump(
                     reason: format!("WhatsApp code {code}"),
                 })]
             }
-            WaEvent::TemporaryBan { code, reason, expires } => {
+            WaEvent::TemporaryBan {
+                code,
+                reason,
+                expires,
+            } => {
                 let until_ms = crate::unix_ms().saturating_add(expires.as_millis() as u64);
                 vec![session(SessionEvent::Banned {
                     until_ms: Some(until_ms),
@@ -538,7 +555,11 @@ impl Upstream for WhatsAppUpstream {
             };
             let wa_id = waping_whatsapp::wa_message_id(msg.upstream_id.as_bytes());
             let r = dev
-                .send(msg.recipient.as_str(), &wa_id, &OutboundBody::Text(text.to_string()))
+                .send(
+                    msg.recipient.as_str(),
+                    &wa_id,
+                    &OutboundBody::Text(text.to_string()),
+                )
                 .await
                 .map_err(map_err)?;
             // WhatsApp gives no "already had it" signal; the stable id makes a resend the
@@ -608,8 +629,19 @@ mod tests {
         let mut b = KvBatch::new();
         b.delete_prefix("wa.session", key("acme/d1", b""));
         kv.apply(b).await.unwrap();
-        assert!(kv.scan_prefix("wa.session", &key("acme/d1", b"")).await.unwrap().is_empty());
-        assert_eq!(kv.scan_prefix("wa.session", &key("acme/d2", b"")).await.unwrap().len(), 1);
+        assert!(
+            kv.scan_prefix("wa.session", &key("acme/d1", b""))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            kv.scan_prefix("wa.session", &key("acme/d2", b""))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // The store's own view: the credentials belong to the device, so deleting the
         // device (unlink, workspace deletion) removes them.
         let d1 = kv.store.device("acme", "d1").unwrap();
@@ -621,7 +653,10 @@ mod tests {
     async fn bad_keys_and_namespaces_are_typed_errors() {
         let (_d, kv) = kv();
         assert!(kv.get("wa.nope", &key("acme/d1", b"")).await.is_err());
-        assert!(kv.get("wa.session", &[0, 0, 0, 9, b'x']).await.is_err(), "truncated prefix");
+        assert!(
+            kv.get("wa.session", &[0, 0, 0, 9, b'x']).await.is_err(),
+            "truncated prefix"
+        );
         assert!(kv.get("wa.session", &key("no-slash", b"k")).await.is_err());
     }
 
@@ -629,8 +664,10 @@ mod tests {
     fn config_defaults_are_the_crates() {
         let d = WaConfig::default();
         let c = WhatsAppConfig::default().wa_config();
-        assert_eq!((c.web_version, c.ws_url, c.event_capacity, c.connects_per_sec),
-            (d.web_version, d.ws_url, d.event_capacity, d.connects_per_sec));
+        assert_eq!(
+            (c.web_version, c.ws_url, c.event_capacity, c.connects_per_sec),
+            (d.web_version, d.ws_url, d.event_capacity, d.connects_per_sec)
+        );
     }
 
     #[test]
@@ -659,7 +696,10 @@ mod tests {
             }),
             UpstreamError::Banned
         );
-        assert_eq!(map_err(WaError::LoggedOut { code: 401 }), UpstreamError::LoggedOut);
+        assert_eq!(
+            map_err(WaError::LoggedOut { code: 401 }),
+            UpstreamError::LoggedOut
+        );
         assert_eq!(map_err(WaError::NotPaired), UpstreamError::NotLinked);
         assert_eq!(map_err(WaError::NotConnected), UpstreamError::Disconnected);
         assert_eq!(map_err(WaError::Timeout { op: "ack" }), UpstreamError::Timeout);
@@ -683,9 +723,12 @@ mod tests {
     #[tokio::test]
     async fn an_unlinked_device_refuses_connect_and_send() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(waping_store::Store::open(dir.path().join("d.redb"), Default::default()).unwrap());
+        let store =
+            Arc::new(waping_store::Store::open(dir.path().join("d.redb"), Default::default()).unwrap());
         let (tx, _rx) = tokio::sync::mpsc::channel(8);
-        let up = WhatsAppUpstream::start(&WhatsAppConfig::default(), store, tx).await.unwrap();
+        let up = WhatsAppUpstream::start(&WhatsAppConfig::default(), store, tx)
+            .await
+            .unwrap();
         let d = DeviceRef {
             workspace: "acme".into(),
             device: "d1".into(),
