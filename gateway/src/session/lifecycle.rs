@@ -488,7 +488,19 @@ impl Lifecycle {
                             self.go(Phase::Unlinked, "no credentials: link the device first", &mut out);
                             out.push(Action::Persist);
                         }
-                        UpstreamError::Banned => self.banned(at, None, e.to_string(), &mut out),
+                        UpstreamError::Banned => {
+                            // Refusing a connect does not say whether the ban is temporary:
+                            // look again after the longest backoff rather than give up.
+                            let again = at
+                                .wall_ms
+                                .saturating_add(self.cfg.reconnect_max.as_millis() as u64);
+                            self.banned(
+                                at,
+                                Some(again),
+                                "connect refused: account banned".into(),
+                                &mut out,
+                            )
+                        }
                         other => self.backoff(at, None, &format!("connect failed: {other}"), rng, &mut out),
                     }
                 }

@@ -225,7 +225,9 @@ fn connect_failures_map_by_kind() {
     assert!(a.contains(&Action::FailQueued(ErrorCode::DEVICE_LOGGED_OUT)));
     let (mut m, _) = Lifecycle::restore(no_jitter(), &Persisted::Linked, at(0.0));
     m.handle(at(0.0), Input::ConnectFailed(UpstreamError::Banned), &mut rng());
-    assert!(matches!(m.phase(), Phase::Banned { until: None, .. }));
+    // Not known to be permanent: checked again after the longest backoff.
+    assert!(matches!(m.phase(), Phase::Banned { until: Some(_), .. }));
+    assert_eq!(m.next_wake(), Some(at(900.0).now));
 }
 
 #[test]

@@ -293,9 +293,23 @@ impl SessionManager {
     /// Hands an upstream session event to its device's task (waits if the task is behind:
     /// the upstream holds its events rather than the node dropping them).
     async fn deliver(&self, ws: WorkspaceIdx, device: &Text, ev: SessionEvent) -> bool {
-        match self.get(ws, device) {
-            Some(h) => h.ctl.send(Control::Event(ev)).await.is_ok(),
-            None => false,
+        let Some(h) = self.get(ws, device) else {
+            return false;
+        };
+        match h.ctl.try_send(Control::Event(ev)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // This device's task is behind (e.g. waiting on a slow upstream logout). Waiting
+            // here would stall event routing for every device of the node, so this one event
+            // waits on its own task. Its order relative to this device's later events is then
+            // not guaranteed; 64 queued control events for one device is already abnormal.
+            Err(mpsc::error::TrySendError::Full(c)) => {
+                tracing::warn!(workspace = %h.workspace.id, device = %device, "device control queue full; event delivered out of line");
+                tokio::spawn(async move {
+                    let _ = h.ctl.send(c).await;
+                });
+                true
+            }
         }
     }
 
@@ -681,7 +695,19 @@ impl SessionTask {
                         h.refusal
                             .store(life.refusal().map_or(0, |c| c.0), Ordering::Release);
                     }
-                    tracing::info!(workspace = %self.ws.id, device = %self.device.device, state = state.as_str(), %detail, "device state");
+                    // Routine reconnects are debug (a 10k-device storm would be 20k lines);
+                    // what needs a human is info.
+                    if matches!(
+                        state,
+                        DeviceState::LoggedOut
+                            | DeviceState::Banned
+                            | DeviceState::Disabled
+                            | DeviceState::Linking
+                    ) {
+                        tracing::info!(workspace = %self.ws.id, device = %self.device.device, state = state.as_str(), %detail, "device state");
+                    } else {
+                        tracing::debug!(workspace = %self.ws.id, device = %self.device.device, state = state.as_str(), %detail, "device state");
+                    }
                     self.ws.publish(EventKind::DeviceState {
                         device_id: self.device.device.clone(),
                         state,
