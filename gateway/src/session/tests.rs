@@ -8,6 +8,28 @@ use crate::limiter::{Cell, Quota};
 use crate::upstream::UpstreamAck;
 use crate::workspace::Registry;
 
+/// The lifecycle half of an upstream whose devices are always linked and connect at once
+/// (these tests play WhatsApp's "connected" themselves).
+macro_rules! always_linked {
+    () => {
+        fn provisioned(&self, _d: &DeviceRef) -> bool {
+            true
+        }
+        fn connect(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn disconnect(&self, _d: DeviceRef) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+        fn link(&self, _d: DeviceRef, _m: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn logout(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+    };
+}
+
 /// An upstream whose sends wait for a permit, recording concurrency and call times.
 struct Gated {
     gate: Arc<Semaphore>,
@@ -33,21 +55,7 @@ impl Upstream for Gated {
     fn name(&self) -> &'static str {
         "gated"
     }
-    fn provisioned(&self, _d: &DeviceRef) -> bool {
-        true
-    }
-    fn connect(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect(&self, _d: DeviceRef) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-    fn link(&self, _d: DeviceRef, _m: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn logout(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
+    always_linked!();
     fn send(&self, _m: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
         self.calls.lock().unwrap().push(Instant::now());
         let (gate, now, max, answer) = (
@@ -326,21 +334,7 @@ impl Upstream for ThrottleOnce {
     fn name(&self) -> &'static str {
         "throttle-once"
     }
-    fn provisioned(&self, _d: &DeviceRef) -> bool {
-        true
-    }
-    fn connect(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect(&self, _d: DeviceRef) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-    fn link(&self, _d: DeviceRef, _m: LinkMethod) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn logout(&self, _d: DeviceRef) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        Box::pin(async { Ok(()) })
-    }
+    always_linked!();
     fn send(&self, _m: UpstreamSend) -> BoxFuture<'static, Result<UpstreamAck, UpstreamError>> {
         let mut calls = self.calls.lock().unwrap();
         calls.push(Instant::now());
