@@ -128,6 +128,7 @@ impl Gateway {
                     &cfg.upstream.whatsapp,
                     device_store.clone(),
                     ev_tx,
+                    durable.clone(),
                 )
                 .await
                 .context("starting the WhatsApp upstream")?,

@@ -50,6 +50,25 @@ pub struct AcceptedMessage {
     pub accepted_at_ms: u64,
 }
 
+/// A message received by a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// Stable id (see [`Record::Inbound`]).
+    pub id: MessageId,
+    /// Workspace (tenant) name.
+    pub workspace: String,
+    /// Receiving device.
+    pub device: String,
+    /// Sender address.
+    pub from: String,
+    /// WhatsApp's id of the message.
+    pub upstream_id: String,
+    /// Content.
+    pub body: Body,
+    /// When the gateway received it, unix milliseconds.
+    pub received_at_ms: u64,
+}
+
 /// One journal record: a message accepted, or a state transition of one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -118,6 +137,11 @@ pub enum Record {
         /// Message.
         id: MessageId,
     },
+    /// A message WhatsApp delivered to a device, journaled before WhatsApp is acknowledged
+    /// (a crash after the acknowledgement cannot lose it). `id` is derived from the device
+    /// and WhatsApp's id, so a redelivery has the same one. Delivery to webhooks (the events
+    /// issue) reads these; until then they are kept until compaction reclaims their segment.
+    Inbound(InboundMessage),
     /// Written by compaction: keeps a finished message's idempotency key in the window.
     IdempotencyKept {
         /// Workspace.
@@ -142,10 +166,30 @@ pub(crate) mod kind {
     pub const DEAD_REPLAYED: u8 = 7;
     pub const DEAD_PURGED: u8 = 8;
     pub const IDEMPOTENCY_KEPT: u8 = 9;
+    pub const INBOUND: u8 = 10;
 }
 
 const BODY_TEXT: u8 = 0;
 const BODY_MEDIA: u8 = 1;
+
+fn put_body(out: &mut Vec<u8>, body: &Body) {
+    match body {
+        Body::Text(t) => {
+            out.push(BODY_TEXT);
+            put_str(out, t);
+        }
+        Body::Media {
+            reference,
+            mime,
+            caption,
+        } => {
+            out.push(BODY_MEDIA);
+            put_str(out, reference);
+            put_str(out, mime);
+            put_str(out, caption);
+        }
+    }
+}
 
 impl Record {
     /// The message this record is about.
@@ -160,6 +204,7 @@ impl Record {
             | Record::DeadReplayed { id, .. }
             | Record::DeadPurged { id }
             | Record::IdempotencyKept { id, .. } => *id,
+            Record::Inbound(m) => m.id,
         }
     }
 
@@ -175,6 +220,7 @@ impl Record {
             Record::DeadReplayed { .. } => kind::DEAD_REPLAYED,
             Record::DeadPurged { .. } => kind::DEAD_PURGED,
             Record::IdempotencyKept { .. } => kind::IDEMPOTENCY_KEPT,
+            Record::Inbound(_) => kind::INBOUND,
         }
     }
 
@@ -207,23 +253,17 @@ impl Record {
                 put_str(out, &a.device);
                 put_str(out, &a.idempotency_key);
                 put_str(out, &a.recipient);
-                match &a.body {
-                    Body::Text(t) => {
-                        out.push(BODY_TEXT);
-                        put_str(out, t);
-                    }
-                    Body::Media {
-                        reference,
-                        mime,
-                        caption,
-                    } => {
-                        out.push(BODY_MEDIA);
-                        put_str(out, reference);
-                        put_str(out, mime);
-                        put_str(out, caption);
-                    }
-                }
+                put_body(out, &a.body);
                 out.extend_from_slice(&a.accepted_at_ms.to_le_bytes());
+            }
+            Record::Inbound(m) => {
+                out.extend_from_slice(&m.id.0);
+                put_str(out, &m.workspace);
+                put_str(out, &m.device);
+                put_str(out, &m.from);
+                put_str(out, &m.upstream_id);
+                put_body(out, &m.body);
+                out.extend_from_slice(&m.received_at_ms.to_le_bytes());
             }
             Record::Dispatched { id, attempt, at_ms } => {
                 out.extend_from_slice(&id.0);
@@ -298,15 +338,7 @@ impl Record {
                 let device = r.string()?;
                 let idempotency_key = r.string()?;
                 let recipient = r.string()?;
-                let body = match r.u8()? {
-                    BODY_TEXT => Body::Text(r.string()?),
-                    BODY_MEDIA => Body::Media {
-                        reference: r.string()?,
-                        mime: r.string()?,
-                        caption: r.string()?,
-                    },
-                    t => return Err(DecodeError::BadBodyTag(t)),
-                };
+                let body = r.body()?;
                 let accepted_at_ms = r.u64()?;
                 Record::Accepted(AcceptedMessage {
                     id,
@@ -351,6 +383,15 @@ impl Record {
                 at_ms: r.u64()?,
             },
             kind::DEAD_PURGED => Record::DeadPurged { id: r.id()? },
+            kind::INBOUND => Record::Inbound(InboundMessage {
+                id: r.id()?,
+                workspace: r.string()?,
+                device: r.string()?,
+                from: r.string()?,
+                upstream_id: r.string()?,
+                body: r.body()?,
+                received_at_ms: r.u64()?,
+            }),
             kind::IDEMPOTENCY_KEPT => {
                 let id = r.id()?;
                 Record::IdempotencyKept {
@@ -495,6 +536,18 @@ impl<'a> Reader<'a> {
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8)
     }
+
+    fn body(&mut self) -> Result<Body, DecodeError> {
+        Ok(match self.u8()? {
+            BODY_TEXT => Body::Text(self.string()?),
+            BODY_MEDIA => Body::Media {
+                reference: self.string()?,
+                mime: self.string()?,
+                caption: self.string()?,
+            },
+            t => return Err(DecodeError::BadBodyTag(t)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -575,6 +628,28 @@ mod tests {
             ),
             (arb_id(), any::<u64>()).prop_map(|(id, at_ms)| Record::DeadReplayed { id, at_ms }),
             arb_id().prop_map(|id| Record::DeadPurged { id }),
+            (
+                arb_id(),
+                ".{0,20}",
+                ".{0,20}",
+                ".{0,20}",
+                ".{0,40}",
+                ".{0,200}",
+                any::<u64>()
+            )
+                .prop_map(
+                    |(id, workspace, device, from, upstream_id, text, received_at_ms)| Record::Inbound(
+                        InboundMessage {
+                            id,
+                            workspace,
+                            device,
+                            from,
+                            upstream_id,
+                            body: Body::Text(text),
+                            received_at_ms,
+                        }
+                    )
+                ),
             (".{0,20}", ".{0,40}", arb_id(), any::<u64>()).prop_map(
                 |(workspace, idempotency_key, id, accepted_at_ms)| Record::IdempotencyKept {
                     workspace,
@@ -664,6 +739,19 @@ mod tests {
                 id,
                 accepted_at_ms: 10,
             },
+            Record::Inbound(InboundMessage {
+                id,
+                workspace: "w".into(),
+                device: "d".into(),
+                from: "49151".into(),
+                upstream_id: "3EB0".into(),
+                body: Body::Media {
+                    reference: "r".into(),
+                    mime: "image/png".into(),
+                    caption: "c".into(),
+                },
+                received_at_ms: 11,
+            }),
         ];
         for (i, r) in recs.iter().enumerate() {
             assert_eq!(r.kind() as usize, i + 1);

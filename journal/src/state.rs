@@ -209,6 +209,10 @@ impl Index {
                 }
                 Applied::Other
             }
+            // Not a message of the send path: nothing to track. Its bytes are not counted as
+            // live, so compaction may reclaim its segment (delivery of inbound messages from
+            // the journal arrives with the events issue, which will keep them until then).
+            Record::Inbound(_) => Applied::Other,
             Record::Sent { id, .. } | Record::Failed { id, .. } | Record::DeadPurged { id } => {
                 match self.msgs.remove(id) {
                     Some(old) => {

@@ -119,6 +119,13 @@ impl InboundCommit {
         Self { tx: None }
     }
 
+    /// A gated handle and the answer it will carry, for consumers' tests (feature
+    /// `conformance`, never in production builds).
+    #[cfg(feature = "conformance")]
+    pub fn for_tests() -> (Self, oneshot::Receiver<Result<(), String>>) {
+        Self::gated()
+    }
+
     /// Whether WhatsApp's acknowledgement waits for this handle.
     pub fn is_gated(&self) -> bool {
         self.tx.is_some()

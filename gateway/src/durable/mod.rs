@@ -60,6 +60,42 @@ impl Durable {
     }
 }
 
+impl crate::upstream::InboundJournal for Durable {
+    fn journal_inbound(
+        &self,
+        device: &crate::upstream::DeviceRef,
+        from: &Text,
+        upstream_id: &Text,
+        body: &Body,
+    ) -> crate::upstream::BoxFuture<'static, Result<(), String>> {
+        use sha2::Digest as _;
+        // The same message redelivered by WhatsApp (its ack was lost) gets the same id.
+        let mut h = sha2::Sha256::new();
+        for part in [
+            device.workspace.as_bytes(),
+            device.device.as_str().as_bytes(),
+            upstream_id.as_str().as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let digest = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        let rec = Record::Inbound(waping_journal::InboundMessage {
+            id: MessageId(id),
+            workspace: device.workspace.to_string(),
+            device: device.device.to_string(),
+            from: from.to_string(),
+            upstream_id: upstream_id.to_string(),
+            body: jbody(body),
+            received_at_ms: crate::unix_ms(),
+        });
+        let done = self.journal.append(vec![rec]);
+        Box::pin(async move { done.await.map(|_| ()).map_err(|e| e.to_string()) })
+    }
+}
+
 /// The journal's body from the protocol's.
 pub fn jbody(b: &Body) -> waping_journal::Body {
     match b {

@@ -225,6 +225,19 @@ pub enum UpstreamEvent {
     },
 }
 
+/// Makes an inbound message durable before the upstream acknowledges it to WhatsApp: a
+/// crash after the acknowledgement then cannot lose it (WhatsApp would not send it again).
+pub trait InboundJournal: Send + Sync + 'static {
+    /// Journals one inbound message; resolves once it is on disk.
+    fn journal_inbound(
+        &self,
+        device: &DeviceRef,
+        from: &Text,
+        upstream_id: &Text,
+        body: &Body,
+    ) -> BoxFuture<'static, Result<(), String>>;
+}
+
 /// Where upstreams push events. Bounded: a slow consumer makes the upstream
 /// wait (the WhatsApp upstream will hold its server ack), never grow memory.
 pub type EventSink = mpsc::Sender<UpstreamEvent>;

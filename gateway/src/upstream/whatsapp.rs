@@ -267,6 +267,8 @@ struct Inner {
     /// Pairing-code links waiting for the connection's first QR ref.
     pending_phone: DashMap<DeviceRef, String>,
     events: EventSink,
+    /// Inbound messages are journaled here before WhatsApp is acknowledged.
+    inbound: Arc<dyn InboundJournal>,
 }
 
 impl WhatsAppUpstream {
@@ -275,6 +277,7 @@ impl WhatsAppUpstream {
         cfg: &WhatsAppConfig,
         store: Arc<waping_store::Store>,
         events: EventSink,
+        inbound: Arc<dyn InboundJournal>,
     ) -> Result<Self, UpstreamError> {
         let node = WaNode::new(cfg.wa_config(), Arc::new(StoreKv::new(store)))
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
@@ -296,6 +299,7 @@ impl WhatsAppUpstream {
                 provisioned,
                 pending_phone: DashMap::new(),
                 events,
+                inbound,
             }),
         })
     }
@@ -427,17 +431,44 @@ async fn pump(
                             "inbound message of a kind not carried yet (media arrives with the media issue)"),
                     }
                 }
-                // Acknowledged to WhatsApp once the gateway has taken the events (the bounded
-                // channel to the router). Inbound journaling arrives with the events issue (8);
-                // until then a crash between this point and fan-out loses the event.
-                let mut ok = true;
-                for ev in out {
-                    ok &= inner.events.send(ev).await.is_ok();
+                // WhatsApp is acknowledged only once every message of the batch is journaled
+                // (fsync'd): a crash after the acknowledgement cannot lose one. If journaling
+                // fails nothing is forwarded and the batch stays unacknowledged, so WhatsApp
+                // redelivers it (the journal id is derived from the WhatsApp id: same message).
+                let mut journaled = Ok(());
+                for ev in &out {
+                    if let UpstreamEvent::Inbound {
+                        device,
+                        from,
+                        upstream_id,
+                        body,
+                    } = ev
+                        && let Err(e) = inner
+                            .inbound
+                            .journal_inbound(device, from, upstream_id, body)
+                            .await
+                    {
+                        journaled = Err(e);
+                        break;
+                    }
                 }
-                if ok {
-                    commit.commit();
-                } else {
-                    commit.reject("gateway stopping");
+                match journaled {
+                    Ok(()) => {
+                        let mut ok = true;
+                        for ev in out {
+                            ok &= inner.events.send(ev).await.is_ok();
+                        }
+                        if ok {
+                            commit.commit();
+                        } else {
+                            commit.reject("gateway stopping");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace = %device.workspace, device = %device.device, error = %e,
+                            "inbound batch not journaled; left unacknowledged for WhatsApp to redeliver");
+                        commit.reject(e);
+                    }
                 }
                 Vec::new()
             }
@@ -720,13 +751,117 @@ mod tests {
         assert!(map_err(WaError::Closed).retryable());
     }
 
+    /// Records what it journals; fails when told to.
+    #[derive(Default)]
+    struct Recording {
+        fail: bool,
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+    impl InboundJournal for Recording {
+        fn journal_inbound(
+            &self,
+            _: &DeviceRef,
+            _: &Text,
+            id: &Text,
+            _: &Body,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            self.seen.lock().unwrap().push(id.to_string());
+            let fail = self.fail;
+            Box::pin(async move { if fail { Err("disk full".into()) } else { Ok(()) } })
+        }
+    }
+
+    fn message(id: &str) -> waping_whatsapp::WaMessage {
+        waping_whatsapp::WaMessage {
+            chat: "4917000000001@s.whatsapp.net".into(),
+            from: "4917000000001@s.whatsapp.net".into(),
+            id: id.into(),
+            timestamp: 1,
+            push_name: String::new(),
+            from_me: false,
+            is_group: false,
+            offline: false,
+            body: MessageBody::Text(format!("hello {id}")),
+        }
+    }
+
+    /// Runs one inbound batch through the pump with `journal`; returns WhatsApp's answer
+    /// and the events the gateway received.
+    async fn pump_batch(journal: Arc<Recording>) -> (Result<(), String>, Vec<UpstreamEvent>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(waping_store::Store::open(dir.path().join("d.redb"), Default::default()).unwrap());
+        let (tx, mut events) = tokio::sync::mpsc::channel(8);
+        let up = WhatsAppUpstream::start(&WhatsAppConfig::default(), store, tx, journal)
+            .await
+            .unwrap();
+        let d = DeviceRef {
+            workspace: "acme".into(),
+            device: "d1".into(),
+        };
+        let (wa_tx, wa_rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(pump(Arc::downgrade(&up.inner), d, std::sync::Weak::new(), wa_rx));
+        let (commit, answer) = waping_whatsapp::InboundCommit::for_tests();
+        wa_tx
+            .send(WaEvent::Messages {
+                batch: vec![message("A1"), message("A2")],
+                commit,
+            })
+            .await
+            .unwrap();
+        let answer = answer.await.unwrap();
+        drop(wa_tx);
+        let mut got = Vec::new();
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            got.push(ev);
+        }
+        drop(up);
+        (answer, got)
+    }
+
+    #[tokio::test]
+    async fn inbound_is_acknowledged_only_after_it_is_journaled() {
+        let j = Arc::new(Recording::default());
+        let (answer, events) = pump_batch(j.clone()).await;
+        assert_eq!(answer, Ok(()));
+        assert_eq!(*j.seen.lock().unwrap(), ["A1", "A2"]);
+        assert_eq!(events.len(), 2);
+        assert!(
+            matches!(&events[0], UpstreamEvent::Inbound { upstream_id, .. } if upstream_id.as_str() == "A1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_journaled_stays_unacknowledged_and_unforwarded() {
+        let j = Arc::new(Recording {
+            fail: true,
+            ..Default::default()
+        });
+        let (answer, events) = pump_batch(j).await;
+        assert_eq!(answer, Err("disk full".to_string()));
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    struct NoJournal;
+    impl InboundJournal for NoJournal {
+        fn journal_inbound(
+            &self,
+            _: &DeviceRef,
+            _: &Text,
+            _: &Text,
+            _: &Body,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Err("no journal in this test".into()) })
+        }
+    }
+
     #[tokio::test]
     async fn an_unlinked_device_refuses_connect_and_send() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(waping_store::Store::open(dir.path().join("d.redb"), Default::default()).unwrap());
         let (tx, _rx) = tokio::sync::mpsc::channel(8);
-        let up = WhatsAppUpstream::start(&WhatsAppConfig::default(), store, tx)
+        let up = WhatsAppUpstream::start(&WhatsAppConfig::default(), store, tx, Arc::new(NoJournal))
             .await
             .unwrap();
         let d = DeviceRef {
