@@ -444,7 +444,7 @@ fn ceil_ms(d: Duration) -> u32 {
 pub(crate) struct Staged {
     seq: u64,
     token: ClaimToken,
-    permit: mpsc::OwnedPermit<Outbound>,
+    permit: crate::session::Permit,
     out: Outbound,
     /// Taken when the batch is appended.
     record: Option<waping_journal::Record>,

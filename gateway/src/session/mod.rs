@@ -104,8 +104,11 @@ pub struct SessionHandle {
     pub workspace: Arc<Workspace>,
     /// Device id.
     pub device: Text,
-    tx: mpsc::Sender<Outbound>,
-    ctl: mpsc::Sender<Control>,
+    // Boxed items: tokio allocates a channel's first block of 32 slots when the channel is
+    // made, so the slot size is paid by every idle device (176 B × 32 unboxed); see
+    // `docs/design/0011` "Memory".
+    tx: mpsc::Sender<Box<Outbound>>,
+    ctl: mpsc::Sender<Box<Control>>,
     /// Public state (a `DeviceState` byte), kept by the task for connections to read.
     state: AtomicU8,
     /// Code new messages are refused with while the device cannot send for long (0: none).
@@ -195,24 +198,35 @@ impl SessionHandle {
 
     /// Reserves a queue slot, so a message can be journaled first and queued after without
     /// a chance of finding the queue full in between. `None` if full or stopped.
-    pub fn reserve(&self) -> Option<mpsc::OwnedPermit<Outbound>> {
-        self.tx.clone().try_reserve_owned().ok()
+    pub fn reserve(&self) -> Option<Permit> {
+        self.tx.clone().try_reserve_owned().ok().map(Permit)
     }
 
     /// Queues a message, waiting for room (recovery feeds a backlog through this).
     pub async fn submit_wait(&self, m: Outbound) -> Result<(), SubmitError> {
         self.tx
-            .send(m)
+            .send(Box::new(m))
             .await
-            .map_err(|e| SubmitError::Stopped(Box::new(e.0)))
+            .map_err(|e| SubmitError::Stopped(e.0))
     }
 
     /// Queues a message without waiting.
     pub fn submit(&self, m: Outbound) -> Result<(), SubmitError> {
-        self.tx.try_send(m).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(m) => SubmitError::Busy(Box::new(m)),
-            mpsc::error::TrySendError::Closed(m) => SubmitError::Stopped(Box::new(m)),
+        self.tx.try_send(Box::new(m)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(m) => SubmitError::Busy(m),
+            mpsc::error::TrySendError::Closed(m) => SubmitError::Stopped(m),
         })
+    }
+}
+
+/// A reserved slot in a device's queue (from [`SessionHandle::reserve`]).
+#[derive(Debug)]
+pub struct Permit(mpsc::OwnedPermit<Box<Outbound>>);
+
+impl Permit {
+    /// Queues the message into the reserved slot.
+    pub fn send(self, m: Outbound) {
+        self.0.send(Box::new(m));
     }
 }
 
@@ -284,7 +298,7 @@ impl SessionManager {
         let (tx, rx) = tokio::sync::oneshot::channel();
         handle
             .ctl
-            .send(Control::Command(cmd, tx))
+            .send(Box::new(Control::Command(cmd, tx)))
             .await
             .map_err(|_| ControlError::Stopped)?;
         Ok(rx.await.map_err(|_| ControlError::Stopped)??)
@@ -296,7 +310,7 @@ impl SessionManager {
         let Some(h) = self.get(ws, device) else {
             return false;
         };
-        match h.ctl.try_send(Control::Event(ev)) {
+        match h.ctl.try_send(Box::new(Control::Event(ev))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             // This device's task is behind (e.g. waiting on a slow upstream logout). Waiting
@@ -414,7 +428,7 @@ impl SessionTask {
         }
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Outbound>, mut ctl: mpsc::Receiver<Control>) {
+    async fn run(self, mut rx: mpsc::Receiver<Box<Outbound>>, mut ctl: mpsc::Receiver<Box<Control>>) {
         let mut record = match self.store.load(&self.device).await {
             Ok(Some(r)) => r,
             Ok(None) => SessionRecord::new(self.upstream.provisioned(&self.device)),
@@ -434,7 +448,8 @@ impl SessionTask {
         self.metrics.session_phase(None, life.phase().as_str());
         *self.reported.lock().unwrap_or_else(|p| p.into_inner()) = life.phase().as_str();
         let mut connecting: Option<Connecting> = None;
-        let mut held: Option<Outbound> = None;
+        // Boxed as it came through the queue: 8 bytes of the idle future instead of 176.
+        let mut held: Option<Box<Outbound>> = None;
         let mut inflight = FuturesUnordered::new();
         self.apply(
             &mut life,
@@ -453,7 +468,7 @@ impl SessionTask {
             if let Some(m) = held.take() {
                 if let Some(code) = life.refusal() {
                     granted_at = None;
-                    self.fail_now(m, code, &format!("device is {}", life.phase().as_str()));
+                    self.fail_now(*m, code, &format!("device is {}", life.phase().as_str()));
                 } else if !life.can_send() || inflight.len() >= self.settings.window {
                     held = Some(m);
                 } else {
@@ -486,7 +501,7 @@ impl SessionTask {
                             if save_pacing_at.is_none() {
                                 save_pacing_at = Some(now.saturating_add(PACING_SAVE_EVERY));
                             }
-                            inflight.push(self.dispatch(m));
+                            inflight.push(self.dispatch(*m));
                         }
                         Pace::Wait { until, reason } => {
                             self.metrics.paced(reason.as_str());
@@ -498,7 +513,7 @@ impl SessionTask {
                             // A long wait must not hold the queue head: replies to known
                             // contacts would be stuck behind one message to a stranger.
                             match if long && granted_at.is_none() {
-                                self.defer(m, until, reason)
+                                self.defer(*m, until, reason).map(Box::new)
                             } else {
                                 Some(m)
                             } {
@@ -546,7 +561,7 @@ impl SessionTask {
                     self.finish(m, started, r);
                     None
                 }
-                c = ctl.recv() => match c {
+                c = ctl.recv() => match c.map(|c| *c) {
                     Some(Control::Event(ev)) => Some(life.handle(self.at(), Input::Upstream(ev), &mut rand::rng())),
                     Some(Control::Inbound(from)) => {
                         pacer.on_inbound(ContactKey::of(from.as_str()));
@@ -562,7 +577,9 @@ impl SessionTask {
                         };
                         match r {
                             Ok(actions) => {
-                                self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx).await;
+                                // Boxed (here and below): cold, and awaited inside the select, so
+                                // unboxed its state would widen every idle session's future.
+                                Box::pin(self.apply(&mut life, &mut record, actions, &mut connecting, &mut held, &mut rx)).await;
                                 let _ = reply.send(Ok(life.phase().public()));
                             }
                             Err(e) => {
@@ -595,7 +612,7 @@ impl SessionTask {
                 () = timer, if wait.is_some() || wake.is_some() => {
                     if save_pacing_at.is_some_and(|at| at <= self.clock.now()) {
                         save_pacing_at = None;
-                        self.save_pacing(&pacer, &mut record).await;
+                        Box::pin(self.save_pacing(&pacer, &mut record)).await;
                     }
                     Some(life.handle(self.at(), Input::Tick, &mut rand::rng()))
                 }
@@ -612,14 +629,14 @@ impl SessionTask {
                 else => break,
             };
             if let Some(actions) = step {
-                self.apply(
+                Box::pin(self.apply(
                     &mut life,
                     &mut record,
                     actions,
                     &mut connecting,
                     &mut held,
                     &mut rx,
-                )
+                ))
                 .await;
             }
             if !open && inflight.is_empty() && held.is_none() {
@@ -641,8 +658,8 @@ impl SessionTask {
         record: &mut SessionRecord,
         actions: Vec<Action>,
         connecting: &mut Option<Connecting>,
-        held: &mut Option<Outbound>,
-        rx: &mut mpsc::Receiver<Outbound>,
+        held: &mut Option<Box<Outbound>>,
+        rx: &mut mpsc::Receiver<Box<Outbound>>,
     ) {
         const CALL_TIMEOUT: Duration = Duration::from_secs(10);
         for a in actions {
@@ -732,10 +749,10 @@ impl SessionTask {
                 Action::FailQueued(code) => {
                     let why = format!("device is {}", life.phase().as_str());
                     if let Some(m) = held.take() {
-                        self.fail_now(m, code, &why);
+                        self.fail_now(*m, code, &why);
                     }
                     while let Ok(m) = rx.try_recv() {
-                        self.fail_now(m, code, &why);
+                        self.fail_now(*m, code, &why);
                     }
                 }
             }
@@ -1082,7 +1099,7 @@ pub async fn route_upstream_events(
                     && let Some(h) = sessions.get(ws.idx, &device.device)
                 {
                     // Best effort: a full control queue only makes first-contact rules stricter.
-                    let _ = h.ctl.try_send(Control::Inbound(from.clone()));
+                    let _ = h.ctl.try_send(Box::new(Control::Inbound(from.clone())));
                 }
                 let kind = EventKind::Inbound {
                     device_id: device.device,

@@ -119,7 +119,7 @@ fn setup(
     m.start_device(&ws, "d");
     // These upstreams have no event sink: play WhatsApp's "connected" for them.
     let ctl = m.get(ws.idx, &"d".into()).unwrap().ctl.clone();
-    tokio::spawn(async move { ctl.send(Control::Event(SessionEvent::Connected)).await });
+    tokio::spawn(async move { ctl.send(Box::new(Control::Event(SessionEvent::Connected))).await });
     (m, ws)
 }
 
@@ -419,10 +419,13 @@ async fn first_contact_limits_hold_strangers_but_not_known_contacts() {
     let h = m.get(ws.idx, &"d".into()).unwrap();
     // Someone wrote to the device first: replying is not a first contact.
     h.ctl
-        .send(Control::Inbound("4917000000001".into()))
+        .send(Box::new(Control::Inbound("4917000000001".into())))
         .await
         .unwrap();
-    h.ctl.send(Control::Event(SessionEvent::Connected)).await.unwrap();
+    h.ctl
+        .send(Box::new(Control::Event(SessionEvent::Connected)))
+        .await
+        .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let to = |seq: u64, r: &str| Outbound {
         recipient: r.into(),
