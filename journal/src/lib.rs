@@ -37,6 +37,8 @@ pub use completion::Completion;
 pub use config::{Clock, JournalConfig, SyncMode};
 pub use error::{Fault, JournalError, OverloadReason, Result};
 pub use journal::{CompactionReport, Journal, JournalStats, Lsn};
-pub use record::{AcceptedMessage, Body, DecodeError, FRAME_HEADER, InboundMessage, MAX_RECORD_LEN, MessageId, Record};
+pub use record::{
+    AcceptedMessage, Body, DecodeError, FRAME_HEADER, InboundMessage, MAX_RECORD_LEN, MessageId, Record,
+};
 pub use replay::{Corruption, DeadLetter, IdemEntry, IdemKey, Pending, PendingState, Recovered, ReplayStats};
 pub use segment::HEADER_LEN as SEGMENT_HEADER_LEN;
