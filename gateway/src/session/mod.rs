@@ -479,6 +479,8 @@ impl SessionTask {
                             reason: PaceReason::MinInterval,
                         },
                         Some(_) => Pace::Go { typing: None },
+                        // Pacing off (load tests): no recipient hash, wall clock or RNG per message.
+                        None if !pacer.policy().is_enabled() => Pace::Go { typing: None },
                         None => pacer.poll(
                             now,
                             crate::unix_ms(),

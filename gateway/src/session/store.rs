@@ -74,61 +74,50 @@ pub enum SessionStoreError {
 
 /// Where session records live.
 pub trait SessionStore: Send + Sync + 'static {
-    /// The record of a device, if one was saved.
-    fn load(
-        &self,
-        device: &DeviceRef,
-    ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>>;
-    /// Saves durably (resolves after the data is on disk).
-    fn save(
-        &self,
-        device: &DeviceRef,
-        rec: &SessionRecord,
-    ) -> BoxFuture<'static, Result<(), SessionStoreError>>;
-    /// A named blob of the device (e.g. the pacer's contact book), if saved.
+    /// A named blob of the device (the session record, the pacer's contact book), if saved.
     fn load_blob(
         &self,
         device: &DeviceRef,
         name: &'static str,
     ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SessionStoreError>>;
-    /// Saves a named blob durably.
+
+    /// Saves a named blob durably (resolves after the data is on disk).
     fn save_blob(
         &self,
         device: &DeviceRef,
         name: &'static str,
         bytes: Vec<u8>,
     ) -> BoxFuture<'static, Result<(), SessionStoreError>>;
-}
 
-/// Records in memory (tests; nodes run with the device store).
-#[derive(Debug, Default, Clone)]
-pub struct MemoryStore {
-    map: Arc<DashMap<DeviceRef, Vec<u8>>>,
-    blobs: Arc<DashMap<(DeviceRef, &'static str), Vec<u8>>>,
-}
-
-impl SessionStore for MemoryStore {
+    /// The record of a device, if one was saved.
     fn load(
         &self,
         device: &DeviceRef,
     ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
-        let r = self
-            .map
-            .get(device)
-            .map(|b| SessionRecord::decode(&b))
-            .transpose();
-        Box::pin(async move { r })
+        let fut = self.load_blob(device, RECORD_BLOB);
+        Box::pin(async move { fut.await?.map(|b| SessionRecord::decode(&b)).transpose() })
     }
 
+    /// Saves the record durably.
     fn save(
         &self,
         device: &DeviceRef,
         rec: &SessionRecord,
     ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
-        self.map.insert(device.clone(), rec.encode());
-        Box::pin(async { Ok(()) })
+        self.save_blob(device, RECORD_BLOB, rec.encode())
     }
+}
 
+/// Blob name of the session record.
+const RECORD_BLOB: &str = "record";
+
+/// Records in memory (tests; nodes run with the device store).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    blobs: Arc<DashMap<(DeviceRef, &'static str), Vec<u8>>>,
+}
+
+impl SessionStore for MemoryStore {
     fn load_blob(
         &self,
         device: &DeviceRef,
@@ -153,7 +142,6 @@ impl SessionStore for MemoryStore {
 /// renumber: the number is part of every stored key and of the sealing AAD. Namespaces
 /// 16..=63 belong to the WhatsApp upstream's credentials (`waping-whatsapp`).
 pub const SESSION_NS: waping_store::Ns = waping_store::Ns::new(1);
-const RECORD_KEY: &[u8] = b"record";
 
 /// Session records in the node's device store (`waping-store`): one embedded database for
 /// every device, group-committed, sealed at rest through the store's sealer.
@@ -178,35 +166,6 @@ fn store_err(e: waping_store::StoreError) -> SessionStoreError {
 }
 
 impl SessionStore for DeviceStoreSessions {
-    fn load(
-        &self,
-        device: &DeviceRef,
-    ) -> BoxFuture<'static, Result<Option<SessionRecord>, SessionStoreError>> {
-        // A B-tree lookup, usually from the page cache: done inline, not on the blocking pool.
-        let r = self
-            .store
-            .device(&device.workspace, device.device.as_str())
-            .and_then(|d| d.get(SESSION_NS, RECORD_KEY))
-            .map_err(store_err)
-            .and_then(|v| v.map(|b| SessionRecord::decode(&b)).transpose());
-        Box::pin(async move { r })
-    }
-
-    fn save(
-        &self,
-        device: &DeviceRef,
-        rec: &SessionRecord,
-    ) -> BoxFuture<'static, Result<(), SessionStoreError>> {
-        let d = self.store.device(&device.workspace, device.device.as_str());
-        let bytes = rec.encode();
-        Box::pin(async move {
-            d.map_err(store_err)?
-                .put(SESSION_NS, RECORD_KEY, &bytes)
-                .await
-                .map_err(store_err)
-        })
-    }
-
     fn load_blob(
         &self,
         device: &DeviceRef,

@@ -97,12 +97,23 @@ fn setup(
     window: usize,
     device_rate: u32,
 ) -> (SessionManager, Arc<Workspace>) {
+    setup_with(up, queue, window, device_rate, spacing_only(device_rate))
+}
+
+/// [`setup`] with the workspace's pacing policy given.
+fn setup_with(
+    up: Arc<dyn Upstream>,
+    queue: usize,
+    window: usize,
+    device_rate: u32,
+    pacing: crate::pacing::PacingPolicy,
+) -> (SessionManager, Arc<Workspace>) {
     let mut reg = Registry::default();
     let ws = reg.add(
         "w",
         Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),
         device_rate,
-        Arc::new(spacing_only(device_rate)),
+        Arc::new(pacing),
     );
     let m = SessionManager::new(
         up,
@@ -387,7 +398,6 @@ async fn first_contact_limits_hold_strangers_but_not_known_contacts() {
             already_sent: false,
         }),
     );
-    let mut reg = Registry::default();
     let cfg = crate::pacing::PacingConfig {
         min_interval_ms: 0,
         jitter_ms: 0,
@@ -397,25 +407,8 @@ async fn first_contact_limits_hold_strangers_but_not_known_contacts() {
         daily_cap: 0,
         ..Default::default()
     };
-    let ws = reg.add(
-        "w",
-        Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),
-        1000,
-        Arc::new(crate::pacing::PacingPolicy::new(&cfg, 1000).unwrap()),
-    );
-    let m = SessionManager::new(
-        up.clone(),
-        SessionSettings {
-            queue: 10,
-            window: 4,
-            send_timeout: Duration::from_secs(5),
-            lifecycle: LifecycleConfig::default(),
-        },
-        Arc::new(Metrics::new()),
-        ConnectGate::start(Quota::per_second(1000, 1000).unwrap(), MonotonicClock::new()),
-        Arc::new(store::MemoryStore::default()),
-    );
-    m.start_device(&ws, "d");
+    let policy = crate::pacing::PacingPolicy::new(&cfg, 1000).unwrap();
+    let (m, ws) = setup_with(up.clone(), 10, 4, 1000, policy);
     let h = m.get(ws.idx, &"d".into()).unwrap();
     // Someone wrote to the device first: replying is not a first contact.
     h.ctl
