@@ -1,0 +1,2 @@
+//! Envelope encryption at rest (skeleton; filled by the vault work).
+#![forbid(unsafe_code)]
