@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
-use crate::auth::KeyStore;
 use crate::config::{Config, UpstreamKind};
 use crate::durable::{Durable, RetryItem, pbody};
 use crate::idempotency::IdempotencyIndex;
@@ -38,6 +37,10 @@ pub struct Gateway {
     pub quic_addr: SocketAddr,
     /// Bound metrics address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Bound HTTP API address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// The control plane (workspaces, keys, devices, deletions).
+    pub control: Arc<crate::control::Control>,
     /// `sha256:…` of the certificate, for clients to pin.
     pub fingerprint: String,
     /// PEM certificate path.
@@ -50,6 +53,7 @@ pub struct Gateway {
     durable: Arc<Durable>,
     scheduler_stop: tokio::sync::oneshot::Sender<()>,
     scheduler: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Installs the Prometheus recorder once per process; later calls (tests
@@ -75,11 +79,26 @@ fn install_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<SocketAddr
 impl Gateway {
     /// Builds and starts everything; returns once the listener is bound.
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        let cfg = Arc::new(cfg);
         let state_dir = cfg.server.resolved_state_dir();
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating state dir {}", state_dir.display()))?;
         let metrics_addr = install_metrics(cfg.metrics.address())?;
         let metrics = Arc::new(Metrics::new());
+
+        // Encryption at rest: the per-workspace data keys, wrapped by the master key. Opened
+        // first: the journal and the device store cannot read their data without it.
+        let (master, source) = crate::control::sealing::master_key(&cfg, &state_dir)?;
+        let vault = Arc::new(
+            waping_vault::Vault::open(&state_dir, master, Some(source))
+                .context("opening the keyring (encryption at rest)")?,
+        );
+        let sealer = crate::control::sealing::VaultSealer(vault.clone());
+        for w in &cfg.workspaces {
+            vault
+                .ensure_workspace(&w.id)
+                .with_context(|| format!("workspace {}: data key", w.id))?;
+        }
 
         let limiter: Limiter<Arc<str>> = Limiter::new();
         let mut quotas = Vec::with_capacity(cfg.workspaces.len());
@@ -95,27 +114,27 @@ impl Gateway {
         }
         // One batch so the map is copied once; fresh buckets start full whatever `now` is.
         let cells = limiter.upsert_many(quotas, Nanos::ZERO);
-        let mut registry = Registry::default();
-        let mut keys = KeyStore::default();
+        let registry = Arc::new(Registry::default());
         for (w, cell) in cfg.workspaces.iter().zip(cells) {
             let (_, _, device_rate) = cfg.workspace_limits(w);
             let pacing = cfg
                 .workspace_pacing(w)
                 .map_err(|e| anyhow::anyhow!("workspace {}: {e}", w.id))?;
-            let ws = registry.add(&w.id, cell, device_rate, Arc::new(pacing));
-            for k in &w.keys {
-                keys.insert(&k.id, &k.hash, ws.idx)
-                    .map_err(|e| anyhow::anyhow!("workspace {}: key {}: {e}", w.id, k.id))?;
-            }
+            registry.add(&w.id, cell, device_rate, Arc::new(pacing));
         }
-        let registry = Arc::new(registry);
 
-        let (durable, queue, recovered) = open_durable(&cfg, &state_dir).await?;
+        let (durable, queue, recovered) = open_durable(&cfg, &state_dir, Arc::new(sealer.clone())).await?;
 
         // Session records (and the WhatsApp upstream's credentials) for every device.
         let store_path = state_dir.join("devices.redb");
         let device_store = Arc::new(
-            waping_store::Store::open(&store_path, waping_store::StoreOptions::default())
+            waping_store::Store::open(
+                &store_path,
+                waping_store::StoreOptions {
+                    sealer: Arc::new(sealer),
+                    ..waping_store::StoreOptions::default()
+                },
+            )
                 .with_context(|| format!("opening the device store {}", store_path.display()))?,
         );
         let (ev_tx, ev_rx) = mpsc::channel(UPSTREAM_EVENT_BUFFER);
@@ -168,10 +187,25 @@ impl Gateway {
         for w in &cfg.workspaces {
             if let Some(ws) = registry.by_id(&w.id) {
                 for d in &w.devices {
-                    sessions.start_device(ws, d);
+                    sessions.start_device(&ws, d);
                 }
             }
         }
+
+        let admin = crate::control::AdminToken::load(cfg.api.admin_token_file.as_deref())?;
+        // Workspaces, keys and devices created through the API join the configuration's here,
+        // before the journal's unfinished messages look for their devices.
+        let control = crate::control::Control::open(
+            cfg.clone(),
+            &state_dir,
+            registry.clone(),
+            limiter,
+            sessions.clone(),
+            durable.clone(),
+            vault,
+            device_store.clone(),
+            admin,
+        )?;
 
         let (scheduler_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let scheduler = tokio::spawn(run_retries(queue, durable.clone(), stop_rx));
@@ -186,17 +220,39 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(
             cfg.server.clone(),
-            Arc::new(arc_swap::ArcSwap::from_pointee(keys)),
-            registry.clone(),
+            control.clone(),
             sessions.clone(),
             durable.clone(),
-            metrics,
-            shutdown_rx,
+            metrics.clone(),
+            shutdown_rx.clone(),
         ));
         let serve = tokio::spawn(server::serve(endpoint, shared));
+        let (http_addr, http) = if cfg.api.enabled {
+            let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+                .await
+                .with_context(|| format!("binding the HTTP API on tcp {}", cfg.api.listen))?;
+            let addr = listener.local_addr()?;
+            let tls = match cfg.api.scheme {
+                crate::control::config::Scheme::Https => Some(crate::tls::https_server_config(&tls)?),
+                crate::control::config::Scheme::Http => None,
+            };
+            let api = crate::http::Api::new(control.clone(), metrics.clone(), durable.clock);
+            let task = tokio::spawn(crate::http::serve(
+                listener,
+                tls,
+                crate::http::router(api),
+                shutdown_rx,
+                Duration::from_millis(cfg.server.drain_timeout_ms),
+            ));
+            (Some(addr), Some(task))
+        } else {
+            (None, None)
+        };
         let gw = Gateway {
             quic_addr,
             metrics_addr,
+            http_addr,
+            control,
             fingerprint: tls.fingerprint_string(),
             cert_path: tls.cert_path.clone(),
             state_dir: state_dir.clone(),
@@ -206,11 +262,13 @@ impl Gateway {
             durable,
             scheduler_stop,
             scheduler,
+            http,
         };
         gw.write_runtime_file()?;
         tracing::info!(
             quic = %quic_addr,
             metrics = ?metrics_addr,
+            http = ?http_addr,
             fingerprint = %gw.fingerprint,
             cert = %gw.cert_path.display(),
             created_cert = tls.created,
@@ -225,10 +283,12 @@ impl Gateway {
     /// `state_dir/runtime.json`: bound addresses and fingerprint, for tools and tests.
     fn write_runtime_file(&self) -> anyhow::Result<()> {
         let v = format!(
-            "{{\"pid\":{},\"quic\":\"{}\",\"metrics\":{},\"fingerprint\":\"{}\",\"cert\":{:?}}}\n",
+            "{{\"pid\":{},\"quic\":\"{}\",\"metrics\":{},\"http\":{},\"fingerprint\":\"{}\",\"cert\":{:?}}}\n",
             std::process::id(),
             self.quic_addr,
             self.metrics_addr
+                .map_or("null".to_string(), |a| format!("\"{a}\"")),
+            self.http_addr
                 .map_or("null".to_string(), |a| format!("\"{a}\"")),
             self.fingerprint,
             self.cert_path.display().to_string(),
@@ -253,6 +313,9 @@ impl Gateway {
     /// after the next start.
     pub async fn wait(self) {
         let _ = self.serve.await;
+        if let Some(h) = self.http {
+            let _ = h.await;
+        }
         let _ = self.scheduler_stop.send(());
         let _ = self.scheduler.await;
         self.sessions.close_all();
@@ -267,9 +330,11 @@ impl Gateway {
 async fn open_durable(
     cfg: &Config,
     state_dir: &std::path::Path,
+    sealer: Arc<dyn waping_journal::RecordSealer>,
 ) -> anyhow::Result<(Arc<Durable>, RetryQueue<MessageId, RetryItem>, Recovered)> {
     let dir = state_dir.join("journal");
-    let jcfg = cfg.journal.to_journal_config();
+    let mut jcfg = cfg.journal.to_journal_config();
+    jcfg.sealer = Some(sealer);
     let open_dir = dir.clone();
     // Replay reads every segment: blocking IO, off the async workers.
     let (journal, recovered) = tokio::task::spawn_blocking(move || Journal::open(&open_dir, jcfg))

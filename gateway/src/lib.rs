@@ -1,13 +1,18 @@
 //! The waping gateway daemon as a library: everything `main.rs` wires together.
 //!
 //! Subsystems, one folder each: [`config`], [`auth`], [`limiter`],
-//! [`workspace`], [`session`], [`upstream`], [`server`]; [`app`] wires them.
+//! [`workspace`], [`session`], [`upstream`], [`server`] (QUIC data plane),
+//! [`control`] (workspaces, keys, roles, deletions) and [`http`] (the HTTP API);
+//! [`app`] wires them.
 #![deny(unsafe_code)]
 
+pub mod admit;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod durable;
+pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod limiter;

@@ -49,6 +49,26 @@ enum Cmd {
         op: waping_gateway::link::cli::DeviceCmd,
     },
     // ---- end device linking ----
+    /// Write a new random master key (encryption at rest) to a file created with mode 0600.
+    GenMasterKey {
+        /// File to create (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rewrap every workspace data key under a new master key. Safe while the gateway runs:
+    /// it keeps its unwrapped keys and picks up the new master key from its configured source
+    /// at the next keyring change; install the new key there (e.g. `--install`) before that.
+    RotateMasterKey {
+        /// TOML configuration file (its state directory and master key source).
+        #[arg(long, short, env = "WAPING_CONFIG")]
+        config: Option<PathBuf>,
+        /// The new master key (create one with `gen-master-key`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// Then copy the new key over the configured `security.master_key_file` (atomically).
+        #[arg(long)]
+        install: bool,
+    },
     /// Inspect and act on dead letters (run with the gateway stopped).
     DeadLetters {
         /// TOML configuration file (its state directory holds the journal).
@@ -128,6 +148,32 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Device { op } => waping_gateway::link::cli::main(op),
+        Cmd::GenMasterKey { out } => {
+            match waping_vault::MasterKey::generate().write_new_file(&out) {
+                Ok(()) => {
+                    eprintln!("wrote a new master key to {} (mode 0600)", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::RotateMasterKey {
+            config,
+            new_key_file,
+            install,
+        } => match rotate_master_key(config.as_deref(), &new_key_file, install) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::DefaultConfig => match toml::to_string_pretty(&Config::default()) {
             Ok(s) => {
                 print!("{s}");
@@ -190,6 +236,40 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `rotate-master-key`: rewraps the keyring under the new key, then optionally installs it.
+fn rotate_master_key(config: Option<&std::path::Path>, new_key_file: &std::path::Path, install: bool) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state_dir = cfg.server.resolved_state_dir();
+    let (old, source) = waping_gateway::control::sealing::master_key(&cfg, &state_dir)?;
+    let new = waping_vault::MasterKey::load(&waping_vault::KeySource::File(new_key_file.to_path_buf()))?;
+    let report = waping_vault::rotate_master_key(&state_dir, &old, &new)?;
+    let mut msg = format!(
+        "rewrapped {} data key(s): master key {} -> {}",
+        report.data_keys, report.old_id, report.new_id
+    );
+    match (install, source) {
+        (true, waping_vault::KeySource::File(path)) => {
+            let tmp = path.with_extension("rotating");
+            std::fs::copy(new_key_file, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            msg.push_str(&format!("; installed at {}", path.display()));
+        }
+        (true, other) => anyhow::bail!(
+            "{msg}; but the master key comes from {}, which this command cannot replace: install the new key there yourself",
+            other.describe()
+        ),
+        (false, other) => msg.push_str(&format!(
+            "; now install the new key at {} (the old key no longer opens the keyring)",
+            other.describe()
+        )),
+    }
+    Ok(msg)
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {

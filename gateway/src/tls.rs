@@ -131,3 +131,16 @@ pub fn quic_server_config(mat: &TlsMaterial, cfg: &ServerConfig) -> anyhow::Resu
     sc.transport_config(Arc::new(t));
     Ok(sc)
 }
+
+/// The HTTPS API's rustls configuration: the same certificate as QUIC, TLS 1.2 and 1.3,
+/// ALPN `http/1.1`.
+pub fn https_server_config(mat: &TlsMaterial) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(mat.certs.clone(), mat.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}

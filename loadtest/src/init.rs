@@ -68,6 +68,8 @@ pub fn init(a: &InitArgs) -> anyhow::Result<()> {
 pub fn build(a: &InitArgs) -> anyhow::Result<(Config, KeyFile)> {
     let mut cfg = Config::default();
     cfg.server.listen = a.listen;
+    // The harness drives QUIC only; an ephemeral API port lets several gateways run at once.
+    cfg.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.server.state_dir = Some(std::path::absolute(a.out.join("state"))?);
     cfg.server.max_in_flight = 65_536;
     cfg.metrics.listen = a.metrics;
@@ -96,6 +98,7 @@ pub fn build(a: &InitArgs) -> anyhow::Result<(Config, KeyFile)> {
             keys: vec![KeyConfig {
                 id: k.id,
                 hash: k.hash,
+                role: waping_gateway::control::roles::Role::Owner,
             }],
         });
         keys.workspaces.push(KeyEntry {

@@ -91,6 +91,7 @@ catalogue! {
     HANDSHAKE_TIMEOUT = 1007, Client, retry: true, fatal: true, "HELLO did not arrive within the handshake timeout.";
     INVALID_FIELD = 1008, Client, retry: false, fatal: false, "A field is empty, too long or out of range (the message says which).";
     DUPLICATE_SEQ = 1009, Client, retry: false, fatal: false, "A SEND reused a sequence number that is still in flight on the same stream.";
+    PAYLOAD_TOO_LARGE = 1010, Client, retry: false, fatal: false, "An HTTP request body, batch or page is larger than the configured limit.";
     // 2xxx: who the caller is and what it may do.
     AUTH_FAILED = 2000, Client, retry: false, fatal: true, "The API key is unknown, malformed, expired or revoked.";
     FORBIDDEN = 2001, Client, retry: false, fatal: false, "The key is valid but its role does not allow this operation.";
@@ -100,11 +101,15 @@ catalogue! {
     DEVICE_BUSY = 3001, Client, retry: true, fatal: false, "The device's outbound queue is full (per-device pacing is holding messages back).";
     TOO_MANY_IN_FLIGHT = 3002, Client, retry: true, fatal: false, "The connection already has max_in_flight unacknowledged messages.";
     OVERLOADED = 3003, Internal, retry: true, fatal: false, "The gateway is shedding load; retry after retry_after_ms.";
+    API_RATE_LIMITED = 3004, Client, retry: true, fatal: false, "Too many HTTP API requests from this key or source address; retry after retry_after_ms.";
     // 4xxx: the request names something that does not exist or cannot be done.
     UNKNOWN_DEVICE = 4000, Client, retry: false, fatal: false, "The device id does not exist in the caller's workspace.";
     INVALID_RECIPIENT = 4001, Client, retry: false, fatal: false, "The recipient is not a valid WhatsApp address.";
     UNSUPPORTED_BODY = 4002, Client, retry: false, fatal: false, "The body kind is defined but not supported by this gateway (e.g. media in v1).";
     UNKNOWN_BODY_KIND = 4003, Client, retry: false, fatal: true, "The body kind byte is not defined.";
+    NOT_FOUND = 4004, Client, retry: false, fatal: false, "No such object in the caller's workspace (an object of another workspace is reported the same way).";
+    CONFLICT = 4005, Client, retry: false, fatal: false, "The object already exists, or its state or origin (the configuration file) forbids the operation.";
+    QUOTA_EXCEEDED = 4006, Client, retry: false, fatal: false, "A workspace quota (devices, keys, webhooks) is used up.";
     // 5xxx: WhatsApp or the device session.
     UPSTREAM_UNAVAILABLE = 5000, Upstream, retry: true, fatal: false, "The upstream (WhatsApp or its simulator) cannot be reached.";
     UPSTREAM_REJECTED = 5001, Upstream, retry: false, fatal: false, "The upstream refused the message permanently.";

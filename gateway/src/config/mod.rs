@@ -37,6 +37,14 @@ pub struct Config {
     /// Account-safety pacing of every device (anti-ban); workspaces may override fields.
     pub pacing: crate::pacing::PacingConfig,
     // --- end [pacing] ---
+    /// HTTP/JSON control plane and send API.
+    pub api: crate::control::config::ApiConfig,
+    /// Encryption at rest (master key).
+    pub security: crate::control::config::SecurityConfig,
+    /// Default per-workspace quotas.
+    pub quotas: crate::control::config::Quotas,
+    /// Default per-workspace retention windows.
+    pub retention: crate::control::config::Retention,
     /// Tenants and their API keys.
     pub workspaces: Vec<WorkspaceConfig>,
 }
@@ -503,6 +511,14 @@ pub struct KeyConfig {
     pub id: String,
     /// `sha256:` + 64 hex characters of SHA-256 over the whole key string.
     pub hash: String,
+    /// What the key may do (see the README's role matrix). Default `owner`, which is what
+    /// every configured key could do before roles existed.
+    #[serde(default = "default_key_role")]
+    pub role: crate::control::roles::Role,
+}
+
+fn default_key_role() -> crate::control::roles::Role {
+    crate::control::roles::Role::Owner
 }
 
 /// Everything wrong with a file, each with its path.
@@ -722,6 +738,9 @@ impl Config {
         );
         self.sessions.validate(&mut p);
         self.upstream.whatsapp.validate(&mut p);
+        p.extend(self.api.problems());
+        p.extend(self.quotas.problems("quotas"));
+        p.extend(self.retention.problems("retention"));
         if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
             p.extend(e.problems);
         }

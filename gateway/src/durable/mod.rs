@@ -137,6 +137,7 @@ pub fn accepted_record(
     recipient: &Text,
     body: &Body,
     now_ms: u64,
+    submitted_by: String,
 ) -> Record {
     Record::Accepted(AcceptedMessage {
         id,
@@ -146,6 +147,7 @@ pub fn accepted_record(
         recipient: recipient.as_str().to_owned(),
         body: jbody(body),
         accepted_at_ms: now_ms,
+        submitted_by,
     })
 }
 

@@ -208,6 +208,13 @@ impl IdempotencyIndex {
         let _ = token.tx.send(Durability::Failed);
     }
 
+    /// The message a key maps to, if the key is still remembered (durable or being written).
+    pub fn lookup(&self, workspace: &str, key: &str) -> Option<MessageId> {
+        self.map.get(&self.hash(workspace, key)).map(|s| match &*s {
+            Slot::Done { id, .. } | Slot::InFlight { id, .. } => *id,
+        })
+    }
+
     /// Re-inserts a durable key found by journal replay. Returns false if it was already there.
     pub fn restore(&self, workspace: &str, key: &str, id: MessageId, accepted_at_ms: u64) -> bool {
         let hash = self.hash(workspace, key);

@@ -16,13 +16,12 @@ use tokio_util::task::TaskTracker;
 use waping_protocol::conn::{ServerAction, ServerConn};
 use waping_protocol::{Decoder, ErrorCode, Frame, Text};
 
-use crate::auth::SharedKeys;
 use crate::config::ServerConfig;
 use crate::ids::IdGen;
 use crate::limiter::MonotonicClock;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
-use crate::workspace::{Registry, Workspace};
+use crate::workspace::Workspace;
 
 mod stream;
 
@@ -31,10 +30,8 @@ mod stream;
 pub struct Shared {
     /// Listener settings.
     pub cfg: ServerConfig,
-    /// API keys.
-    pub keys: SharedKeys,
-    /// Workspaces.
-    pub registry: Arc<Registry>,
+    /// Authentication (API keys, failure throttle) and workspaces.
+    pub control: Arc<crate::control::Control>,
     /// Device sessions.
     pub sessions: Arc<SessionManager>,
     /// Journal, idempotency keys and retry queue.
@@ -55,8 +52,7 @@ impl Shared {
     /// Bundles the pieces.
     pub fn new(
         cfg: ServerConfig,
-        keys: SharedKeys,
-        registry: Arc<Registry>,
+        control: Arc<crate::control::Control>,
         sessions: Arc<SessionManager>,
         durable: Arc<crate::durable::Durable>,
         metrics: Arc<Metrics>,
@@ -64,8 +60,7 @@ impl Shared {
     ) -> Self {
         Shared {
             cfg,
-            keys,
-            registry,
+            control,
             sessions,
             durable,
             ids: IdGen::default(),
@@ -83,6 +78,8 @@ impl Shared {
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub ws: Arc<Workspace>,
+    /// The key the connection authenticated with; checked before every request.
+    pub key: Arc<crate::auth::LiveKey>,
     pub conn: quinn::Connection,
     pub id: u64,
     /// SENDs accepted and not yet reported, across all streams.
@@ -182,20 +179,35 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
     else {
         return Ok(());
     };
-    let ws = match shared.keys.load().verify(api_key.as_str()) {
-        Ok(idx) => shared.registry.get(idx).cloned(),
-        Err(e) => {
-            shared.metrics.auth_failure(e.as_str());
-            tracing::info!(%peer, reason = e.as_str(), "authentication failed");
-            None
+    let key = match shared
+        .control
+        .authenticate(api_key.as_str(), peer.ip(), crate::unix_ms())
+    {
+        Ok(crate::control::Principal::Key(k)) => Ok(k),
+        // The admin token is for the HTTP control plane only; it sends nothing.
+        Ok(crate::control::Principal::Admin) => Err((ErrorCode::AUTH_FAILED, 0)),
+        Err(crate::control::Error::Code {
+            code,
+            retry_after_ms,
+            ..
+        }) => Err((code, retry_after_ms)),
+        Err(_) => Err((ErrorCode::AUTH_FAILED, 0)),
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err((code, after)) => {
+            state.auth_failed();
+            shared.metrics.connection_error(code);
+            let msg = if code == ErrorCode::AUTH_THROTTLED {
+                format!("too many failed authentications from this address; retry after {after} ms")
+            } else {
+                "invalid API key".to_string()
+            };
+            io.fail(&conn, code, &msg).await;
+            return Ok(());
         }
     };
-    let Some(ws) = ws else {
-        state.auth_failed();
-        shared.metrics.connection_error(ErrorCode::AUTH_FAILED);
-        io.fail(&conn, ErrorCode::AUTH_FAILED, "invalid API key").await;
-        return Ok(());
-    };
+    let ws = key.workspace.clone();
     state.auth_ok();
     tracing::debug!(%peer, conn_id, workspace = %ws.id, client = %client_name, "authenticated");
     io.queue(&Frame::HelloOk {
@@ -212,6 +224,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
     let ctx = Arc::new(ConnCtx {
         shared: shared.clone(),
         ws,
+        key: key.clone(),
         conn: conn.clone(),
         id: conn_id,
         in_flight: AtomicU32::new(0),
@@ -234,6 +247,12 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
             _ = wait_shutdown(&mut shutdown) => {
                 ctx.draining.store(true, Ordering::Release);
                 break;
+            }
+            // Revocation (or workspace deletion) takes effect now, not at the next request.
+            _ = key.revoked() => {
+                tracing::info!(conn = conn_id, key = %key.id, "API key revoked; closing its connection");
+                close(&conn, ErrorCode::AUTH_FAILED, "API key revoked");
+                return Ok(());
             }
         }
     }

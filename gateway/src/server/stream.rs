@@ -18,9 +18,9 @@ use waping_protocol::{
 };
 
 use super::{ConnCtx, close};
-use crate::durable::accepted_record;
-use crate::idempotency::{Claim, ClaimToken};
-use crate::limiter::RefusalReason;
+use crate::admit::{self, NotAdmitted, ceil_ms};
+use crate::control::roles::Permission;
+use crate::idempotency::ClaimToken;
 use crate::session::{Outbound, ReplySink, StreamReply};
 use crate::workspace::WsEvent;
 
@@ -247,6 +247,7 @@ fn handle(
     staged: &mut Vec<Staged>,
     reply: &ReplySink,
 ) -> Result<(), Fatal> {
+    key_still_valid(ctx)?;
     if let Frame::Send {
         seq,
         idempotency_key,
@@ -310,8 +311,9 @@ fn handle(
         Frame::Ping { nonce } => io.queue(&Frame::Pong { nonce }),
         Frame::Pong { .. } => {}
         Frame::Subscribe { mask } => {
-            // Bits of a later version than the connection's are never granted (PROTOCOL.md 6.6).
-            let granted = mask & subscribe::allowed(state.version().unwrap_or(1));
+            // Bits of a later version than the connection's are never granted (PROTOCOL.md 6.6),
+            // nor bits the key's role does not allow.
+            let granted = mask & subscribe::allowed(state.version().unwrap_or(1)) & subscribe_allowed(ctx.key.role);
             ctx.subscription.store(granted, Ordering::Release);
             // One event stream per connection: later SUBSCRIBEs (even after a mask of 0) only
             // change the mask it filters with.
@@ -345,6 +347,7 @@ fn device_control(
     answers: &mpsc::UnboundedSender<Frame>,
     in_progress: &mut usize,
 ) -> Result<(), Fatal> {
+    key_still_valid(ctx)?;
     // Like a SEND: a gateway drain seen by another stream refuses this request, not the connection.
     if ctx.draining.load(Ordering::Acquire) && state.is_open() {
         state.drain();
@@ -380,6 +383,14 @@ fn device_control(
     let action = what;
     if let Err(e) = validate::device_control(&device_id, &action) {
         return refuse(io, e.code, e.message);
+    }
+    let need = frame_permission(&action);
+    if !ctx.key.role.allows(need) {
+        return refuse(
+            io,
+            ErrorCode::FORBIDDEN,
+            format!("the key's role does not grant {}", need.as_str()),
+        );
     }
     use crate::session::DeviceCommand;
     use crate::upstream::LinkMethod as Method;
@@ -425,6 +436,36 @@ fn device_control(
     Ok(())
 }
 
+/// The permission a DEVICE_CONTROL action needs (the QUIC side of the role matrix; SEND
+/// needs `messages.send`, SUBSCRIBE `events.subscribe`, link codes `devices.write`).
+pub(crate) fn frame_permission(action: &DeviceAction) -> Permission {
+    match action {
+        DeviceAction::Status => Permission::DevicesRead,
+        _ => Permission::DevicesWrite,
+    }
+}
+
+/// Subscription bits a role may receive: nothing without `events.subscribe`, and QR refs
+/// and pairing codes (which let a phone link to the workspace) only with `devices.write`.
+pub(crate) fn subscribe_allowed(role: crate::control::roles::Role) -> u32 {
+    if !role.allows(Permission::EventsSubscribe) {
+        return 0;
+    }
+    if role.allows(Permission::DevicesWrite) {
+        u32::MAX
+    } else {
+        !subscribe::LINK_CODES
+    }
+}
+
+/// A key revoked or expired while the connection was open ends it: it must not keep
+/// working until the client reconnects.
+fn key_still_valid(ctx: &ConnCtx) -> Result<(), Fatal> {
+    ctx.key
+        .check(crate::unix_ms())
+        .map_err(|e| (ErrorCode::AUTH_FAILED, format!("API key {e}")))
+}
+
 fn reject(ctx: &ConnCtx, io: &mut FrameIo, seq: u64, code: ErrorCode, retry_after_ms: u32, reason: &str) {
     ctx.shared.metrics.rejected(code);
     io.queue(&Frame::Rejected {
@@ -435,10 +476,6 @@ fn reject(ctx: &ConnCtx, io: &mut FrameIo, seq: u64, code: ErrorCode, retry_afte
     });
 }
 
-fn ceil_ms(d: Duration) -> u32 {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    ms.clamp(1, u32::MAX as u128) as u32
-}
 
 /// A SEND that passed every check and waits for its journal append.
 pub(crate) struct Staged {
@@ -463,12 +500,12 @@ fn handle_send(
     staged: &mut Vec<Staged>,
     reply: &ReplySink,
 ) {
-    let m = &ctx.shared.metrics;
-    m.received.increment(1);
-    if let Err(e) = validate::send(&idempotency_key, &device_id, &recipient, &body) {
-        return reject(ctx, io, seq, e.code, 0, &e.message);
+    if !ctx.key.role.allows(Permission::MessagesSend) {
+        ctx.shared.metrics.received.increment(1);
+        return reject(ctx, io, seq, ErrorCode::FORBIDDEN, 0, "the key's role does not grant messages.send");
     }
     if pending.contains(&seq) {
+        ctx.shared.metrics.received.increment(1);
         return reject(
             ctx,
             io,
@@ -478,26 +515,10 @@ fn handle_send(
             "seq is still in flight on this stream",
         );
     }
-    let Some(session) = ctx.shared.sessions.get(ctx.ws.idx, &device_id) else {
-        // Ids of other workspaces are invisible: the same answer as for an id that exists nowhere.
-        return reject(
-            ctx,
-            io,
-            seq,
-            ErrorCode::UNKNOWN_DEVICE,
-            0,
-            "no such device in this workspace",
-        );
-    };
-    // A device that cannot send for a long time (not linked, logged out, banned, disabled)
-    // refuses here, handing the message back, rather than accepting it only to fail it.
-    if let Some(code) = session.refusal() {
-        let why = format!("device is {}", session.state().as_str());
-        return reject(ctx, io, seq, code, 0, &why);
-    }
     let max = ctx.shared.cfg.max_in_flight;
     if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+        ctx.shared.metrics.received.increment(1);
         return reject(
             ctx,
             io,
@@ -507,41 +528,49 @@ fn handle_send(
             "wait for reports before sending more",
         );
     }
-    let give_back = |io: &mut FrameIo, code, after, why: &str| {
-        ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
-        reject(ctx, io, seq, code, after, why);
+    let sh = &ctx.shared;
+    let node = admit::Node {
+        sessions: &sh.sessions,
+        durable: &sh.durable,
+        ids: &sh.ids,
+        clock: sh.clock,
+        metrics: &sh.metrics,
     };
-    let d = &ctx.shared.durable;
-    // A retry queue at its bound means the upstream is failing faster than it recovers:
-    // accepting more would only turn them into dead letters. Push back instead.
-    if d.retry.len() >= d.retry.capacity() {
-        return give_back(
-            io,
-            ErrorCode::OVERLOADED,
-            1000,
-            "retry queue is full; the upstream is failing",
-        );
-    }
-    let now_ms = crate::unix_ms();
-    let id = ctx.shared.ids.next();
-    // Idempotency first: a resend must get its original id even when the device is busy or
-    // the workspace out of tokens, and must cost no token.
-    let token = match d.idem.claim(&ctx.ws.id, idempotency_key.as_str(), id, now_ms) {
-        Claim::New(t) => t,
-        Claim::Duplicate { id, pending: None } => {
-            ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
-            m.deduplicated.increment(1);
-            io.queue(&Frame::Accepted { seq, message_id: id });
-            return;
+    let req = admit::Request {
+        idempotency_key,
+        device: device_id,
+        recipient,
+        body,
+        seq,
+        reply: Some(reply.clone()),
+        submitted_by: ctx.key.id.clone(),
+    };
+    match admit::admit(node, &ctx.ws, req) {
+        Ok(a) => {
+            pending.insert(seq);
+            staged.push(Staged {
+                seq,
+                token: a.token,
+                permit: a.permit,
+                out: a.out,
+                record: Some(a.record),
+            });
         }
-        Claim::Duplicate {
+        Err(NotAdmitted::Refused(r)) => {
+            ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+            reject(ctx, io, seq, r.code, r.retry_after_ms, &r.reason);
+        }
+        Err(NotAdmitted::Duplicate { id, pending: None }) => {
+            ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
+            io.queue(&Frame::Accepted { seq, message_id: id });
+        }
+        Err(NotAdmitted::Duplicate {
             id,
             pending: Some(wait),
-        } => {
+        }) => {
             // The original is still being written: answer when it is durable, without
             // stalling this stream.
             pending.insert(seq);
-            m.deduplicated.increment(1);
             let reply = reply.clone();
             tokio::spawn(async move {
                 let r = if wait.wait().await {
@@ -557,61 +586,8 @@ fn handle_send(
                 };
                 let _ = reply.send(r);
             });
-            return;
         }
-    };
-    let busy_after = match ctx.ws.device_rate_per_second {
-        0 => 10,
-        r => 1000u32.div_ceil(r),
-    };
-    // The queue slot is reserved before the limiter so a refusal here costs no token, and
-    // before the journal so a persisted message always finds room.
-    let Some(permit) = session.reserve() else {
-        d.idem.release(token);
-        return give_back(io, ErrorCode::DEVICE_BUSY, busy_after, "device queue is full");
-    };
-    if let Err(r) = ctx.ws.limiter.check(ctx.shared.clock.now(), 1) {
-        d.idem.release(token);
-        let (code, after, why) = match r.reason {
-            RefusalReason::RateExceeded => (
-                ErrorCode::RATE_LIMITED,
-                ceil_ms(r.retry_after),
-                "workspace send rate exceeded",
-            ),
-            // No wait admits it, so not a 3xxx code (those are always retryable).
-            RefusalReason::ExceedsBurst => (
-                ErrorCode::INVALID_FIELD,
-                0,
-                "more than the workspace burst at once",
-            ),
-        };
-        return give_back(io, code, after, why);
     }
-    let record = accepted_record(
-        id,
-        &ctx.ws.id,
-        &device_id,
-        &idempotency_key,
-        &recipient,
-        &body,
-        now_ms,
-    );
-    pending.insert(seq);
-    staged.push(Staged {
-        seq,
-        token,
-        permit,
-        out: Outbound {
-            id,
-            seq,
-            recipient,
-            body,
-            reply: Some(reply.clone()),
-            attempts: 0,
-            first_attempt_ms: 0,
-        },
-        record: Some(record),
-    });
 }
 
 /// Sends what one read staged to the journal; a task answers when the group commit is done.

@@ -379,6 +379,34 @@ impl SessionManager {
             .map(|e| e.value().clone())
     }
 
+    /// Stops a device's session (its device is being deleted): the handle leaves the map,
+    /// so new sends find no device, and the task ends once it has no more work.
+    pub fn remove(&self, ws: WorkspaceIdx, device: &Text) -> Option<Arc<SessionHandle>> {
+        let h = self.sessions.remove(&(ws, device.clone())).map(|(_, h)| h);
+        if h.is_some() {
+            self.metrics.sessions_active.decrement(1.0);
+        }
+        h
+    }
+
+    /// The index a workspace's sessions run under, found through its sessions (the
+    /// workspace may already be gone from the registry while it is being deleted).
+    pub fn workspace_of(&self, id: &str) -> Option<WorkspaceIdx> {
+        self.sessions
+            .iter()
+            .find(|e| &*e.value().workspace.id == id)
+            .map(|e| e.key().0)
+    }
+
+    /// Device ids of a workspace's sessions.
+    pub fn devices_of(&self, ws: WorkspaceIdx) -> Vec<Text> {
+        self.sessions
+            .iter()
+            .filter(|e| e.key().0 == ws)
+            .map(|e| e.key().1.clone())
+            .collect()
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

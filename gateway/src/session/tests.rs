@@ -108,7 +108,7 @@ fn setup_with(
     device_rate: u32,
     pacing: crate::pacing::PacingPolicy,
 ) -> (SessionManager, Arc<Workspace>) {
-    let mut reg = Registry::default();
+    let reg = Registry::default();
     let ws = reg.add(
         "w",
         Arc::new(Cell::new(Quota::per_second(1000, 1000).unwrap())),

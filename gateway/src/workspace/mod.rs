@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::broadcast;
 use waping_protocol::EventKind;
@@ -45,9 +46,16 @@ pub struct Workspace {
     pub pacing: Arc<crate::pacing::PacingPolicy>,
     /// Live subscribers.
     pub events: broadcast::Sender<Arc<WsEvent>>,
+    /// Set when the workspace is deleted: keys and connections holding it stop working.
+    deleted: AtomicBool,
 }
 
 impl Workspace {
+    /// Whether the workspace was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
     /// Publishes to live subscribers; free when nobody listens.
     pub fn publish(&self, kind: EventKind) {
         if self.events.receiver_count() > 0 {
@@ -59,59 +67,111 @@ impl Workspace {
     }
 }
 
-/// All workspaces of the node.
+/// All workspaces of the node. Copy-on-write: workspaces are created and deleted rarely
+/// (control plane) and looked up on every inbound event and authentication, so readers take
+/// no lock.
 #[derive(Debug, Default)]
 pub struct Registry {
-    list: Vec<Arc<Workspace>>,
+    inner: arc_swap::ArcSwap<Inner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Inner {
+    /// Indexed by `WorkspaceIdx`; a deleted workspace leaves a hole so indices stay stable.
+    list: Vec<Option<Arc<Workspace>>>,
     by_id: HashMap<Arc<str>, WorkspaceIdx>,
 }
 
 impl Registry {
-    /// Adds a workspace and returns it.
+    /// Adds a workspace and returns it; an existing one with the same id is returned as is.
     pub fn add(
-        &mut self,
+        &self,
         id: &str,
         limiter: Arc<limiter::Cell>,
         device_rate_per_second: u32,
         pacing: Arc<crate::pacing::PacingPolicy>,
     ) -> Arc<Workspace> {
-        let idx = WorkspaceIdx(self.list.len() as u32);
-        let (events, _) = broadcast::channel(EVENT_BUS_CAPACITY);
-        let ws = Arc::new(Workspace {
-            idx,
-            id: id.into(),
-            limiter,
-            device_rate_per_second,
-            pacing,
-            events,
+        let mut made = None;
+        self.inner.rcu(|cur| {
+            let mut next = Inner::clone(cur);
+            if let Some(ws) = next.by_id.get(id).and_then(|i| next.list[i.0 as usize].clone()) {
+                made = Some(ws);
+                return next;
+            }
+            let idx = WorkspaceIdx(next.list.len() as u32);
+            let (events, _) = broadcast::channel(EVENT_BUS_CAPACITY);
+            let ws = Arc::new(Workspace {
+                idx,
+                id: id.into(),
+                limiter: limiter.clone(),
+                device_rate_per_second,
+                pacing: pacing.clone(),
+                events,
+                deleted: AtomicBool::new(false),
+            });
+            next.by_id.insert(ws.id.clone(), idx);
+            next.list.push(Some(ws.clone()));
+            made = Some(ws);
+            next
         });
-        self.by_id.insert(ws.id.clone(), idx);
-        self.list.push(ws.clone());
-        ws
+        made.expect("rcu ran at least once")
+    }
+
+    /// Removes a workspace (it is being deleted): it is marked deleted, so keys and
+    /// connections holding it stop working, and its id can be created anew later.
+    pub fn remove(&self, id: &str) -> Option<Arc<Workspace>> {
+        let mut removed = None;
+        self.inner.rcu(|cur| {
+            let mut next = Inner::clone(cur);
+            removed = next.by_id.remove(id).and_then(|i| next.list[i.0 as usize].take());
+            next
+        });
+        if let Some(ws) = &removed {
+            ws.deleted.store(true, Ordering::Release);
+        }
+        removed
     }
 
     /// By index.
-    pub fn get(&self, idx: WorkspaceIdx) -> Option<&Arc<Workspace>> {
-        self.list.get(idx.0 as usize)
+    pub fn get(&self, idx: WorkspaceIdx) -> Option<Arc<Workspace>> {
+        self.inner.load().list.get(idx.0 as usize).cloned().flatten()
     }
 
     /// By id.
-    pub fn by_id(&self, id: &str) -> Option<&Arc<Workspace>> {
-        self.by_id.get(id).and_then(|i| self.get(*i))
+    pub fn by_id(&self, id: &str) -> Option<Arc<Workspace>> {
+        let inner = self.inner.load();
+        inner
+            .by_id
+            .get(id)
+            .and_then(|i| inner.list[i.0 as usize].clone())
     }
 
     /// Number of workspaces.
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.inner.load().by_id.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.len() == 0
     }
 
-    /// All of them.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Workspace>> {
-        self.list.iter()
+    /// All of them, in creation order.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Workspace>> {
+        self.inner.load_full().list.clone().into_iter().flatten()
+    }
+
+    /// A workspace with default limits, for unit tests.
+    #[cfg(test)]
+    pub fn add_for_tests(&self, id: &str) -> Arc<Workspace> {
+        let lim: crate::limiter::Limiter<Arc<str>> = crate::limiter::Limiter::new();
+        let cell = lim
+            .upsert_many(
+                vec![(Arc::<str>::from(id), crate::limiter::Quota::per_second(100, 100).unwrap())],
+                crate::limiter::Nanos::ZERO,
+            )
+            .pop()
+            .unwrap();
+        self.add(id, cell, 0, Arc::new(crate::pacing::PacingPolicy::off()))
     }
 }

@@ -24,7 +24,14 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     /// Prometheus listener, when started with metrics on.
     pub metrics: Option<SocketAddr>,
+    /// HTTP API (plain http on loopback in tests).
+    pub http: SocketAddr,
+    /// Node-admin token.
+    pub admin_token: String,
 }
+
+/// The node-admin token every test gateway uses.
+pub const ADMIN_TOKEN: &str = "it-admin-token-0123456789abcdef-0123456789";
 
 impl Gateway {
     /// Starts the binary with the given workspaces and extra TOML appended to `[upstream.sim]`.
@@ -39,12 +46,20 @@ impl Gateway {
 
     /// Like [`Gateway::start_with`] with the whole upstream part of the config given (TOML tables).
     pub fn start_upstream(workspaces: &[Ws], upstream: &str, metrics: bool) -> Gateway {
+        Gateway::start_full(workspaces, upstream, metrics, "")
+    }
+
+    /// Like [`Gateway::start_upstream`] with extra `[api]` settings (TOML lines).
+    pub fn start_full(workspaces: &[Ws], upstream: &str, metrics: bool, api_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
-             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n{upstream}\n",
-            dir.path().join("state").display().to_string()
+             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n\
+             [api]\nlisten = \"127.0.0.1:0\"\nscheme = \"http\"\nadmin_token_file = {:?}\n{api_extra}\n{upstream}\n",
+            dir.path().join("state").display().to_string(),
+            dir.path().join("admin-token").display().to_string(),
         );
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("admin token");
         let mut keys = Vec::new();
         for w in workspaces {
             let k = waping_gateway::auth::generate_key();
@@ -64,6 +79,8 @@ impl Gateway {
             keys,
             dir,
             metrics: info["metrics"].as_str().map(|a| a.parse().unwrap()),
+            http: info["http"].as_str().unwrap().parse().unwrap(),
+            admin_token: ADMIN_TOKEN.to_string(),
         }
     }
 
@@ -81,6 +98,7 @@ impl Gateway {
         let (child, info) = spawn(&self.dir);
         self.child = child;
         self.addr = info["quic"].as_str().unwrap().parse().unwrap();
+        self.http = info["http"].as_str().unwrap().parse().unwrap();
         assert_eq!(
             self.pin,
             info["fingerprint"].as_str().unwrap(),
@@ -174,5 +192,111 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as the tests read it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error body.
+    pub fn code(&self) -> u64 {
+        self.json()["error"]["code"].as_u64().unwrap_or(0)
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection) so the tests need no HTTP crate.
+pub fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>, extra: &[(&str, &str)]) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect HTTP API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+impl Gateway {
+    /// One API request with a bearer credential and an optional JSON body.
+    pub fn api(&self, method: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> HttpResponse {
+        let b = body.map(|v| v.to_string());
+        http_raw(self.http, method, path, Some(token), b.as_deref(), &[])
+    }
+
+    /// Creates a workspace through the admin API and an owner key in it; returns the key.
+    pub fn create_workspace(&self, id: &str) -> String {
+        let r = self.api("POST", "/v1/admin/workspaces", &self.admin_token, Some(serde_json::json!({"id": id})));
+        assert_eq!(r.status, 201, "{}", r.body);
+        self.admin_key(id, "owner")
+    }
+
+    /// A new key of `role` in workspace `ws`, created by the node admin.
+    pub fn admin_key(&self, ws: &str, role: &str) -> String {
+        let r = self.api(
+            "POST",
+            &format!("/v1/admin/workspaces/{ws}/keys"),
+            &self.admin_token,
+            Some(serde_json::json!({"name": format!("{role} key"), "role": role})),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["key"].as_str().unwrap().to_string()
     }
 }

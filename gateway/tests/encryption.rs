@@ -1,0 +1,178 @@
+//! Encryption at rest and crypto-shredding through the real binary.
+//!
+//! After real traffic (sent messages, dead letters, API keys, an admin token) the whole
+//! state directory is searched for every plaintext the run produced: message bodies,
+//! recipients, API keys and their secrets, the admin token. None may be found. Then a
+//! workspace is deleted and its data key must be gone from the keyring.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Gateway, Ws};
+use serde_json::json;
+
+const W: Ws = Ws {
+    id: "enc",
+    devices: &["e1"],
+    rate: 100_000,
+    burst: 100_000,
+};
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn wait_final(gw: &Gateway, key: &str, id: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = gw.api("GET", &format!("/v1/messages/{id}"), key, None);
+        let st = r.json()["state"].as_str().unwrap_or_default().to_string();
+        if matches!(st.as_str(), "sent" | "dead" | "failed") {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} stuck: {}", r.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_state_directory() {
+    let mut gw = Gateway::start_upstream(
+        &[W],
+        "[upstream.sim]\ntransient_failure_rate = 0.4\nseed = 3\n[retry]\nmax_attempts = 1\n",
+        false,
+    );
+    let owner = gw.create_workspace("enc-api");
+    let r = gw.api("POST", "/v1/devices", &owner, Some(json!({"id": "p1"})));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sender = {
+        let r = gw.api("POST", "/v1/keys", &owner, Some(json!({"name": "s", "role": "sender"})));
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["key"].as_str().unwrap().to_string()
+    };
+    let config_key = gw.key("enc");
+    let mut needles: Vec<String> = vec![owner.clone(), sender.clone(), config_key.clone(), gw.admin_token.clone()];
+    for k in [&owner, &sender, &config_key] {
+        needles.push(k.rsplit('_').next().unwrap().to_string());
+    }
+    let mut states = std::collections::HashMap::new();
+    let run = std::process::id();
+    for i in 0..40 {
+        let (key, dev) = if i % 2 == 0 { (&sender, "p1") } else { (&config_key, "e1") };
+        let body = format!("PLAINTEXT-BODY-{run}-{i}-confidential");
+        let to = format!("4917{:09}", run as u64 * 100 + i);
+        let r = gw.api(
+            "POST",
+            "/v1/messages",
+            key,
+            Some(json!({"device": dev, "to": to, "idempotency_key": format!("enc-{i}"), "text": body})),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        *states.entry(wait_final(&gw, key, &id)).or_insert(0) += 1;
+        needles.push(body);
+        needles.push(to);
+    }
+    assert!(states.get("dead").copied().unwrap_or(0) > 0, "some dead letters to keep bodies: {states:?}");
+    assert!(states.get("sent").copied().unwrap_or(0) > 0, "{states:?}");
+    // Dead letters are readable through the API (decrypted in memory) ...
+    let r = gw.api("GET", "/v1/dead-letters", &config_key, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // ... and after a crash, nothing on disk is.
+    gw.kill9();
+    let mut all = Vec::new();
+    files(&gw.state_dir(), &mut all);
+    let mut scanned = 0u64;
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap();
+        scanned += bytes.len() as u64;
+        for n in &needles {
+            assert!(!find(&bytes, n.as_bytes()), "{} holds the plaintext {n:?}", f.display());
+        }
+    }
+    assert!(scanned > 0 && all.iter().any(|f| f.to_string_lossy().contains("journal")));
+    // The keyring is private to the gateway's user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(gw.state_dir().join("keyring.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "keyring.json mode {mode:o}");
+
+    // Restart: everything is readable again with the key.
+    gw.respawn();
+    let r = gw.api("GET", "/v1/dead-letters", &config_key, None);
+    assert_eq!(r.status, 200);
+    assert!(!r.json()["items"].as_array().unwrap().is_empty(), "{}", r.body);
+}
+
+#[tokio::test]
+async fn deleting_a_workspace_shreds_its_key_and_data() {
+    let mut gw = Gateway::start_upstream(
+        &[W],
+        "[upstream.sim]\ntransient_failure_rate = 1.0\n[retry]\nmax_attempts = 1\n",
+        false,
+    );
+    let owner = gw.create_workspace("doomed");
+    let r = gw.api("POST", "/v1/devices", &owner, Some(json!({"id": "d1"})));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = gw.api(
+        "POST",
+        "/v1/messages",
+        &owner,
+        Some(json!({"device": "d1", "to": "4915100000001", "idempotency_key": "k", "text": "to be shredded"})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_final(&gw, &owner, &id), "dead");
+    let keyring = std::fs::read_to_string(gw.state_dir().join("keyring.json")).unwrap();
+    assert!(keyring.contains("\"doomed\""));
+
+    // The owner confirms by repeating the id; access ends at once.
+    let r = gw.api("POST", "/v1/deletions", &owner, Some(json!({"kind": "workspace", "target": "doomed"})));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let r = gw.api("GET", "/v1/workspace", &owner, None);
+    assert_eq!(r.status, 401, "the owner key died with the workspace: {}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let r = gw.api("GET", &format!("/v1/admin/workspaces/doomed/deletions/{job}"), &gw.admin_token, None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        if j["state"] == "done" {
+            break j;
+        }
+        assert_ne!(j["state"], "failed", "{j}");
+        assert!(std::time::Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["removed"]["data_key_destroyed"], true, "{done}");
+    assert_eq!(done["removed"]["devices"], 1, "{done}");
+    assert_eq!(done["removed"]["dead_letters"], 1, "{done}");
+    let keyring = std::fs::read_to_string(gw.state_dir().join("keyring.json")).unwrap();
+    assert!(!keyring.contains("\"doomed\""), "data key still in the keyring");
+    let r = gw.api("GET", "/v1/admin/workspaces/doomed", &gw.admin_token, None);
+    assert_eq!(r.status, 404);
+    // Asking again is idempotent: the workspace is gone, the answer says so.
+    let r = gw.api("DELETE", "/v1/admin/workspaces/doomed", &gw.admin_token, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // A restart does not bring it back, and the name can be reused with a fresh key.
+    gw.terminate();
+    gw.respawn();
+    let r = gw.api("GET", "/v1/admin/workspaces", &gw.admin_token, None);
+    assert!(!r.body.contains("\"doomed\""), "{}", r.body);
+    let owner2 = gw.create_workspace("doomed");
+    let r = gw.api("GET", "/v1/dead-letters", &owner2, None);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 0, "{}", r.body);
+}
