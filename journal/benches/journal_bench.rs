@@ -70,6 +70,7 @@ fn msg(i: u64) -> Record {
         recipient: "4915112345678".into(),
         body: Body::Text(text200(i)),
         accepted_at_ms: now_ms() + i / 1000,
+        submitted_by: String::new(),
     })
 }
 

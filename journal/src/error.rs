@@ -87,6 +87,29 @@ pub enum JournalError {
     /// The configuration is unusable.
     #[error("invalid journal configuration: {0}")]
     Config(String),
+    /// The sealer could not seal a record of the batch (key service failing, workspace key
+    /// gone); nothing of the batch was written. Whether a retry helps depends on the sealer.
+    #[error("cannot seal a record of workspace {workspace:?}; nothing written: {reason}")]
+    Seal {
+        /// Workspace of the record.
+        workspace: String,
+        /// The sealer's explanation.
+        reason: String,
+    },
+    /// The journal holds sealed records but was opened without a sealer: replaying would
+    /// lose their messages. Configure the sealer that wrote them.
+    #[error(
+        "journal segment {segment} ({path}) holds a sealed record at offset {offset}, but no sealer is \
+         configured"
+    )]
+    SealerRequired {
+        /// Segment number.
+        segment: u64,
+        /// Segment file.
+        path: PathBuf,
+        /// Byte offset of the first sealed record met.
+        offset: u64,
+    },
 }
 
 impl JournalError {
@@ -106,15 +129,17 @@ impl JournalError {
     /// Whose fault the error is.
     pub fn fault(&self) -> Fault {
         match self {
-            JournalError::Overloaded { .. } | JournalError::Closed | JournalError::Locked { .. } => {
-                Fault::Internal
-            }
+            JournalError::Overloaded { .. }
+            | JournalError::Closed
+            | JournalError::Locked { .. }
+            | JournalError::Seal { .. } => Fault::Internal,
             JournalError::Io { .. } | JournalError::Corrupt { .. } | JournalError::Poisoned(_) => {
                 Fault::Storage
             }
-            JournalError::TooLarge { .. } | JournalError::NotFound(_) | JournalError::Config(_) => {
-                Fault::Caller
-            }
+            JournalError::TooLarge { .. }
+            | JournalError::NotFound(_)
+            | JournalError::Config(_)
+            | JournalError::SealerRequired { .. } => Fault::Caller,
         }
     }
 

@@ -6,7 +6,8 @@
 //! commit). Opening the journal replays it: a torn tail is truncated, corruption in the
 //! middle is reported with its position and skipped, and the unfinished messages, dead
 //! letters and idempotency keys in the window come back in [`Recovered`]. Finished work is
-//! compacted away so the directory stays bounded under steady load.
+//! compacted away so the directory stays bounded under steady load. With a [`RecordSealer`]
+//! configured, recipients, senders and bodies are sealed before they reach the disk.
 //!
 //! Design and measurements: `docs/design/0004-journal.md`.
 //!
@@ -26,10 +27,14 @@ mod journal;
 mod lock;
 mod record;
 mod replay;
+mod seal;
 mod segment;
 mod state;
+mod status;
 mod writer;
 
+#[cfg(test)]
+mod sealing_tests;
 #[cfg(test)]
 mod tests;
 
@@ -41,4 +46,6 @@ pub use record::{
     AcceptedMessage, Body, DecodeError, FRAME_HEADER, InboundMessage, MAX_RECORD_LEN, MessageId, Record,
 };
 pub use replay::{Corruption, DeadLetter, IdemEntry, IdemKey, Pending, PendingState, Recovered, ReplayStats};
+pub use seal::{OpenFailure, RecordSealer, SealFailure};
 pub use segment::HEADER_LEN as SEGMENT_HEADER_LEN;
+pub use status::{DeadFilter, MessageStatus, StatusState};

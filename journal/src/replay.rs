@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::JournalConfig;
 use crate::error::{JournalError, Result};
-use crate::record::{AcceptedMessage, MessageId, Record};
+use crate::record::{AcceptedMessage, Decoded, MessageId, OpenError, Record, decode, decode_opened};
+use crate::seal::OpenFailure;
 use crate::segment::{HEADER_LEN, Item, SegmentReader, list_segments, segment_path};
 use crate::state::{Applied, IdMap, Index, MetaState};
 
@@ -98,6 +99,10 @@ pub struct ReplayStats {
     pub torn_tail_truncated_bytes: u64,
     /// Number of [`Corruption`]s.
     pub corruptions: u64,
+    /// Unfinished messages and dead letters dropped because their workspace's key is gone
+    /// (crypto-shredded): deleted, not corrupt. Only messages replay has to return are opened,
+    /// so finished ones and inbound records of such a workspace are not counted.
+    pub shredded_records: u64,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -157,6 +162,35 @@ impl Recovered {
     }
 }
 
+/// A message in the index during replay. Sealed ones are opened at the end, and only if
+/// still unfinished or dead: most messages finish, and their content is never needed.
+enum Stored {
+    Plain(AcceptedMessage),
+    Sealed { id: MessageId, body: Box<[u8]> },
+}
+
+fn idem_entry(stored: Stored) -> Option<IdemEntry> {
+    match stored {
+        Stored::Plain(a) => Some(IdemEntry {
+            workspace: a.workspace,
+            idempotency_key: a.idempotency_key,
+            id: a.id,
+            accepted_at_ms: a.accepted_at_ms,
+        }),
+        Stored::Sealed { body, .. } => {
+            crate::record::accepted_head(&body)
+                .ok()
+                .flatten()
+                .map(|h| IdemEntry {
+                    workspace: h.workspace.to_owned(),
+                    idempotency_key: h.idempotency_key.to_owned(),
+                    id: h.id,
+                    accepted_at_ms: h.accepted_at_ms,
+                })
+        }
+    }
+}
+
 /// Result of [`recover`]: the index for the writer, the output, and where to append.
 pub(crate) struct RecoverOut {
     pub index: Index,
@@ -199,10 +233,11 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
     let started = Instant::now();
     let window = cfg.window_ms();
     let max_len = cfg.max_batch_len() as usize;
-    let mut index = Index::new(window);
+    let sealer = cfg.sealer.as_deref();
+    let mut index = Index::new(window, cfg.status_capacity, cfg.status_retention_ms());
     let mut out = Recovered::default();
     // Full content of the messages in the index, by slot (log order); finished ones are taken.
-    let mut bodies: Vec<Option<AcceptedMessage>> = Vec::new();
+    let mut bodies: Vec<Option<Stored>> = Vec::new();
     let mut finished_idem: IdMap<IdemEntry> = IdMap::default();
     let in_window = |at: u64| at.saturating_add(window) > now_ms;
 
@@ -238,61 +273,74 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
         out.stats.segments += 1;
         index.segs.entry(seg).or_default().size = rd.file_len;
         let mut end = rd.file_len;
-        let mut handle = |body: &[u8], offset: u64, total: u64, index: &mut Index, out: &mut Recovered| {
-            out.stats.records += 1;
-            match Record::decode_body(body) {
-                Ok(rec) => {
-                    let slot = bodies.len() as u32;
-                    match index.apply(&rec, seg, offset, total, slot) {
-                        Applied::Replaced(old) => {
-                            bodies[old.slot as usize] = None;
-                        }
-                        Applied::Finished(old) => {
-                            if let Some(a) = bodies[old.slot as usize].take()
-                                && in_window(a.accepted_at_ms)
-                            {
-                                finished_idem.insert(
-                                    a.id,
-                                    IdemEntry {
-                                        workspace: a.workspace,
-                                        idempotency_key: a.idempotency_key,
-                                        id: a.id,
-                                        accepted_at_ms: a.accepted_at_ms,
-                                    },
-                                );
-                            }
-                        }
-                        Applied::Other => {}
+        let mut handle =
+            |body: &[u8], offset: u64, total: u64, index: &mut Index, out: &mut Recovered| -> Result<()> {
+                out.stats.records += 1;
+                let mut decoded = match decode(body) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        out.corruptions.push(Corruption {
+                            segment: seg,
+                            path: path.clone(),
+                            offset,
+                            reason: format!("record with a valid checksum does not decode: {e}; skipped"),
+                        });
+                        return Ok(());
                     }
-                    match rec {
-                        Record::Accepted(a) => bodies.push(Some(a)),
-                        Record::IdempotencyKept {
-                            workspace,
-                            idempotency_key,
-                            id,
-                            accepted_at_ms,
-                        } if in_window(accepted_at_ms) => {
-                            finished_idem.insert(
-                                id,
-                                IdemEntry {
-                                    workspace,
-                                    idempotency_key,
-                                    id,
-                                    accepted_at_ms,
-                                },
-                            );
-                        }
-                        _ => {}
-                    }
+                };
+                if sealer.is_none() && !matches!(decoded, Decoded::Plain(_)) {
+                    return Err(JournalError::SealerRequired {
+                        segment: seg,
+                        path: path.clone(),
+                        offset,
+                    });
                 }
-                Err(e) => out.corruptions.push(Corruption {
-                    segment: seg,
-                    path: path.clone(),
-                    offset,
-                    reason: format!("record with a valid checksum does not decode: {e}; skipped"),
-                }),
-            }
-        };
+                let slot = bodies.len() as u32;
+                let applied = match &mut decoded {
+                    Decoded::Plain(rec) => index.apply(rec, seg, offset, total, slot),
+                    Decoded::SealedAccepted(s) => index.accept(&s.head, seg, offset, total, slot),
+                    // Not needed by replay (nothing reads inbound records yet): not opened.
+                    Decoded::SealedInbound(_) => Applied::Other,
+                };
+                match applied {
+                    Applied::Replaced(old) => {
+                        bodies[old.slot as usize] = None;
+                    }
+                    Applied::Finished(old) => {
+                        if let Some(e) = bodies[old.slot as usize].take().and_then(idem_entry)
+                            && in_window(e.accepted_at_ms)
+                        {
+                            finished_idem.insert(e.id, e);
+                        }
+                    }
+                    Applied::Other => {}
+                }
+                match decoded {
+                    Decoded::Plain(Record::Accepted(a)) => bodies.push(Some(Stored::Plain(a))),
+                    Decoded::SealedAccepted(s) => bodies.push(Some(Stored::Sealed {
+                        id: s.head.id,
+                        body: body.into(),
+                    })),
+                    Decoded::Plain(Record::IdempotencyKept {
+                        workspace,
+                        idempotency_key,
+                        id,
+                        accepted_at_ms,
+                    }) if in_window(accepted_at_ms) => {
+                        finished_idem.insert(
+                            id,
+                            IdemEntry {
+                                workspace,
+                                idempotency_key,
+                                id,
+                                accepted_at_ms,
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(())
+            };
         loop {
             match rd.next()? {
                 Item::End => break,
@@ -330,7 +378,7 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
                     }
                     break;
                 }
-                Item::Record { offset, body, total } => handle(body, offset, total, &mut index, &mut out),
+                Item::Record { offset, body, total } => handle(body, offset, total, &mut index, &mut out)?,
                 Item::Bad {
                     offset,
                     reason,
@@ -351,7 +399,7 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
                                 offset,
                                 reason: format!("{reason}; {skip} bytes skipped"),
                             });
-                            handle(body, o2, total, &mut index, &mut out);
+                            handle(body, o2, total, &mut index, &mut out)?;
                             continue;
                         }
                     }
@@ -387,8 +435,48 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
     let mut unfinished = Vec::with_capacity(live);
     let mut dead = Vec::with_capacity(index.dead.len());
     let mut idem: Vec<IdemEntry> = finished_idem.into_values().collect();
-    for msg in bodies.into_iter().flatten() {
-        let Some(meta) = index.msgs.get(&msg.id) else {
+    for stored in bodies.into_iter().flatten() {
+        let id = match &stored {
+            Stored::Plain(a) => a.id,
+            Stored::Sealed { id, .. } => *id,
+        };
+        let Some(meta) = index.msgs.get(&id) else {
+            continue;
+        };
+        let (home_seg, home_off) = (meta.home_seg, meta.home_off);
+        let msg = match stored {
+            Stored::Plain(a) => a,
+            Stored::Sealed { body, .. } => match decode_opened(&body, sealer) {
+                Ok(Record::Accepted(a)) => a,
+                Err(OpenError::Open(OpenFailure::KeyGone)) => {
+                    // Deleted, not lost: like a purge, its key stays in the window.
+                    out.stats.shredded_records += 1;
+                    index.finish(id, true);
+                    if let Some(e) = idem_entry(Stored::Sealed { id, body })
+                        && in_window(e.accepted_at_ms)
+                    {
+                        idem.push(e);
+                    }
+                    continue;
+                }
+                other => {
+                    let reason = match other {
+                        Err(e) => e.to_string(),
+                        Ok(r) => format!("kind {} where a sealed Accepted was read", r.kind()),
+                    };
+                    tracing::error!(segment = home_seg, offset = home_off, %reason, "journal: sealed record does not open");
+                    out.corruptions.push(Corruption {
+                        segment: home_seg,
+                        path: segment_path(dir, home_seg),
+                        offset: home_off,
+                        reason: format!("sealed record does not open: {reason}; skipped"),
+                    });
+                    index.finish(id, false);
+                    continue;
+                }
+            },
+        };
+        let Some(meta) = index.msgs.get(&id) else {
             continue;
         };
         match &meta.state {
@@ -433,6 +521,7 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
     out.dead = dead;
     idem.sort_unstable_by_key(|e| (e.accepted_at_ms, e.id));
     out.idempotency = idem;
+    index.recent.expire(now_ms);
     out.stats.corruptions = out.corruptions.len() as u64;
     out.stats.elapsed = started.elapsed();
     Ok(RecoverOut {

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use crate::*;
 
-const T0: u64 = 1_700_000_000_000;
+pub(crate) const T0: u64 = 1_700_000_000_000;
 
-fn id(i: u64) -> MessageId {
+pub(crate) fn id(i: u64) -> MessageId {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&i.to_be_bytes());
     b[8] = 0x70;
     MessageId(b)
 }
 
-fn accepted(i: u64, at: u64) -> Record {
+pub(crate) fn accepted(i: u64, at: u64) -> Record {
     Record::Accepted(AcceptedMessage {
         id: id(i),
         workspace: format!("ws{}", i % 3),
@@ -27,10 +27,11 @@ fn accepted(i: u64, at: u64) -> Record {
         recipient: "4915112345678".into(),
         body: Body::Text(format!("message {i} {}", "x".repeat(150))),
         accepted_at_ms: at,
+        submitted_by: format!("key-id-{}", i % 2),
     })
 }
 
-fn sent(i: u64) -> Record {
+pub(crate) fn sent(i: u64) -> Record {
     Record::Sent {
         id: id(i),
         upstream_id: format!("up-{i}"),
@@ -46,7 +47,7 @@ fn cfg(clock: &Clock) -> JournalConfig {
     }
 }
 
-fn fast_cfg(clock: &Clock) -> JournalConfig {
+pub(crate) fn fast_cfg(clock: &Clock) -> JournalConfig {
     JournalConfig {
         clock: clock.clone(),
         sync: SyncMode::None,
@@ -54,11 +55,11 @@ fn fast_cfg(clock: &Clock) -> JournalConfig {
     }
 }
 
-fn open(dir: &Path, c: JournalConfig) -> (Journal, Recovered) {
+pub(crate) fn open(dir: &Path, c: JournalConfig) -> (Journal, Recovered) {
     Journal::open(dir, c).expect("open")
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -79,7 +80,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn unfinished_ids(r: &Recovered) -> Vec<MessageId> {
+pub(crate) fn unfinished_ids(r: &Recovered) -> Vec<MessageId> {
     r.unfinished.iter().map(|p| p.message.id).collect()
 }
 
@@ -682,6 +683,7 @@ fn overloaded_when_bounds_are_exceeded() {
         recipient: "r".into(),
         body: Body::Text("x".repeat(70 << 20)),
         accepted_at_ms: T0,
+        submitted_by: String::new(),
     });
     let err = j.append(vec![big]).wait().unwrap_err();
     assert!(matches!(err, JournalError::TooLarge { .. }));
@@ -952,4 +954,334 @@ fn handles_are_thread_safe() {
     send::<Completion<Lsn>>();
     send::<Completion<Vec<DeadLetter>>>();
     send_sync::<JournalError>();
+}
+
+/// Message `i` of `workspace`, sent from `device` to `recipient`, accepted at `at`.
+fn message_in(i: u64, workspace: &str, device: &str, recipient: &str, at: u64) -> Record {
+    let Record::Accepted(a) = accepted(i, at) else {
+        unreachable!()
+    };
+    Record::Accepted(AcceptedMessage {
+        workspace: workspace.into(),
+        device: device.into(),
+        recipient: recipient.into(),
+        ..a
+    })
+}
+
+fn dead(i: u64, last_code: u16, at_ms: u64) -> Record {
+    Record::Dead {
+        id: id(i),
+        attempts: 5,
+        last_code,
+        last_detail: format!("detail {i}"),
+        at_ms,
+    }
+}
+
+fn statuses(j: &Journal, ids: impl IntoIterator<Item = u64>) -> Vec<Option<MessageStatus>> {
+    ids.into_iter()
+        .map(|i| j.message_status(id(i)).wait().unwrap())
+        .collect()
+}
+
+#[test]
+fn message_status_follows_every_state_and_is_rebuilt_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let (j, _) = open(tmp.path(), fast_cfg(&clock));
+    for i in 0..7 {
+        j.append(vec![accepted(i, T0 + i)]).wait().unwrap();
+    }
+    let dispatched = |i| Record::Dispatched {
+        id: id(i),
+        attempt: 1,
+        at_ms: T0 + 100,
+    };
+    j.append(vec![
+        dispatched(1),
+        dispatched(2),
+        Record::RetryScheduled {
+            id: id(2),
+            attempt: 1,
+            due_at_ms: T0 + 5000,
+            last_code: 503,
+        },
+        dispatched(3),
+        Record::Sent {
+            id: id(3),
+            upstream_id: "up-3".into(),
+            at_ms: T0 + 200,
+        },
+        Record::Failed {
+            id: id(4),
+            code: 400,
+            at_ms: T0 + 300,
+        },
+        dead(5, 504, T0 + 400),
+        dead(6, 505, T0 + 400),
+    ])
+    .wait()
+    .unwrap();
+    j.purge_dead(id(6)).wait().unwrap();
+    let live = statuses(&j, 0..8);
+    let st = |i: usize| live[i].clone().unwrap();
+    assert_eq!(
+        st(0),
+        MessageStatus {
+            id: id(0),
+            workspace: "ws0".into(),
+            device: "dev-1".into(),
+            submitted_by: "key-id-0".into(),
+            accepted_at_ms: T0,
+            state: StatusState::Queued,
+            attempts: 0,
+            updated_at_ms: T0,
+        }
+    );
+    let summary: Vec<(StatusState, u32, u64)> = (1..7)
+        .map(|i| (st(i).state, st(i).attempts, st(i).updated_at_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (StatusState::InFlight, 1, T0 + 100),
+            (
+                StatusState::RetryWait {
+                    due_at_ms: T0 + 5000,
+                    last_code: 503
+                },
+                1,
+                T0 + 100
+            ),
+            (
+                StatusState::Sent {
+                    upstream_id: "up-3".into()
+                },
+                1,
+                T0 + 200
+            ),
+            (StatusState::Failed { code: 400 }, 0, T0 + 300),
+            (StatusState::Dead { last_code: 504 }, 5, T0 + 400),
+            (StatusState::Purged, 5, T0 + 400),
+        ]
+    );
+    assert_eq!(
+        (st(4).workspace.as_str(), st(4).submitted_by.as_str()),
+        ("ws1", "key-id-0")
+    );
+    assert_eq!(live[7], None, "never accepted");
+    j.close().unwrap();
+    let (j, _) = open(tmp.path(), fast_cfg(&clock));
+    assert_eq!(statuses(&j, 0..8), live, "rebuilt from the segments");
+    // A replayed dead letter is queued again with its attempts reset.
+    j.replay_dead(id(5)).wait().unwrap();
+    let s5 = j.message_status(id(5)).wait().unwrap().unwrap();
+    assert_eq!((s5.state, s5.attempts), (StatusState::Queued, 0));
+}
+
+#[test]
+fn finished_statuses_are_bounded_by_capacity_and_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let c = |capacity| JournalConfig {
+        status_capacity: capacity,
+        status_retention: Duration::from_secs(10),
+        ..fast_cfg(&clock)
+    };
+    {
+        let (j, _) = open(tmp.path(), c(3));
+        for i in 0..5 {
+            j.append(vec![
+                accepted(i, T0),
+                Record::Sent {
+                    id: id(i),
+                    upstream_id: format!("up-{i}"),
+                    at_ms: T0 + i * 1000,
+                },
+            ])
+            .wait()
+            .unwrap();
+        }
+        j.append(vec![accepted(9, T0)]).wait().unwrap();
+        let known = |j: &Journal| {
+            statuses(j, [0, 1, 2, 3, 4, 9])
+                .iter()
+                .map(Option::is_some)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            known(&j),
+            [false, false, true, true, true, true],
+            "the oldest 2 evicted"
+        );
+        // Message 2 finished at T0 + 2000: gone once 10 s have passed since.
+        clock.set_ms(T0 + 12_000);
+        assert_eq!(known(&j), [false, false, false, true, true, true]);
+        j.flush().wait().unwrap(); // maintenance drops it for good
+        clock.set_ms(T0 + 12_999);
+        assert_eq!(known(&j), [false, false, false, true, true, true]);
+        j.close().unwrap();
+    }
+    {
+        // Replay keeps what is in the segments, within both bounds at open.
+        let (j, _) = open(tmp.path(), c(3));
+        let s = statuses(&j, [2, 3, 4]);
+        assert_eq!(s[0], None);
+        assert_eq!(
+            s[1].as_ref().map(|s| s.state.clone()),
+            Some(StatusState::Sent {
+                upstream_id: "up-3".into()
+            })
+        );
+        assert!(s[2].is_some());
+        j.close().unwrap();
+    }
+    let (j, _) = open(tmp.path(), c(1));
+    assert_eq!(
+        statuses(&j, [3, 4])
+            .iter()
+            .map(Option::is_some)
+            .collect::<Vec<_>>(),
+        [false, true]
+    );
+    drop(j);
+    // Capacity 0 keeps no finished status; live messages are always answered.
+    let (j, _) = open(tmp.path(), c(0));
+    assert_eq!(statuses(&j, [4]), [None]);
+    assert_eq!(
+        j.message_status(id(9)).wait().unwrap().map(|s| s.state),
+        Some(StatusState::Queued)
+    );
+}
+
+#[test]
+fn dead_letters_in_lists_one_workspace_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let ws = |i: u64| if i.is_multiple_of(2) { "alpha" } else { "beta" };
+    {
+        let (j, _) = open(tmp.path(), fast_cfg(&clock));
+        for i in 0..10 {
+            j.append(vec![message_in(i, ws(i), "d", "r", T0), dead(i, 1, T0)])
+                .wait()
+                .unwrap();
+        }
+        j.append(vec![message_in(20, "alpha", "d", "r", T0)])
+            .wait()
+            .unwrap();
+        let ids = |v: Vec<DeadLetter>| v.iter().map(|d| d.message.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(j.dead_letters_in("alpha", None, 100).wait().unwrap()),
+            [0, 2, 4, 6, 8].map(id)
+        );
+        assert_eq!(
+            ids(j.dead_letters_in("beta", None, 100).wait().unwrap()),
+            [1, 3, 5, 7, 9].map(id)
+        );
+        assert_eq!(
+            ids(j.dead_letters_in("alpha", Some(id(2)), 2).wait().unwrap()),
+            [4, 6].map(id)
+        );
+        assert_eq!(
+            ids(j.dead_letters_in("beta", Some(id(2)), 1).wait().unwrap()),
+            [3].map(id)
+        );
+        assert!(
+            j.dead_letters_in("alpha", Some(id(8)), 5)
+                .wait()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(j.dead_letters_in("alpha", None, 0).wait().unwrap().is_empty());
+        assert!(j.dead_letters_in("gamma", None, 5).wait().unwrap().is_empty());
+        let d = &j.dead_letters_in("beta", None, 1).wait().unwrap()[0];
+        assert_eq!(
+            (d.message.workspace.as_str(), d.last_detail.as_str()),
+            ("beta", "detail 1")
+        );
+        j.close().unwrap();
+    }
+    let (j, _) = open(tmp.path(), fast_cfg(&clock));
+    j.replay_dead(id(4)).wait().unwrap();
+    j.purge_dead(id(6)).wait().unwrap();
+    let alpha: Vec<MessageId> = j
+        .dead_letters_in("alpha", None, 100)
+        .wait()
+        .unwrap()
+        .iter()
+        .map(|d| d.message.id)
+        .collect();
+    assert_eq!(
+        alpha,
+        [0, 2, 8].map(id),
+        "rebuilt on open; replay and purge leave the list"
+    );
+    assert_eq!(j.dead_letters_in("beta", None, 100).wait().unwrap().len(), 5);
+    // Carried forward by compaction, still listed per workspace.
+    j.compact_now().wait().unwrap();
+    assert_eq!(
+        j.dead_letters_in("beta", Some(id(5)), 100).wait().unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn dead_letters_are_purged_by_age_device_and_recipient() {
+    for sealed in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0);
+        let c = JournalConfig {
+            sealer: sealed
+                .then(|| Arc::new(crate::sealing_tests::TestSealer::default()) as Arc<dyn RecordSealer>),
+            ..fast_cfg(&clock)
+        };
+        let ctx = format!("sealed {sealed}");
+        {
+            let (j, _) = open(tmp.path(), c.clone());
+            for i in 0..12 {
+                let ws = if i % 2 == 0 { "alpha" } else { "beta" };
+                let dev = format!("dev-{}", i % 3);
+                let to = format!("r{}", i % 4);
+                j.append(vec![message_in(i, ws, &dev, &to, T0), dead(i, 1, T0 + i * 100)])
+                    .wait()
+                    .unwrap();
+            }
+            j.append(vec![message_in(50, "alpha", "dev-2", "r0", T0)])
+                .wait()
+                .unwrap();
+            let older =
+                |ws: Option<&str>, cutoff, limit| j.purge_dead_older_than(ws, cutoff, limit).wait().unwrap();
+            // alpha, died before T0 + 500: 0, 2, 4.
+            assert_eq!(older(Some("alpha"), T0 + 500, 100), 3, "{ctx}");
+            // Everyone's, died before T0 + 800, left: 1, 3, 5, 6, 7; one at a time.
+            assert_eq!(older(None, T0 + 800, 1), 1, "{ctx}");
+            assert_eq!(older(None, T0 + 800, 100), 4, "{ctx}");
+            assert_eq!(older(Some("gamma"), u64::MAX, 100), 0, "{ctx}");
+            let wh = |ws: &str, f, limit| j.purge_dead_where(ws, f, limit).wait().unwrap();
+            // Left: alpha 8 (dev-2, r0), 10 (dev-1, r2); beta 9 (dev-0, r1), 11 (dev-2, r3).
+            // Message 50 (alpha, dev-2) is not dead: untouched.
+            assert_eq!(wh("alpha", DeadFilter::Device("dev-2".into()), 100), 1, "{ctx}");
+            assert_eq!(wh("beta", DeadFilter::Recipient("r1".into()), 100), 1, "{ctx}");
+            assert_eq!(wh("beta", DeadFilter::Recipient("r2".into()), 100), 0, "{ctx}");
+            assert_eq!(wh("alpha", DeadFilter::Recipient("r2".into()), 0), 0, "{ctx}");
+            assert_eq!(wh("gamma", DeadFilter::Device("dev-2".into()), 100), 0, "{ctx}");
+            j.close().unwrap();
+        }
+        let (j, rec) = open(tmp.path(), c);
+        assert_eq!(
+            rec.dead.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+            [10, 11].map(id),
+            "{ctx}"
+        );
+        assert_eq!(unfinished_ids(&rec), [id(50)], "{ctx}");
+        let purged = j.message_status(id(9)).wait().unwrap().unwrap();
+        assert_eq!(purged.state, StatusState::Purged, "{ctx}");
+    }
+}
+
+#[test]
+fn status_entry_size_is_as_documented() {
+    // The memory figure in the docs of `Recent` and `JournalConfig::status_capacity`.
+    assert_eq!(std::mem::size_of::<crate::state::Finished>(), 64);
 }

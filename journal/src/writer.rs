@@ -1,5 +1,5 @@
 //! The writer thread: owns the active segment, does group commits, keeps the index,
-//! compacts old segments and serves dead-letter operations.
+//! compacts old segments and serves dead-letter operations and status queries.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,10 +15,15 @@ use crate::completion::Completer;
 use crate::config::{JournalConfig, SyncMode};
 use crate::error::{JournalError, Result};
 use crate::journal::{CompactionReport, Lsn, Shared};
-use crate::record::{AcceptedMessage, FRAME_HEADER, MessageId, Record};
+use crate::record::{
+    AcceptedMessage, DecodeError, FRAME_HEADER, MessageId, OpenError, Record, accepted_head, decode_opened,
+    frame_into, kind,
+};
 use crate::replay::{DeadLetter, Pending, PendingState};
+use crate::seal::OpenFailure;
 use crate::segment::{HEADER_LEN, Item, SegmentReader, create_segment, segment_path, sync_dir};
 use crate::state::{Index, Meta, MetaState, SegInfo};
+use crate::status::{DeadFilter, MessageStatus};
 
 pub(crate) enum Request {
     Append {
@@ -45,6 +50,28 @@ pub(crate) enum Request {
         done: Completer<()>,
     },
     DeadPurgeAll(Completer<usize>),
+    DeadListIn {
+        workspace: String,
+        after: Option<MessageId>,
+        limit: usize,
+        done: Completer<Vec<DeadLetter>>,
+    },
+    Status {
+        id: MessageId,
+        done: Completer<Option<MessageStatus>>,
+    },
+    DeadPurgeOlder {
+        workspace: Option<String>,
+        cutoff_ms: u64,
+        limit: usize,
+        done: Completer<usize>,
+    },
+    DeadPurgeWhere {
+        workspace: String,
+        filter: DeadFilter,
+        limit: usize,
+        done: Completer<usize>,
+    },
     Compact(Completer<CompactionReport>),
 }
 
@@ -201,16 +228,24 @@ impl Writer {
                 Request::DeadReplay { done, .. } => done.complete(Err(e)),
                 Request::DeadPurge { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeAll(done) => done.complete(Err(e)),
+                Request::DeadListIn { done, .. } => done.complete(Err(e)),
+                Request::Status { done, .. } => done.complete(Err(e)),
+                Request::DeadPurgeOlder { done, .. } => done.complete(Err(e)),
+                Request::DeadPurgeWhere { done, .. } => done.complete(Err(e)),
                 Request::Compact(done) => done.complete(Err(e)),
             }
             return;
         }
         match r {
-            Request::Append { bytes, records, done } => {
+            Request::Append {
+                bytes,
+                mut records,
+                done,
+            } => {
                 self.shared
                     .queued_bytes
                     .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
-                match self.push(&bytes, &records) {
+                match self.push(&bytes, &mut records) {
                     Ok(lsn) => {
                         if let Some(d) = done {
                             self.waiters
@@ -230,24 +265,66 @@ impl Writer {
                 self.waiters.push(Box::new(move |r| d.complete(sync_result(r))));
             }
             Request::DeadList { after, limit, done } => {
-                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let ids: Vec<MessageId> = self
-                    .index
-                    .dead
-                    .range((lower, Bound::Unbounded))
-                    .take(limit)
-                    .copied()
-                    .collect();
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    match self.dead_letter(id) {
-                        Ok(Some(d)) => out.push(d),
-                        Ok(None) => {}
-                        Err(e) => return done.complete(Err(e)),
-                    }
-                }
-                self.waiters
-                    .push(Box::new(move |r| done.complete(sync_result(r).map(|_| out))));
+                let r = self.dead_page(None, after, limit);
+                self.after_sync(done, r);
+            }
+            Request::DeadListIn {
+                workspace,
+                after,
+                limit,
+                done,
+            } => {
+                let r = match self.index.origins.find_workspace(&workspace) {
+                    Some(ws) => self.dead_page(Some(ws), after, limit),
+                    None => Ok(Vec::new()),
+                };
+                self.after_sync(done, r);
+            }
+            Request::Status { id, done } => {
+                let st = self.index.status(id, self.cfg.clock.now_ms());
+                self.after_sync(done, Ok(st));
+            }
+            Request::DeadPurgeOlder {
+                workspace,
+                cutoff_ms,
+                limit,
+                done,
+            } => {
+                let ws = match &workspace {
+                    Some(name) => match self.index.origins.find_workspace(name) {
+                        Some(ws) => Some(ws),
+                        None => return done.complete(Ok(0)),
+                    },
+                    None => None,
+                };
+                let older = |m: Option<&Meta>| {
+                    m.is_some_and(|m| matches!(&m.state, MetaState::Dead(d) if d.dead_at_ms < cutoff_ms))
+                };
+                let ids: Vec<MessageId> = match ws {
+                    None => self
+                        .index
+                        .dead
+                        .iter()
+                        .filter(|id| older(self.index.msgs.get(id)))
+                        .take(limit)
+                        .copied()
+                        .collect(),
+                    Some(ws) => dead_of(&self.index, ws, None)
+                        .filter(|id| older(self.index.msgs.get(id)))
+                        .take(limit)
+                        .collect(),
+                };
+                let r = self.purge(ids);
+                self.after_sync(done, r);
+            }
+            Request::DeadPurgeWhere {
+                workspace,
+                filter,
+                limit,
+                done,
+            } => {
+                let r = self.purge_where(&workspace, &filter, limit);
+                self.after_sync(done, r);
             }
             Request::DeadGet { id, done } => match self.dead_letter(id) {
                 Ok(d) => self
@@ -261,11 +338,11 @@ impl Writer {
                     Ok(None) => return done.complete(Err(JournalError::NotFound(id))),
                     Err(e) => return done.complete(Err(e)),
                 };
-                let rec = Record::DeadReplayed {
+                let mut rec = Record::DeadReplayed {
                     id,
                     at_ms: self.cfg.clock.now_ms(),
                 };
-                match self.push(&rec.encode(), std::slice::from_ref(&rec)) {
+                match self.push(&rec.encode(), std::slice::from_mut(&mut rec)) {
                     Ok(_) => {
                         let p = Pending {
                             message: msg,
@@ -285,8 +362,8 @@ impl Writer {
                 if !self.index.dead.contains(&id) {
                     return done.complete(Err(JournalError::NotFound(id)));
                 }
-                let rec = Record::DeadPurged { id };
-                match self.push(&rec.encode(), std::slice::from_ref(&rec)) {
+                let mut rec = Record::DeadPurged { id };
+                match self.push(&rec.encode(), std::slice::from_mut(&mut rec)) {
                     Ok(_) => self
                         .waiters
                         .push(Box::new(move |r| done.complete(sync_result(r).map(|_| ())))),
@@ -298,16 +375,8 @@ impl Writer {
             }
             Request::DeadPurgeAll(done) => {
                 let ids: Vec<MessageId> = self.index.dead.iter().copied().collect();
-                let n = ids.len();
-                for id in ids {
-                    let rec = Record::DeadPurged { id };
-                    if let Err(e) = self.push(&rec.encode(), std::slice::from_ref(&rec)) {
-                        self.fail(&e);
-                        return done.complete(Err(e));
-                    }
-                }
-                self.waiters
-                    .push(Box::new(move |r| done.complete(sync_result(r).map(|_| n))));
+                let r = self.purge(ids);
+                self.after_sync(done, r);
             }
             Request::Compact(done) => {
                 let r = self.compact_all();
@@ -323,8 +392,20 @@ impl Writer {
     }
 
     /// Queues encoded frames for the active segment (rolling first if they do not fit) and
-    /// applies their records to the index. Returns the LSN after them.
-    fn push(&mut self, bytes: &[u8], records: &[Record]) -> Result<Lsn> {
+    /// applies their records (one per frame) to the index. Returns the LSN after them.
+    fn push(&mut self, bytes: &[u8], records: &mut [Record]) -> Result<Lsn> {
+        self.push_frames(bytes, |index, i, seg, off, size| {
+            index.apply(&mut records[i], seg, off, size, u32::MAX);
+        })
+    }
+
+    /// Queues encoded frames for the active segment (rolling first if they do not fit);
+    /// `apply(index, i, segment, offset, size)` indexes the `i`-th frame where it landed.
+    fn push_frames(
+        &mut self,
+        bytes: &[u8],
+        mut apply: impl FnMut(&mut Index, usize, u64, u64, u64),
+    ) -> Result<Lsn> {
         if self.written + self.buf.len() as u64 + bytes.len() as u64 > self.cfg.segment_size
             && self.written + self.buf.len() as u64 > HEADER_LEN as u64
         {
@@ -333,19 +414,109 @@ impl Writer {
         let base = self.written + self.buf.len() as u64;
         self.buf.extend_from_slice(bytes);
         self.pushed += bytes.len() as u64;
-        let mut off = 0usize;
-        for rec in records {
+        let (mut off, mut n) = (0usize, 0usize);
+        while off + FRAME_HEADER <= bytes.len() {
             let len =
                 u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
             let total = FRAME_HEADER + len;
-            self.index
-                .apply(rec, self.active_seg, base + off as u64, total as u64, u32::MAX);
+            apply(
+                &mut self.index,
+                n,
+                self.active_seg,
+                base + off as u64,
+                total as u64,
+            );
             off += total;
+            n += 1;
         }
-        self.shared
-            .records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.shared.records.fetch_add(n as u64, Ordering::Relaxed);
         Ok(Lsn::new(self.active_seg, base + bytes.len() as u64))
+    }
+
+    /// Resolves `done` with `r` after the next sync (what it reports must be durable), or now
+    /// with the error.
+    fn after_sync<T: Send + 'static>(&mut self, done: Completer<T>, r: Result<T>) {
+        match r {
+            Ok(v) => self
+                .waiters
+                .push(Box::new(move |s| done.complete(sync_result(s).map(|_| v)))),
+            Err(e) => done.complete(Err(e)),
+        }
+    }
+
+    /// Dead letters in id order after `after` (of one interned workspace, or all), at most
+    /// `limit`. Letters found crypto-shredded are dropped on the way and the page refilled.
+    fn dead_page(
+        &mut self,
+        ws: Option<u32>,
+        mut after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let ids: Vec<MessageId> = match ws {
+                None => self
+                    .index
+                    .dead
+                    .range((lower, Bound::Unbounded))
+                    .take(want)
+                    .copied()
+                    .collect(),
+                Some(ws) => dead_of(&self.index, ws, after).take(want).collect(),
+            };
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                after = Some(id);
+                if let Some(d) = self.dead_letter(id)? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `DeadPurged` for each of `ids` (dead letters); returns how many.
+    fn purge(&mut self, ids: Vec<MessageId>) -> Result<usize> {
+        let n = ids.len();
+        for id in ids {
+            let mut rec = Record::DeadPurged { id };
+            if let Err(e) = self.push(&rec.encode(), std::slice::from_mut(&mut rec)) {
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Purges up to `limit` dead letters of `workspace` that match `filter`. A device filter
+    /// is answered from memory; a recipient filter reads and opens every dead letter of the
+    /// workspace (on this thread: deletion requests are rare).
+    fn purge_where(&mut self, workspace: &str, filter: &DeadFilter, limit: usize) -> Result<usize> {
+        let Some(ws) = self.index.origins.find_workspace(workspace) else {
+            return Ok(0);
+        };
+        let candidates: Vec<MessageId> = dead_of(&self.index, ws, None).collect();
+        let mut hits = Vec::new();
+        for id in candidates {
+            if hits.len() >= limit {
+                break;
+            }
+            let Some(meta) = self.index.msgs.get(&id).cloned() else {
+                continue;
+            };
+            let hit = match filter {
+                DeadFilter::Device(d) => *self.index.origins.get(meta.origin).device == **d,
+                DeadFilter::Recipient(r) => self.read_accepted(id, &meta)?.is_some_and(|a| a.recipient == *r),
+            };
+            if hit {
+                hits.push(id);
+            }
+        }
+        self.purge(hits)
     }
 
     /// Writes the buffer to the active file (no sync).
@@ -477,7 +648,9 @@ impl Writer {
         let MetaState::Dead(d) = &meta.state else {
             return Ok(None);
         };
-        let message = self.read_accepted(&meta)?;
+        let Some(message) = self.read_accepted(id, &meta)? else {
+            return Ok(None);
+        };
         Ok(Some(DeadLetter {
             message,
             attempts: d.attempts,
@@ -487,7 +660,9 @@ impl Writer {
         }))
     }
 
-    fn read_accepted(&mut self, meta: &Meta) -> Result<AcceptedMessage> {
+    /// Reads (and opens) the `Accepted` record of a live message. `None` when its workspace
+    /// was crypto-shredded since it was indexed: the message is then dropped as deleted.
+    fn read_accepted(&mut self, id: MessageId, meta: &Meta) -> Result<Option<AcceptedMessage>> {
         if meta.home_seg == self.active_seg {
             self.write_out()?;
         }
@@ -508,13 +683,18 @@ impl Writer {
                 },
                 e => e,
             })?;
-        match Record::decode_body(&body) {
-            Ok(Record::Accepted(a)) => Ok(a),
+        match decode_opened(&body, self.cfg.sealer.as_deref()) {
+            Ok(Record::Accepted(a)) => Ok(Some(a)),
             Ok(other) => Err(JournalError::Corrupt {
                 segment: meta.home_seg,
                 offset: meta.home_off,
                 reason: format!("expected an Accepted record, found kind {}", other.kind()),
             }),
+            Err(OpenError::Open(OpenFailure::KeyGone)) => {
+                self.index.finish(id, true);
+                self.shared.shredded_records.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
             Err(e) => Err(JournalError::Corrupt {
                 segment: meta.home_seg,
                 offset: meta.home_off,
@@ -527,6 +707,7 @@ impl Writer {
 
     /// Deletes expired segments from the front, finishes a compaction job, starts the next.
     fn maintain(&mut self, now: u64) {
+        self.index.recent.expire(now);
         if self.poisoned.is_some() {
             return;
         }
@@ -650,9 +831,10 @@ impl Writer {
     fn compaction_step_inner(&mut self, job: &mut Job, now: u64, budget: usize) -> Result<()> {
         let start = job.reader.offset();
         let window = self.index.window_ms;
-        let mut carry: Vec<Record> = Vec::new();
+        let mut bytes = Vec::new();
         while !job.done && job.reader.offset() - start < budget as u64 {
-            carry.clear();
+            bytes.clear();
+            let mut carried = 0u64;
             match job.reader.next()? {
                 Item::End | Item::Zero { .. } => job.done = true,
                 Item::Bad {
@@ -667,78 +849,82 @@ impl Writer {
                         None => job.done = true,
                     }
                 }
-                Item::Record { offset, body, .. } => match Record::decode_body(body) {
-                    Ok(Record::Accepted(a)) => match self.index.msgs.get(&a.id) {
+                Item::Record { offset, body, .. } => match accepted_head(body) {
+                    Ok(Some(head)) => match self.index.msgs.get(&head.id) {
                         Some(m) if m.home_seg == job.seg && m.home_off == offset => {
-                            let state = match &m.state {
-                                MetaState::Queued => None,
-                                MetaState::InFlight { attempt } => Some(Record::Dispatched {
-                                    id: a.id,
-                                    attempt: *attempt,
-                                    at_ms: now,
-                                }),
-                                MetaState::Retry {
-                                    attempt,
-                                    due_at_ms,
-                                    last_code,
-                                } => Some(Record::RetryScheduled {
-                                    id: a.id,
-                                    attempt: *attempt,
-                                    due_at_ms: *due_at_ms,
-                                    last_code: *last_code,
-                                }),
-                                MetaState::Dead(d) => Some(Record::Dead {
-                                    id: a.id,
-                                    attempts: d.attempts,
-                                    last_code: d.last_code,
-                                    last_detail: d.last_detail.clone(),
-                                    at_ms: d.dead_at_ms,
-                                }),
-                            };
-                            carry.push(Record::Accepted(a));
-                            carry.extend(state);
+                            // Carried byte for byte: a sealed record is neither opened nor
+                            // re-sealed, a plaintext one not decoded and re-encoded.
+                            let mut state: Vec<Record> = state_record(head.id, m).into_iter().collect();
+                            frame_into(&mut bytes, body);
+                            for r in &state {
+                                r.encode_into(&mut bytes);
+                            }
+                            self.push_frames(&bytes, |index, i, seg, off, size| {
+                                if i == 0 {
+                                    index.accept(&head, seg, off, size, u32::MAX);
+                                } else {
+                                    index.apply(&mut state[i - 1], seg, off, size, u32::MAX);
+                                }
+                            })?;
+                            carried = 1 + state.len() as u64;
                         }
                         Some(_) => {}
-                        None => {
-                            if a.accepted_at_ms.saturating_add(window) > now {
-                                carry.push(Record::IdempotencyKept {
-                                    workspace: a.workspace,
-                                    idempotency_key: a.idempotency_key,
-                                    id: a.id,
-                                    accepted_at_ms: a.accepted_at_ms,
-                                });
-                            }
+                        // Finished, or dropped (crypto-shredded): only the key, which is never
+                        // sealed, is kept while in the window.
+                        None if head.accepted_at_ms.saturating_add(window) > now => {
+                            let mut r = Record::IdempotencyKept {
+                                workspace: head.workspace.to_owned(),
+                                idempotency_key: head.idempotency_key.to_owned(),
+                                id: head.id,
+                                accepted_at_ms: head.accepted_at_ms,
+                            };
+                            r.encode_into(&mut bytes);
+                            self.push(&bytes, std::slice::from_mut(&mut r))?;
+                            carried = 1;
                         }
+                        None => {}
                     },
-                    Ok(r @ Record::IdempotencyKept { .. }) => {
-                        if let Record::IdempotencyKept {
-                            accepted_at_ms, id, ..
-                        } = &r
-                            && accepted_at_ms.saturating_add(window) > now
-                            && !self.index.msgs.contains_key(id)
-                        {
-                            carry.push(r);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(segment = job.seg, offset, error = %e, "journal: undecodable record met by compaction");
-                        self.shared.compaction_corruptions.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(None) => match body[0] {
+                        kind::IDEMPOTENCY_KEPT => match Record::decode_body(body) {
+                            Ok(
+                                mut r @ Record::IdempotencyKept {
+                                    accepted_at_ms, id, ..
+                                },
+                            ) if accepted_at_ms.saturating_add(window) > now
+                                && !self.index.msgs.contains_key(&id) =>
+                            {
+                                r.encode_into(&mut bytes);
+                                self.push(&bytes, std::slice::from_mut(&mut r))?;
+                                carried = 1;
+                            }
+                            Ok(_) => {}
+                            Err(e) => self.compaction_corruption(job.seg, offset, &e),
+                        },
+                        // Transitions and inbound records: nothing to carry.
+                        kind::DISPATCHED
+                        | kind::SENT
+                        | kind::FAILED
+                        | kind::RETRY_SCHEDULED
+                        | kind::DEAD
+                        | kind::DEAD_REPLAYED
+                        | kind::DEAD_PURGED
+                        | kind::INBOUND
+                        | kind::INBOUND_SEALED => {}
+                        k => self.compaction_corruption(job.seg, offset, &DecodeError::UnknownKind(k)),
+                    },
+                    Err(e) => self.compaction_corruption(job.seg, offset, &e),
                 },
             }
-            if !carry.is_empty() {
-                let mut bytes = Vec::with_capacity(256);
-                for r in &carry {
-                    r.encode_into(&mut bytes);
-                }
-                self.push(&bytes, &carry)?;
-                self.shared
-                    .carried_records
-                    .fetch_add(carry.len() as u64, Ordering::Relaxed);
+            if carried > 0 {
+                self.shared.carried_records.fetch_add(carried, Ordering::Relaxed);
             }
         }
         Ok(())
+    }
+
+    fn compaction_corruption(&self, seg: u64, offset: u64, e: &DecodeError) {
+        tracing::error!(segment = seg, offset, error = %e, "journal: undecodable record met by compaction");
+        self.shared.compaction_corruptions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forced compaction of every sealed segment (after sealing the active one).
@@ -798,6 +984,47 @@ impl Writer {
         rep.bytes_after = self.shared.disk_bytes.load(Ordering::Relaxed);
         Ok(rep)
     }
+}
+
+/// The record that restores a live message's state after its `Accepted` is carried forward.
+fn state_record(id: MessageId, m: &Meta) -> Option<Record> {
+    match &m.state {
+        MetaState::Queued => None,
+        MetaState::InFlight { attempt } => Some(Record::Dispatched {
+            id,
+            attempt: *attempt,
+            at_ms: m.updated_at_ms,
+        }),
+        MetaState::Retry {
+            attempt,
+            due_at_ms,
+            last_code,
+        } => Some(Record::RetryScheduled {
+            id,
+            attempt: *attempt,
+            due_at_ms: *due_at_ms,
+            last_code: *last_code,
+        }),
+        MetaState::Dead(d) => Some(Record::Dead {
+            id,
+            attempts: d.attempts,
+            last_code: d.last_code,
+            last_detail: d.last_detail.clone(),
+            at_ms: d.dead_at_ms,
+        }),
+    }
+}
+
+/// The dead letters of interned workspace `ws` after `after`, in id order.
+fn dead_of(index: &Index, ws: u32, after: Option<MessageId>) -> impl Iterator<Item = MessageId> + '_ {
+    let lower = match after {
+        Some(a) => Bound::Excluded((ws, a)),
+        None => Bound::Included((ws, MessageId([0; 16]))),
+    };
+    index
+        .dead_ws
+        .range((lower, Bound::Included((ws, MessageId([0xff; 16])))))
+        .map(|&(_, id)| id)
 }
 
 fn sync_result(r: std::result::Result<Lsn, &str>) -> Result<Lsn> {
