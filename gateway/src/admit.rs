@@ -123,6 +123,14 @@ pub fn admit(node: Node<'_>, ws: &Workspace, req: Request) -> Result<Admitted, N
     if let Some(code) = session.refusal() {
         return refused(code, 0, format!("device is {}", session.state().as_str()));
     }
+    let max_queued = ws.max_queued.load(std::sync::atomic::Ordering::Relaxed);
+    if max_queued > 0 && ws.queued.load(std::sync::atomic::Ordering::Relaxed) >= max_queued {
+        return refused(
+            ErrorCode::WORKSPACE_QUEUE_FULL,
+            1000,
+            "the workspace has its quota of queued messages",
+        );
+    }
     let d = node.durable;
     // A retry queue at its bound means the upstream is failing faster than it recovers:
     // accepting more would only turn them into dead letters. Push back instead.

@@ -243,6 +243,9 @@ fn rotate_master_key(config: Option<&std::path::Path>, new_key_file: &std::path:
     use anyhow::Context as _;
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state_dir = cfg.server.resolved_state_dir();
+    if !state_dir.join(waping_vault::KEYRING_FILE).exists() {
+        anyhow::bail!("no keyring in {}: nothing to rotate (is --config right?)", state_dir.display());
+    }
     let (old, source) = waping_gateway::control::sealing::master_key(&cfg, &state_dir)?;
     let new = waping_vault::MasterKey::load(&waping_vault::KeySource::File(new_key_file.to_path_buf()))?;
     let report = waping_vault::rotate_master_key(&state_dir, &old, &new)?;

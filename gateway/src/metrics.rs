@@ -173,4 +173,7 @@ pub const CATALOGUE: &[&str] = &[
     "waping_subscriber_events_sent_total",
     "waping_subscriber_events_missed_total",
     "waping_upstream_events_total",
+    "waping_http_requests_total",
+    "waping_retention_purged_total",
+    "waping_retention_compactions_total",
 ];

@@ -47,11 +47,19 @@ fn key_id(key: &str) -> String {
 
 /// The response with its request id blanked, for comparing two answers.
 fn normalized(r: &HttpResponse) -> (u16, String) {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("request_id");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
     let body = match serde_json::from_str::<Value>(&r.body) {
         Ok(mut v) => {
-            if let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut()) {
-                e.remove("request_id");
-            }
+            strip(&mut v);
             v.to_string()
         }
         Err(_) => r.body.clone(),
@@ -61,10 +69,11 @@ fn normalized(r: &HttpResponse) -> (u16, String) {
 
 fn setup() -> (Gateway, String, String, BObjects) {
     // Half of the sends fail transiently and get no retry: dead letters and sent messages both.
-    let gw = Gateway::start_upstream(
+    let gw = Gateway::start_full(
         &[A, B],
         "[upstream.sim]\ntransient_failure_rate = 0.5\nseed = 7\n[retry]\nmax_attempts = 1\n",
         false,
+        "key_rate_per_second = 100000\nkey_burst = 100000\nsource_rate_per_second = 100000\nsource_burst = 100000\n",
     );
     let a = gw.admin_key("ws-a", "owner");
     let b = gw.admin_key("ws-b", "owner");

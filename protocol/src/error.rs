@@ -102,6 +102,7 @@ catalogue! {
     TOO_MANY_IN_FLIGHT = 3002, Client, retry: true, fatal: false, "The connection already has max_in_flight unacknowledged messages.";
     OVERLOADED = 3003, Internal, retry: true, fatal: false, "The gateway is shedding load; retry after retry_after_ms.";
     API_RATE_LIMITED = 3004, Client, retry: true, fatal: false, "Too many HTTP API requests from this key or source address; retry after retry_after_ms.";
+    WORKSPACE_QUEUE_FULL = 3005, Client, retry: true, fatal: false, "The workspace already has its quota of queued messages; retry after retry_after_ms.";
     // 4xxx: the request names something that does not exist or cannot be done.
     UNKNOWN_DEVICE = 4000, Client, retry: false, fatal: false, "The device id does not exist in the caller's workspace.";
     INVALID_RECIPIENT = 4001, Client, retry: false, fatal: false, "The recipient is not a valid WhatsApp address.";

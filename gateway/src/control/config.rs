@@ -91,6 +91,11 @@ pub struct Quotas {
     pub max_keys: u32,
     /// Webhook endpoints per workspace (enforced by the webhook API). Default 10.
     pub max_webhooks: u32,
+    /// Messages queued in the workspace's device queues before new sends get
+    /// WORKSPACE_QUEUE_FULL. Default 100 000; 1..=100 000 000. Counted once a second (the
+    /// check is one atomic load per send), so a burst may pass it by up to a second of
+    /// traffic; messages waiting in the retry queue are not counted.
+    pub max_queued_messages: u32,
 }
 
 impl Default for Quotas {
@@ -99,6 +104,7 @@ impl Default for Quotas {
             max_devices: 100,
             max_keys: 50,
             max_webhooks: 10,
+            max_queued_messages: 100_000,
         }
     }
 }
@@ -155,6 +161,12 @@ impl Quotas {
         }
         if !(1..=10_000).contains(&self.max_keys) {
             p.push(format!("{at}.max_keys: {} is out of range 1..=10000", self.max_keys));
+        }
+        if !(1..=100_000_000).contains(&self.max_queued_messages) {
+            p.push(format!(
+                "{at}.max_queued_messages: {} is out of range 1..=100000000",
+                self.max_queued_messages
+            ));
         }
         if self.max_webhooks > 1000 {
             p.push(format!("{at}.max_webhooks: {} is out of range 0..=1000", self.max_webhooks));

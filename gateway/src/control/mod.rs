@@ -369,6 +369,8 @@ impl Control {
             };
             store.put(Kind::Workspace, &[&w.id], &rec)?;
             vault.ensure_workspace(&w.id)?;
+            ws.max_queued
+                .store(u64::from(rec.quotas.max_queued_messages), std::sync::atomic::Ordering::Relaxed);
             meta.insert(w.id.clone(), rec);
             for k in &w.keys {
                 keys.insert(
@@ -421,6 +423,7 @@ impl Control {
         }
         control.jobs.resume(&control)?;
         tokio::spawn(retention::run(Arc::downgrade(&control), std::time::Duration::from_secs(60)));
+        tokio::spawn(refresh_queued(Arc::downgrade(&control)));
         Ok(control)
     }
 
@@ -452,6 +455,8 @@ impl Control {
         let ws = self
             .registry
             .add(&rec.id, cell, device_rate, Arc::new(pacing));
+        ws.max_queued
+            .store(u64::from(rec.quotas.max_queued_messages), std::sync::atomic::Ordering::Relaxed);
         self.meta.insert(rec.id.clone(), rec.clone());
         Ok(ws)
     }
@@ -844,5 +849,20 @@ impl Control {
 
     pub(crate) fn jobs(&self) -> &jobs::Jobs {
         &self.jobs
+    }
+}
+
+/// Once a second: each workspace's queued messages, for the quota check in admission.
+async fn refresh_queued(control: std::sync::Weak<Control>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = control.upgrade() else { return };
+        let depths = c.sessions.queue_depths();
+        for ws in c.registry.iter() {
+            let d = depths.get(&ws.idx).copied().unwrap_or(0);
+            ws.queued.store(d, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }

@@ -55,8 +55,16 @@ fn line(d: &DeadLetter) -> String {
 
 /// Runs `op` on the journal of `cfg`'s state directory; returns what to print.
 pub fn run(cfg: &Config, op: Op) -> anyhow::Result<String> {
-    let dir = cfg.server.resolved_state_dir().join("journal");
-    let (journal, _) = Journal::open(&dir, cfg.journal.to_journal_config())
+    let state_dir = cfg.server.resolved_state_dir();
+    let dir = state_dir.join("journal");
+    // Bodies and recipients are sealed with the workspaces' data keys.
+    let (master, source) = crate::control::sealing::master_key(cfg, &state_dir)?;
+    let vault = std::sync::Arc::new(
+        waping_vault::Vault::open(&state_dir, master, Some(source)).context("opening the keyring")?,
+    );
+    let mut jcfg = cfg.journal.to_journal_config();
+    jcfg.sealer = Some(std::sync::Arc::new(crate::control::sealing::VaultSealer(vault)));
+    let (journal, _) = Journal::open(&dir, jcfg)
         .with_context(|| format!("opening the journal in {}", dir.display()))?;
     let mut out = String::new();
     match op {

@@ -93,6 +93,8 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     retry_after_ms: u32,
+    /// Methods the path supports, for 405 answers.
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -103,6 +105,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_ms: 0,
+            allow: None,
         }
     }
 
@@ -133,7 +136,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code.0 {
         2000 => StatusCode::UNAUTHORIZED,
         2001 => StatusCode::FORBIDDEN,
-        2002 | 3000..=3002 | 3004 => StatusCode::TOO_MANY_REQUESTS,
+        2002 | 3000..=3002 | 3004 | 3005 => StatusCode::TOO_MANY_REQUESTS,
         3003 | 9001 => StatusCode::SERVICE_UNAVAILABLE,
         1010 => StatusCode::PAYLOAD_TOO_LARGE,
         4000 | 4004 => StatusCode::NOT_FOUND,
@@ -168,7 +171,11 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let after = self.retry_after_ms;
+        let allow = self.allow.clone();
         let mut r = (self.status, axum::Json(ErrorBody { error: self.detail() })).into_response();
+        if let Some(v) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
         if after > 0 {
             let secs = after.div_ceil(1000).max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -294,6 +301,12 @@ async fn gatekeeper(
         .and_then(valid_request_id)
         .unwrap_or_else(|| api.ids.next().to_string());
     let rid_header = HeaderValue::from_str(&rid).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    // Labels from the access table only: bounded cardinality whatever the client sends.
+    let (route, method) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| routes::access(req.method(), m.as_str()))
+        .map_or(("unmatched", "other"), |r| (r.path, r.method));
     let mut resp = REQUEST_ID
         .scope(rid, async move {
             match admit(&api, &mut req) {
@@ -303,6 +316,14 @@ async fn gatekeeper(
         })
         .await;
     resp.headers_mut().insert("x-request-id", rid_header);
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    metrics::counter!("waping_http_requests_total", "route" => route, "method" => method, "status" => class)
+        .increment(1);
     resp
 }
 
@@ -328,6 +349,20 @@ fn admit(api: &Api, req: &mut Request) -> Result<(), ApiError> {
         return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NOT_FOUND, "no such route"));
     };
     let Some(route) = routes::access(req.method(), &path) else {
+        let methods: Vec<&str> = routes::ROUTES
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.method)
+            .collect();
+        if !methods.is_empty() {
+            let mut e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::INVALID_FIELD,
+                format!("method not allowed here; allowed: {}", methods.join(", ")),
+            );
+            e.allow = Some(methods.join(", "));
+            return Err(e);
+        }
         // Fail closed: a route someone forgot to list in the access table is unreachable.
         tracing::error!(method = %req.method(), %path, "route missing from the access table");
         return Err(ApiError::new(

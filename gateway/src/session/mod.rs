@@ -398,6 +398,17 @@ impl SessionManager {
             .map(|e| e.key().0)
     }
 
+    /// Messages waiting in each workspace's device queues (for the queued-messages quota).
+    pub fn queue_depths(&self) -> std::collections::HashMap<WorkspaceIdx, u64> {
+        let mut m = std::collections::HashMap::new();
+        for e in self.sessions.iter() {
+            let h = e.value();
+            let depth = (h.tx.max_capacity() - h.tx.capacity()) as u64;
+            *m.entry(e.key().0).or_insert(0) += depth;
+        }
+        m
+    }
+
     /// Device ids of a workspace's sessions.
     pub fn devices_of(&self, ws: WorkspaceIdx) -> Vec<Text> {
         self.sessions

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::broadcast;
 use waping_protocol::EventKind;
@@ -48,6 +48,10 @@ pub struct Workspace {
     pub events: broadcast::Sender<Arc<WsEvent>>,
     /// Set when the workspace is deleted: keys and connections holding it stop working.
     deleted: AtomicBool,
+    /// Messages in the workspace's device queues, refreshed once a second.
+    pub queued: AtomicU64,
+    /// Quota on `queued` (0 = none until the control plane sets it).
+    pub max_queued: AtomicU64,
 }
 
 impl Workspace {
@@ -108,6 +112,8 @@ impl Registry {
                 pacing: pacing.clone(),
                 events,
                 deleted: AtomicBool::new(false),
+                queued: AtomicU64::new(0),
+                max_queued: AtomicU64::new(0),
             });
             next.by_id.insert(ws.id.clone(), idx);
             next.list.push(Some(ws.clone()));
