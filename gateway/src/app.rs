@@ -135,7 +135,7 @@ impl Gateway {
                     ..waping_store::StoreOptions::default()
                 },
             )
-                .with_context(|| format!("opening the device store {}", store_path.display()))?,
+            .with_context(|| format!("opening the device store {}", store_path.display()))?,
         );
         let (ev_tx, ev_rx) = mpsc::channel(UPSTREAM_EVENT_BUFFER);
         let upstream: Arc<dyn Upstream> = match cfg.upstream.kind {
@@ -288,8 +288,7 @@ impl Gateway {
             self.quic_addr,
             self.metrics_addr
                 .map_or("null".to_string(), |a| format!("\"{a}\"")),
-            self.http_addr
-                .map_or("null".to_string(), |a| format!("\"{a}\"")),
+            self.http_addr.map_or("null".to_string(), |a| format!("\"{a}\"")),
             self.fingerprint,
             self.cert_path.display().to_string(),
         );

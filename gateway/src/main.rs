@@ -148,18 +148,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Device { op } => waping_gateway::link::cli::main(op),
-        Cmd::GenMasterKey { out } => {
-            match waping_vault::MasterKey::generate().write_new_file(&out) {
-                Ok(()) => {
-                    eprintln!("wrote a new master key to {} (mode 0600)", out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::GenMasterKey { out } => match waping_vault::MasterKey::generate().write_new_file(&out) {
+            Ok(()) => {
+                eprintln!("wrote a new master key to {} (mode 0600)", out.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::RotateMasterKey {
             config,
             new_key_file,
@@ -239,12 +237,19 @@ fn main() -> ExitCode {
 }
 
 /// `rotate-master-key`: rewraps the keyring under the new key, then optionally installs it.
-fn rotate_master_key(config: Option<&std::path::Path>, new_key_file: &std::path::Path, install: bool) -> anyhow::Result<String> {
+fn rotate_master_key(
+    config: Option<&std::path::Path>,
+    new_key_file: &std::path::Path,
+    install: bool,
+) -> anyhow::Result<String> {
     use anyhow::Context as _;
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state_dir = cfg.server.resolved_state_dir();
     if !state_dir.join(waping_vault::KEYRING_FILE).exists() {
-        anyhow::bail!("no keyring in {}: nothing to rotate (is --config right?)", state_dir.display());
+        anyhow::bail!(
+            "no keyring in {}: nothing to rotate (is --config right?)",
+            state_dir.display()
+        );
     }
     let (old, source) = waping_gateway::control::sealing::master_key(&cfg, &state_dir)?;
     let new = waping_vault::MasterKey::load(&waping_vault::KeySource::File(new_key_file.to_path_buf()))?;

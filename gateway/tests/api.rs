@@ -22,7 +22,8 @@ const W: Ws = Ws {
 const UNLIMITED: &str = "key_rate_per_second = 100000\nkey_burst = 100000\nsource_rate_per_second = 100000\nsource_burst = 100000\n";
 
 fn fill(path: &str) -> String {
-    path.replace("{workspace}", "nowhere").replace("{id}", "00000000000000ff")
+    path.replace("{workspace}", "nowhere")
+        .replace("{id}", "00000000000000ff")
 }
 
 #[test]
@@ -41,13 +42,31 @@ fn every_route_enforces_the_role_matrix() {
                 Access::Public => true,
             };
             if allowed {
-                assert_ne!(r.status, 403, "{role} {} {}: {}", route.method, route.path, r.body);
-                assert_ne!(r.status, 401, "{role} {} {}: {}", route.method, route.path, r.body);
+                assert_ne!(
+                    r.status, 403,
+                    "{role} {} {}: {}",
+                    route.method, route.path, r.body
+                );
+                assert_ne!(
+                    r.status, 401,
+                    "{role} {} {}: {}",
+                    route.method, route.path, r.body
+                );
             } else {
-                assert_eq!(r.status, 403, "{role} {} {}: {}", route.method, route.path, r.body);
+                assert_eq!(
+                    r.status, 403,
+                    "{role} {} {}: {}",
+                    route.method, route.path, r.body
+                );
                 assert_eq!(r.code(), u64::from(ErrorCode::FORBIDDEN.0));
             }
-            assert!(r.status < 500, "{role} {} {}: {}", route.method, route.path, r.body);
+            assert!(
+                r.status < 500,
+                "{role} {} {}: {}",
+                route.method,
+                route.path,
+                r.body
+            );
         }
     }
     // The admin token is refused on workspace routes and accepted on admin routes.
@@ -65,8 +84,19 @@ fn every_route_enforces_the_role_matrix() {
 fn keys_cannot_mint_more_power_than_they_have() {
     let gw = Gateway::start(&[W], "");
     let admin = gw.admin_key("acme", "admin");
-    for (role, ok) in [("owner", false), ("auditor", false), ("admin", true), ("operator", true), ("viewer", true)] {
-        let r = gw.api("POST", "/v1/keys", &admin, Some(json!({"name": "k", "role": role})));
+    for (role, ok) in [
+        ("owner", false),
+        ("auditor", false),
+        ("admin", true),
+        ("operator", true),
+        ("viewer", true),
+    ] {
+        let r = gw.api(
+            "POST",
+            "/v1/keys",
+            &admin,
+            Some(json!({"name": "k", "role": role})),
+        );
         assert_eq!(r.status == 201, ok, "admin creating {role}: {}", r.body);
     }
     let owner = gw.admin_key("acme", "owner");
@@ -79,20 +109,31 @@ fn keys_cannot_mint_more_power_than_they_have() {
     assert_eq!(r.status, 409, "{}", r.body);
     // Secrets are shown once and never listed.
     let r = gw.api("GET", "/v1/keys", &owner, None);
-    assert!(!r.body.contains("sha256:") && !r.body.contains(owner.as_str()), "{}", r.body);
+    assert!(
+        !r.body.contains("sha256:") && !r.body.contains(owner.as_str()),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
 async fn revoking_a_key_closes_its_quic_connection_and_rotation_swaps_it() {
     let gw = Gateway::start(&[W], "");
     let owner = gw.admin_key("acme", "owner");
-    let r = gw.api("POST", "/v1/keys", &owner, Some(json!({"name": "worker", "role": "sender"})));
+    let r = gw.api(
+        "POST",
+        "/v1/keys",
+        &owner,
+        Some(json!({"name": "worker", "role": "sender"})),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let sender = r.json()["key"].as_str().unwrap().to_string();
     let sender_id = r.json()["info"]["id"].as_str().unwrap().to_string();
 
-    let conn = waping_client::Connection::connect(&gw.client_config(&sender)).await.unwrap();
+    let conn = waping_client::Connection::connect(&gw.client_config(&sender))
+        .await
+        .unwrap();
     let mut s = conn.open_stream().await.unwrap();
     let send = |seq| Frame::Send {
         seq,
@@ -102,12 +143,17 @@ async fn revoking_a_key_closes_its_quic_connection_and_rotation_swaps_it() {
         body: Body::Text(Text::from("x")),
     };
     s.send(&send(1)).await.unwrap();
-    assert!(matches!(common::next_frame(&mut s).await, Frame::Accepted { seq: 1, .. }));
+    assert!(matches!(
+        common::next_frame(&mut s).await,
+        Frame::Accepted { seq: 1, .. }
+    ));
 
     let r = gw.api("DELETE", &format!("/v1/keys/{sender_id}"), &owner, None);
     assert_eq!(r.status, 204, "{}", r.body);
     // The open connection is closed by the server with AUTH_FAILED, without another request.
-    let closed = tokio::time::timeout(Duration::from_secs(10), conn.quic().closed()).await.expect("closed at once");
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.quic().closed())
+        .await
+        .expect("closed at once");
     match closed {
         quinn::ConnectionError::ApplicationClosed(c) => {
             assert_eq!(u64::from(c.error_code), u64::from(ErrorCode::AUTH_FAILED.0));
@@ -116,10 +162,19 @@ async fn revoking_a_key_closes_its_quic_connection_and_rotation_swaps_it() {
     }
     let r = gw.api("GET", "/v1/workspace", &sender, None);
     assert_eq!(r.status, 401);
-    assert!(waping_client::Connection::connect(&gw.client_config(&sender)).await.is_err());
+    assert!(
+        waping_client::Connection::connect(&gw.client_config(&sender))
+            .await
+            .is_err()
+    );
 
     // Rotation: the new secret works at once, the old one stops at once.
-    let r = gw.api("POST", "/v1/keys", &owner, Some(json!({"name": "svc", "role": "viewer"})));
+    let r = gw.api(
+        "POST",
+        "/v1/keys",
+        &owner,
+        Some(json!({"name": "svc", "role": "viewer"})),
+    );
     let old = r.json()["key"].as_str().unwrap().to_string();
     let old_id = r.json()["info"]["id"].as_str().unwrap().to_string();
     let r = gw.api("POST", &format!("/v1/keys/{old_id}/rotate"), &owner, None);
@@ -159,11 +214,21 @@ fn limits_answer_413_and_429_with_retry_after() {
     );
     let key = gw.key("acme");
     let big = "x".repeat(4096);
-    let r = gw.api("POST", "/v1/messages", &key, Some(json!({"device": "d1", "to": "1", "idempotency_key": "k", "text": big})));
+    let r = gw.api(
+        "POST",
+        "/v1/messages",
+        &key,
+        Some(json!({"device": "d1", "to": "1", "idempotency_key": "k", "text": big})),
+    );
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.code(), u64::from(ErrorCode::PAYLOAD_TOO_LARGE.0));
     let m = json!({"device": "d1", "to": "4915112345678", "idempotency_key": "b", "text": "t"});
-    let r = gw.api("POST", "/v1/messages/batch", &key, Some(json!({"messages": [m, m, m]})));
+    let r = gw.api(
+        "POST",
+        "/v1/messages/batch",
+        &key,
+        Some(json!({"messages": [m, m, m]})),
+    );
     assert_eq!(r.status, 413, "{}", r.body);
     let mut limited = None;
     for _ in 0..20 {
@@ -182,7 +247,14 @@ fn limits_answer_413_and_429_with_retry_after() {
 fn errors_are_typed_and_carry_the_request_id() {
     let gw = Gateway::start(&[W], "");
     let key = gw.key("acme");
-    let r = http_raw(gw.http, "GET", "/v1/devices/none", Some(&key), None, &[("x-request-id", "req-123")]);
+    let r = http_raw(
+        gw.http,
+        "GET",
+        "/v1/devices/none",
+        Some(&key),
+        None,
+        &[("x-request-id", "req-123")],
+    );
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-request-id"), Some("req-123"));
     let e = &r.json()["error"];
@@ -190,7 +262,14 @@ fn errors_are_typed_and_carry_the_request_id() {
     assert_eq!(e["name"], "NOT_FOUND");
     assert_eq!(e["request_id"], "req-123");
     // Bad JSON, wrong content type, unknown fields, missing credentials, unknown routes.
-    let r = http_raw(gw.http, "POST", "/v1/messages", Some(&key), Some("{not json"), &[]);
+    let r = http_raw(
+        gw.http,
+        "POST",
+        "/v1/messages",
+        Some(&key),
+        Some("{not json"),
+        &[],
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.code(), 1008);
     let r = gw.api("POST", "/v1/devices", &key, Some(json!({"id": "x", "extra": 1})));
@@ -232,5 +311,8 @@ async fn http_send_is_durable_idempotent_and_visible_by_status() {
     let r = gw.api("GET", &format!("/v1/messages/{id}"), &other_sender, None);
     assert_eq!(r.status, 404, "{}", r.body);
     let viewer = gw.admin_key("acme", "viewer");
-    assert_eq!(gw.api("GET", &format!("/v1/messages/{id}"), &viewer, None).status, 200);
+    assert_eq!(
+        gw.api("GET", &format!("/v1/messages/{id}"), &viewer, None).status,
+        200
+    );
 }

@@ -59,19 +59,33 @@ async fn no_plaintext_reaches_the_state_directory() {
     let r = gw.api("POST", "/v1/devices", &owner, Some(json!({"id": "p1"})));
     assert_eq!(r.status, 201, "{}", r.body);
     let sender = {
-        let r = gw.api("POST", "/v1/keys", &owner, Some(json!({"name": "s", "role": "sender"})));
+        let r = gw.api(
+            "POST",
+            "/v1/keys",
+            &owner,
+            Some(json!({"name": "s", "role": "sender"})),
+        );
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()["key"].as_str().unwrap().to_string()
     };
     let config_key = gw.key("enc");
-    let mut needles: Vec<String> = vec![owner.clone(), sender.clone(), config_key.clone(), gw.admin_token.clone()];
+    let mut needles: Vec<String> = vec![
+        owner.clone(),
+        sender.clone(),
+        config_key.clone(),
+        gw.admin_token.clone(),
+    ];
     for k in [&owner, &sender, &config_key] {
         needles.push(k.rsplit('_').next().unwrap().to_string());
     }
     let mut states = std::collections::HashMap::new();
     let run = std::process::id();
     for i in 0..40 {
-        let (key, dev) = if i % 2 == 0 { (&sender, "p1") } else { (&config_key, "e1") };
+        let (key, dev) = if i % 2 == 0 {
+            (&sender, "p1")
+        } else {
+            (&config_key, "e1")
+        };
         let body = format!("PLAINTEXT-BODY-{run}-{i}-confidential");
         let to = format!("4917{:09}", run as u64 * 100 + i);
         let r = gw.api(
@@ -86,7 +100,10 @@ async fn no_plaintext_reaches_the_state_directory() {
         needles.push(body);
         needles.push(to);
     }
-    assert!(states.get("dead").copied().unwrap_or(0) > 0, "some dead letters to keep bodies: {states:?}");
+    assert!(
+        states.get("dead").copied().unwrap_or(0) > 0,
+        "some dead letters to keep bodies: {states:?}"
+    );
     assert!(states.get("sent").copied().unwrap_or(0) > 0, "{states:?}");
     // Dead letters are readable through the API (decrypted in memory) ...
     let r = gw.api("GET", "/v1/dead-letters", &config_key, None);
@@ -103,13 +120,20 @@ async fn no_plaintext_reaches_the_state_directory() {
         let bytes = &bytes[..end];
         scanned += bytes.len() as u64;
         for n in &needles {
-            assert!(!find(bytes, n.as_bytes()), "{} holds the plaintext {n:?}", f.display());
+            assert!(
+                !find(bytes, n.as_bytes()),
+                "{} holds the plaintext {n:?}",
+                f.display()
+            );
         }
     }
     assert!(scanned > 0 && all.iter().any(|f| f.to_string_lossy().contains("journal")));
     // The keyring is private to the gateway's user.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(gw.state_dir().join("keyring.json")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(gw.state_dir().join("keyring.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "keyring.json mode {mode:o}");
 
     // Restart: everything is readable again with the key.
@@ -133,7 +157,9 @@ async fn deleting_a_workspace_shreds_its_key_and_data() {
         "POST",
         "/v1/messages",
         &owner,
-        Some(json!({"device": "d1", "to": "4915100000001", "idempotency_key": "k", "text": "to be shredded"})),
+        Some(
+            json!({"device": "d1", "to": "4915100000001", "idempotency_key": "k", "text": "to be shredded"}),
+        ),
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
@@ -142,14 +168,24 @@ async fn deleting_a_workspace_shreds_its_key_and_data() {
     assert!(keyring.contains("\"doomed\""));
 
     // The owner confirms by repeating the id; access ends at once.
-    let r = gw.api("POST", "/v1/deletions", &owner, Some(json!({"kind": "workspace", "target": "doomed"})));
+    let r = gw.api(
+        "POST",
+        "/v1/deletions",
+        &owner,
+        Some(json!({"kind": "workspace", "target": "doomed"})),
+    );
     assert_eq!(r.status, 202, "{}", r.body);
     let job = r.json()["id"].as_str().unwrap().to_string();
     let r = gw.api("GET", "/v1/workspace", &owner, None);
     assert_eq!(r.status, 401, "the owner key died with the workspace: {}", r.body);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
-        let r = gw.api("GET", &format!("/v1/admin/workspaces/doomed/deletions/{job}"), &gw.admin_token, None);
+        let r = gw.api(
+            "GET",
+            &format!("/v1/admin/workspaces/doomed/deletions/{job}"),
+            &gw.admin_token,
+            None,
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         let j = r.json();
         if j["state"] == "done" {
@@ -231,7 +267,11 @@ fn rotating_the_master_key_while_the_gateway_runs() {
     let old_key = std::fs::read(gw.state_dir().join("master.key")).unwrap();
     let bin = env!("CARGO_BIN_EXE_waping-gateway");
     let new_key = gw.dir.path().join("new.key");
-    let st = std::process::Command::new(bin).args(["gen-master-key", "--out"]).arg(&new_key).status().unwrap();
+    let st = std::process::Command::new(bin)
+        .args(["gen-master-key", "--out"])
+        .arg(&new_key)
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = std::process::Command::new(bin)
         .args(["rotate-master-key", "--install", "--config"])
@@ -242,7 +282,10 @@ fn rotating_the_master_key_while_the_gateway_runs() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("rewrapped 2 data key(s)") && said.contains("installed"), "{said}");
+    assert!(
+        said.contains("rewrapped 2 data key(s)") && said.contains("installed"),
+        "{said}"
+    );
     // The running gateway keeps serving, and its next keyring change follows the rotation.
     assert_eq!(gw.api("GET", "/v1/workspace", &owner, None).status, 200);
     let after = gw.create_workspace("after");

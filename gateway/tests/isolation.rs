@@ -159,15 +159,27 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     ];
     let no_leak = |what: &str, r: &HttpResponse| {
         for s in &b_secrets {
-            assert!(!r.body.contains(s.as_str()), "{what}: answer leaks {s:?}: {}", r.body);
+            assert!(
+                !r.body.contains(s.as_str()),
+                "{what}: answer leaks {s:?}: {}",
+                r.body
+            );
         }
     };
     // Same answer for B's object and for one that exists nowhere; never a success.
     let same = |what: &str, method: &str, b_path: &str, none_path: &str, body: Option<Value>| {
         let rb = gw.api(method, b_path, &a, body.clone());
         let rn = gw.api(method, none_path, &a, body);
-        assert!(!(200..300).contains(&rb.status), "{what}: success on B's object: {}", rb.body);
-        assert_eq!(normalized(&rb), normalized(&rn), "{what}: B's object is distinguishable from a missing one");
+        assert!(
+            !(200..300).contains(&rb.status),
+            "{what}: success on B's object: {}",
+            rb.body
+        );
+        assert_eq!(
+            normalized(&rb),
+            normalized(&rn),
+            "{what}: B's object is distinguishable from a missing one"
+        );
         no_leak(what, &rb);
     };
     let none_msg = "0190f0f0f0f07000800000000000dead";
@@ -212,13 +224,32 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     }
 
     // Keys.
-    for (m, p) in [("GET", "/v1/keys/{id}"), ("DELETE", "/v1/keys/{id}"), ("POST", "/v1/keys/{id}/rotate")] {
-        same(p, m, &fill(p, "", &o.key_id), &fill(p, "", "00000000000000ff"), None);
+    for (m, p) in [
+        ("GET", "/v1/keys/{id}"),
+        ("DELETE", "/v1/keys/{id}"),
+        ("POST", "/v1/keys/{id}/rotate"),
+    ] {
+        same(
+            p,
+            m,
+            &fill(p, "", &o.key_id),
+            &fill(p, "", "00000000000000ff"),
+            None,
+        );
         cover(m, p);
     }
     let r = gw.api("GET", "/v1/workspace", &b, None);
-    assert_eq!(r.status, 200, "B's key survived A's revoke and rotate attempts: {}", r.body);
-    let r = gw.api("POST", "/v1/keys", &a, Some(json!({"name": "new", "role": "viewer"})));
+    assert_eq!(
+        r.status, 200,
+        "B's key survived A's revoke and rotate attempts: {}",
+        r.body
+    );
+    let r = gw.api(
+        "POST",
+        "/v1/keys",
+        &a,
+        Some(json!({"name": "new", "role": "viewer"})),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     no_leak("POST /v1/keys", &r);
     let new_key = r.json()["key"].as_str().unwrap().to_string();
@@ -264,7 +295,13 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     );
     cover("GET", "/v1/messages");
     let msg = |dev: &str, key: &str| json!({"device": dev, "to": "4915112345678", "idempotency_key": key, "text": "hi"});
-    same("POST /v1/messages", "POST", "/v1/messages", "/v1/messages", Some(msg("b1", "x-1")));
+    same(
+        "POST /v1/messages",
+        "POST",
+        "/v1/messages",
+        "/v1/messages",
+        Some(msg("b1", "x-1")),
+    );
     let rb = gw.api("POST", "/v1/messages", &a, Some(msg("b1", "x-2")));
     let rn = gw.api("POST", "/v1/messages", &a, Some(msg("zz-none", "x-2")));
     assert_eq!(normalized(&rb), normalized(&rn), "B's device vs a missing one");
@@ -275,8 +312,18 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     assert_eq!(r.json()["duplicate"], false);
     assert_ne!(r.json()["id"].as_str().unwrap(), o.message_id);
     cover("POST", "/v1/messages");
-    let rb = gw.api("POST", "/v1/messages/batch", &a, Some(json!({"messages": [msg("b1", "y-1")]})));
-    let rn = gw.api("POST", "/v1/messages/batch", &a, Some(json!({"messages": [msg("zz-none", "y-1")]})));
+    let rb = gw.api(
+        "POST",
+        "/v1/messages/batch",
+        &a,
+        Some(json!({"messages": [msg("b1", "y-1")]})),
+    );
+    let rn = gw.api(
+        "POST",
+        "/v1/messages/batch",
+        &a,
+        Some(json!({"messages": [msg("zz-none", "y-1")]})),
+    );
     assert_eq!(rb.status, 207);
     assert_eq!(normalized(&rb), normalized(&rn));
     no_leak("batch", &rb);
@@ -292,10 +339,20 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         cover(m, p);
     }
     let r = gw.api("GET", &format!("/v1/dead-letters/{}", o.dead_id), &b, None);
-    assert_eq!(r.status, 200, "B's dead letter survived A's purge and replay: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "B's dead letter survived A's purge and replay: {}",
+        r.body
+    );
 
     // Deletions and retention.
-    same("GET /v1/deletions/{id}", "GET", &format!("/v1/deletions/{}", o.job_id), "/v1/deletions/0000", None);
+    same(
+        "GET /v1/deletions/{id}",
+        "GET",
+        &format!("/v1/deletions/{}", o.job_id),
+        "/v1/deletions/0000",
+        None,
+    );
     cover("GET", "/v1/deletions/{id}");
     same(
         "POST /v1/deletions device",
@@ -304,11 +361,31 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         "/v1/deletions",
         Some(json!({"kind": "device", "target": "b2"})),
     );
-    let rb = gw.api("POST", "/v1/deletions", &a, Some(json!({"kind": "device", "target": "b2"})));
-    let rn = gw.api("POST", "/v1/deletions", &a, Some(json!({"kind": "device", "target": "zz-none"})));
+    let rb = gw.api(
+        "POST",
+        "/v1/deletions",
+        &a,
+        Some(json!({"kind": "device", "target": "b2"})),
+    );
+    let rn = gw.api(
+        "POST",
+        "/v1/deletions",
+        &a,
+        Some(json!({"kind": "device", "target": "zz-none"})),
+    );
     assert_eq!(normalized(&rb), normalized(&rn));
-    let rb = gw.api("POST", "/v1/deletions", &a, Some(json!({"kind": "workspace", "target": "ws-b"})));
-    let rn = gw.api("POST", "/v1/deletions", &a, Some(json!({"kind": "workspace", "target": "ws-zz"})));
+    let rb = gw.api(
+        "POST",
+        "/v1/deletions",
+        &a,
+        Some(json!({"kind": "workspace", "target": "ws-b"})),
+    );
+    let rn = gw.api(
+        "POST",
+        "/v1/deletions",
+        &a,
+        Some(json!({"kind": "workspace", "target": "ws-zz"})),
+    );
     assert!(!(200..300).contains(&rb.status));
     assert_eq!(normalized(&rb), normalized(&rn));
     cover("POST", "/v1/deletions");
@@ -317,7 +394,11 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     })));
     assert_eq!(r.status, 200, "{}", r.body);
     let rb = gw.api("GET", "/v1/retention", &b, None);
-    assert_eq!(rb.json()["dead_letters_days"], 30, "A's retention change reached B");
+    assert_eq!(
+        rb.json()["dead_letters_days"],
+        30,
+        "A's retention change reached B"
+    );
     cover("PUT", "/v1/retention");
 
     // Creating a device named like B's is A's own device, not a conflict that would reveal B's.
@@ -332,20 +413,38 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect();
     let missing: Vec<_> = table.difference(&covered).collect();
-    assert!(missing.is_empty(), "routes without an isolation case: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes without an isolation case: {missing:?}"
+    );
     drop(b);
 }
 
 /// Every frame a client may send, and what the case below checks for it.
 const FRAME_CASES: &[(u8, &str)] = &[
-    (waping_protocol::frame::ty::HELLO, "binds the connection to the key's workspace: every later case runs on it"),
-    (waping_protocol::frame::ty::SEND, "B's device answers like a missing one; B's idempotency key is A's own"),
-    (waping_protocol::frame::ty::DEVICE_CONTROL, "every action on B's device answers like a missing one; B's device unchanged"),
-    (waping_protocol::frame::ty::SUBSCRIBE, "B's events never reach A's subscription"),
+    (
+        waping_protocol::frame::ty::HELLO,
+        "binds the connection to the key's workspace: every later case runs on it",
+    ),
+    (
+        waping_protocol::frame::ty::SEND,
+        "B's device answers like a missing one; B's idempotency key is A's own",
+    ),
+    (
+        waping_protocol::frame::ty::DEVICE_CONTROL,
+        "every action on B's device answers like a missing one; B's device unchanged",
+    ),
+    (
+        waping_protocol::frame::ty::SUBSCRIBE,
+        "B's events never reach A's subscription",
+    ),
     (waping_protocol::frame::ty::PING, "echoes the nonce only"),
     (waping_protocol::frame::ty::PONG, "carries a nonce only"),
     (waping_protocol::frame::ty::ERROR, "carries a code and text only"),
-    (waping_protocol::frame::ty::GOODBYE, "carries a code and text only"),
+    (
+        waping_protocol::frame::ty::GOODBYE,
+        "carries a code and text only",
+    ),
 ];
 
 #[test]
@@ -354,11 +453,23 @@ fn every_client_frame_has_an_isolation_case() {
     // One example of each frame type; the match is exhaustive, so a new frame type fails to
     // compile here until it is listed.
     let examples: Vec<Frame> = vec![
-        Frame::Hello { min_version: 1, max_version: 2, api_key: Text::default(), client_name: Text::default() },
+        Frame::Hello {
+            min_version: 1,
+            max_version: 2,
+            api_key: Text::default(),
+            client_name: Text::default(),
+        },
         Frame::Ping { nonce: 1 },
         Frame::Pong { nonce: 1 },
-        Frame::Error { code: ErrorCode::INTERNAL, retry_after_ms: 0, message: Text::default() },
-        Frame::Goodbye { code: ErrorCode::INTERNAL, message: Text::default() },
+        Frame::Error {
+            code: ErrorCode::INTERNAL,
+            retry_after_ms: 0,
+            message: Text::default(),
+        },
+        Frame::Goodbye {
+            code: ErrorCode::INTERNAL,
+            message: Text::default(),
+        },
         Frame::Send {
             seq: 1,
             idempotency_key: Text::default(),
@@ -367,7 +478,11 @@ fn every_client_frame_has_an_isolation_case() {
             body: Body::Text(Text::default()),
         },
         Frame::Subscribe { mask: 0 },
-        Frame::DeviceControl { req: 1, device_id: Text::default(), action: DeviceAction::Status },
+        Frame::DeviceControl {
+            req: 1,
+            device_id: Text::default(),
+            action: DeviceAction::Status,
+        },
     ];
     for f in &examples {
         let _exhaustive = match f {
@@ -401,8 +516,12 @@ fn every_client_frame_has_an_isolation_case() {
 #[tokio::test]
 async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
     let gw = Gateway::start(&[A, B], "");
-    let conn_a = Connection::connect(&gw.client_config(&gw.key("ws-a"))).await.unwrap();
-    let conn_b = Connection::connect(&gw.client_config(&gw.key("ws-b"))).await.unwrap();
+    let conn_a = Connection::connect(&gw.client_config(&gw.key("ws-a")))
+        .await
+        .unwrap();
+    let conn_b = Connection::connect(&gw.client_config(&gw.key("ws-b")))
+        .await
+        .unwrap();
     let mut events_a = conn_a.subscribe(subscribe::ALL).await.unwrap();
     let mut events_b = conn_b.subscribe(subscribe::ALL).await.unwrap();
 
@@ -421,8 +540,12 @@ async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
     let r2 = common::next_frame(&mut s).await;
     match (&r1, &r2) {
         (
-            Frame::Rejected { code: c1, reason: m1, .. },
-            Frame::Rejected { code: c2, reason: m2, .. },
+            Frame::Rejected {
+                code: c1, reason: m1, ..
+            },
+            Frame::Rejected {
+                code: c2, reason: m2, ..
+            },
         ) => {
             assert_eq!((c1, m1), (c2, m2));
             assert_eq!(*c1, ErrorCode::UNKNOWN_DEVICE);
@@ -454,12 +577,30 @@ async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
         DeviceAction::Unlink,
         DeviceAction::Link(LinkMethod::Qr),
     ] {
-        let on_b = tokio::time::timeout(Duration::from_secs(10), conn_a.device_control("b1", action.clone())).await.unwrap();
-        let on_none = tokio::time::timeout(Duration::from_secs(10), conn_a.device_control("zz-none", action.clone())).await.unwrap();
+        let on_b = tokio::time::timeout(
+            Duration::from_secs(10),
+            conn_a.device_control("b1", action.clone()),
+        )
+        .await
+        .unwrap();
+        let on_none = tokio::time::timeout(
+            Duration::from_secs(10),
+            conn_a.device_control("zz-none", action.clone()),
+        )
+        .await
+        .unwrap();
         match (on_b, on_none) {
             (
-                Err(ClientError::Refused { code: c1, message: d1, .. }),
-                Err(ClientError::Refused { code: c2, message: d2, .. }),
+                Err(ClientError::Refused {
+                    code: c1,
+                    message: d1,
+                    ..
+                }),
+                Err(ClientError::Refused {
+                    code: c2,
+                    message: d2,
+                    ..
+                }),
             ) => {
                 assert_eq!((c1, d1), (c2, d2), "{action:?}");
                 assert_eq!(c1, ErrorCode::UNKNOWN_DEVICE);
@@ -468,12 +609,20 @@ async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
         }
     }
     let st = conn_b.device_control("b1", DeviceAction::Status).await.unwrap();
-    assert_eq!(st, waping_protocol::DeviceState::Connected, "B's device untouched by A");
+    assert_eq!(
+        st,
+        waping_protocol::DeviceState::Connected,
+        "B's device untouched by A"
+    );
 
     // SUBSCRIBE: a B event, then an A event; A must see its own and nothing before it from B.
     conn_b.device_control("b1", DeviceAction::Disable).await.unwrap();
     let seen_by_b = loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), events_b.next()).await.unwrap().unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), events_b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let EventKind::DeviceState { device_id, .. } = &e.kind {
             break device_id.clone();
         }
@@ -481,7 +630,11 @@ async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
     assert_eq!(seen_by_b.as_str(), "b1");
     conn_a.device_control("a1", DeviceAction::Disable).await.unwrap();
     loop {
-        let e = tokio::time::timeout(Duration::from_secs(10), events_a.next()).await.unwrap().unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), events_a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         match &e.kind {
             EventKind::DeviceState { device_id, .. } => {
                 assert_eq!(device_id.as_str(), "a1", "A received B's event: {e:?}");

@@ -323,7 +323,11 @@ mod tests {
         assert_eq!(held.check(100), Err(AuthError::Expired));
         assert_eq!(held.check(50), Ok(()));
         assert!(ks.revoke(&g.id));
-        assert_eq!(held.check(50), Err(AuthError::Revoked), "a connection holding it sees the revocation");
+        assert_eq!(
+            held.check(50),
+            Err(AuthError::Revoked),
+            "a connection holding it sees the revocation"
+        );
         assert_eq!(ks.verify(&g.key, 50).unwrap_err(), AuthError::UnknownId);
         assert!(!ks.revoke(&g.id));
     }

@@ -157,10 +157,16 @@ impl Quotas {
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = Vec::new();
         if self.max_devices > 100_000 {
-            p.push(format!("{at}.max_devices: {} is out of range 0..=100000", self.max_devices));
+            p.push(format!(
+                "{at}.max_devices: {} is out of range 0..=100000",
+                self.max_devices
+            ));
         }
         if !(1..=10_000).contains(&self.max_keys) {
-            p.push(format!("{at}.max_keys: {} is out of range 1..=10000", self.max_keys));
+            p.push(format!(
+                "{at}.max_keys: {} is out of range 1..=10000",
+                self.max_keys
+            ));
         }
         if !(1..=100_000_000).contains(&self.max_queued_messages) {
             p.push(format!(
@@ -169,7 +175,10 @@ impl Quotas {
             ));
         }
         if self.max_webhooks > 1000 {
-            p.push(format!("{at}.max_webhooks: {} is out of range 0..=1000", self.max_webhooks));
+            p.push(format!(
+                "{at}.max_webhooks: {} is out of range 0..=1000",
+                self.max_webhooks
+            ));
         }
         p
     }
@@ -189,9 +198,19 @@ impl ApiConfig {
         check("max_page", self.max_page, 1, 10_000);
         check("key_rate_per_second", self.key_rate_per_second, 1, 1_000_000);
         check("key_burst", self.key_burst, 1, 1_000_000);
-        check("source_rate_per_second", self.source_rate_per_second, 1, 1_000_000);
+        check(
+            "source_rate_per_second",
+            self.source_rate_per_second,
+            1,
+            1_000_000,
+        );
         check("source_burst", self.source_burst, 1, 1_000_000);
-        check("auth_failures_per_minute", self.auth_failures_per_minute, 1, 10_000);
+        check(
+            "auth_failures_per_minute",
+            self.auth_failures_per_minute,
+            1,
+            10_000,
+        );
         if self.scheme == Scheme::Http && !self.listen.ip().is_loopback() {
             p.push(format!(
                 "api.scheme: \"http\" is only allowed on a loopback address, not {} (API keys would cross the network in clear)",

@@ -132,7 +132,14 @@ fn hash_target(ws: &str, kind: DeletionKind, target: &str) -> String {
 fn mask(kind: DeletionKind, target: &str) -> String {
     match kind {
         DeletionKind::Recipient => {
-            let tail: String = target.chars().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = target
+                .chars()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             format!("…{tail}")
         }
         _ => target.to_string(),
@@ -208,12 +215,15 @@ impl Jobs {
 }
 
 /// Records a deletion request and queues it; returns the job and whether it is new.
-pub(crate) fn request(control: &Arc<Control>, p: &Principal, req: NewDeletion) -> Result<(DeletionJob, bool), Error> {
+pub(crate) fn request(
+    control: &Arc<Control>,
+    p: &Principal,
+    req: NewDeletion,
+) -> Result<(DeletionJob, bool), Error> {
     let (ws, need) = match (p, req.kind) {
-        (Principal::Admin, DeletionKind::Workspace) => (
-            control.registry.by_id(&req.target).ok_or(Error::NotFound)?,
-            None,
-        ),
+        (Principal::Admin, DeletionKind::Workspace) => {
+            (control.registry.by_id(&req.target).ok_or(Error::NotFound)?, None)
+        }
         (Principal::Admin, _) => return Err(Error::NotFound),
         (Principal::Key(_), DeletionKind::Workspace) => (
             p.require(Permission::WorkspaceDelete)?.workspace.clone(),
@@ -234,19 +244,24 @@ pub(crate) fn request(control: &Arc<Control>, p: &Principal, req: NewDeletion) -
             }
             if control.cfg.workspaces.iter().any(|w| w.id == req.target) {
                 return Err(Error::Conflict(
-                    "this workspace is defined in the configuration file; remove it there and restart first".into(),
+                    "this workspace is defined in the configuration file; remove it there and restart first"
+                        .into(),
                 ));
             }
         }
         DeletionKind::Device => {
-            if control.sessions.get(ws.idx, &Text::from(req.target.as_str())).is_none()
+            if control
+                .sessions
+                .get(ws.idx, &Text::from(req.target.as_str()))
+                .is_none()
                 && !control.jobs().deleting_device(&ws.id, &req.target)
             {
                 return Err(Error::NotFound);
             }
             if control.device_from_config(&ws.id, &req.target) {
                 return Err(Error::Conflict(
-                    "this device is defined in the configuration file; remove it there and restart first".into(),
+                    "this device is defined in the configuration file; remove it there and restart first"
+                        .into(),
                 ));
             }
         }
@@ -258,7 +273,9 @@ pub(crate) fn request(control: &Arc<Control>, p: &Principal, req: NewDeletion) -
     let target_hash = hash_target(&ws.id, req.kind, &req.target);
     let existing: Vec<DeletionJob> = control.store().list(Kind::Job, Some(&ws.id))?;
     if let Some(j) = existing.into_iter().find(|j| {
-        j.kind == req.kind && j.target_hash == target_hash && matches!(j.state, JobState::Pending | JobState::Running)
+        j.kind == req.kind
+            && j.target_hash == target_hash
+            && matches!(j.state, JobState::Pending | JobState::Running)
     }) {
         return Ok((j, false));
     }
@@ -289,7 +306,10 @@ pub(crate) fn request(control: &Arc<Control>, p: &Principal, req: NewDeletion) -
 async fn worker(control: std::sync::Weak<Control>, mut rx: mpsc::UnboundedReceiver<Work>) {
     while let Some(w) = rx.recv().await {
         let Some(control) = control.upgrade() else { return };
-        let Ok(Some(mut job)) = control.store().get::<DeletionJob>(Kind::Job, &[&w.workspace, &w.id]) else {
+        let Ok(Some(mut job)) = control
+            .store()
+            .get::<DeletionJob>(Kind::Job, &[&w.workspace, &w.id])
+        else {
             continue;
         };
         job.state = JobState::Running;
@@ -320,11 +340,20 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
         DeletionKind::Device => {
             remove_device(control, &ws, target).await?;
             job.removed.devices = 1;
-            job.removed.dead_letters = purge(control, &ws, Some(waping_journal::DeadFilter::Device(target.to_string()))).await?;
+            job.removed.dead_letters = purge(
+                control,
+                &ws,
+                Some(waping_journal::DeadFilter::Device(target.to_string())),
+            )
+            .await?;
         }
         DeletionKind::Recipient => {
-            job.removed.dead_letters =
-                purge(control, &ws, Some(waping_journal::DeadFilter::Recipient(target.to_string()))).await?;
+            job.removed.dead_letters = purge(
+                control,
+                &ws,
+                Some(waping_journal::DeadFilter::Recipient(target.to_string())),
+            )
+            .await?;
         }
         DeletionKind::Workspace => {
             control.registry.remove(&ws);
@@ -378,12 +407,28 @@ async fn remove_device(control: &Arc<Control>, ws: &str, device: &str) -> anyhow
     Ok(())
 }
 
-async fn purge(control: &Arc<Control>, ws: &str, filter: Option<waping_journal::DeadFilter>) -> anyhow::Result<u64> {
+async fn purge(
+    control: &Arc<Control>,
+    ws: &str,
+    filter: Option<waping_journal::DeadFilter>,
+) -> anyhow::Result<u64> {
     let mut total = 0u64;
     loop {
         let n = match &filter {
-            Some(f) => control.durable.journal.purge_dead_where(ws, f.clone(), PURGE_STEP).await,
-            None => control.durable.journal.purge_dead_older_than(Some(ws), u64::MAX, PURGE_STEP).await,
+            Some(f) => {
+                control
+                    .durable
+                    .journal
+                    .purge_dead_where(ws, f.clone(), PURGE_STEP)
+                    .await
+            }
+            None => {
+                control
+                    .durable
+                    .journal
+                    .purge_dead_older_than(Some(ws), u64::MAX, PURGE_STEP)
+                    .await
+            }
         }
         .map_err(|e| anyhow::anyhow!("purging dead letters: {e}"))?;
         total += n as u64;

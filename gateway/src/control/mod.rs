@@ -369,8 +369,10 @@ impl Control {
             };
             store.put(Kind::Workspace, &[&w.id], &rec)?;
             vault.ensure_workspace(&w.id)?;
-            ws.max_queued
-                .store(u64::from(rec.quotas.max_queued_messages), std::sync::atomic::Ordering::Relaxed);
+            ws.max_queued.store(
+                u64::from(rec.quotas.max_queued_messages),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             meta.insert(w.id.clone(), rec);
             for k in &w.keys {
                 keys.insert(
@@ -411,9 +413,10 @@ impl Control {
         }
         for ws in control.registry.iter() {
             for k in control.store.list::<KeyRecord>(Kind::Key, Some(&ws.id))? {
-                control
-                    .keys
-                    .insert(LiveKey::new(&k.id, &k.hash, ws.clone(), k.role, k.expires_at_ms).map_err(|e| anyhow::anyhow!("stored key {}: {e}", k.id))?);
+                control.keys.insert(
+                    LiveKey::new(&k.id, &k.hash, ws.clone(), k.role, k.expires_at_ms)
+                        .map_err(|e| anyhow::anyhow!("stored key {}: {e}", k.id))?,
+                );
             }
             for d in control.store.list::<DeviceRecord>(Kind::Device, Some(&ws.id))? {
                 if control.sessions.get(ws.idx, &Text::from(d.id.as_str())).is_none() {
@@ -422,7 +425,10 @@ impl Control {
             }
         }
         control.jobs.resume(&control)?;
-        tokio::spawn(retention::run(Arc::downgrade(&control), std::time::Duration::from_secs(60)));
+        tokio::spawn(retention::run(
+            Arc::downgrade(&control),
+            std::time::Duration::from_secs(60),
+        ));
         tokio::spawn(refresh_queued(Arc::downgrade(&control)));
         Ok(control)
     }
@@ -452,11 +458,11 @@ impl Control {
         self.vault
             .ensure_workspace(&rec.id)
             .map_err(|e| Error::Internal(format!("data key: {e}")))?;
-        let ws = self
-            .registry
-            .add(&rec.id, cell, device_rate, Arc::new(pacing));
-        ws.max_queued
-            .store(u64::from(rec.quotas.max_queued_messages), std::sync::atomic::Ordering::Relaxed);
+        let ws = self.registry.add(&rec.id, cell, device_rate, Arc::new(pacing));
+        ws.max_queued.store(
+            u64::from(rec.quotas.max_queued_messages),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.meta.insert(rec.id.clone(), rec.clone());
         Ok(ws)
     }
@@ -465,7 +471,12 @@ impl Control {
 
     /// Authenticates a bearer credential from `source`: an API key (`wpk_…`) or the node-admin
     /// token. Failures are counted per source and throttled; each is logged for audit.
-    pub fn authenticate(&self, presented: &str, source: std::net::IpAddr, now_ms: u64) -> Result<Principal, Error> {
+    pub fn authenticate(
+        &self,
+        presented: &str,
+        source: std::net::IpAddr,
+        now_ms: u64,
+    ) -> Result<Principal, Error> {
         if let Err(after) = self.throttle.check(source, now_ms) {
             metrics::counter!("waping_auth_failures_total", "reason" => "throttled").increment(1);
             return Err(Error::Code {
@@ -519,7 +530,9 @@ impl Control {
         let burst = req.burst.unwrap_or(self.cfg.limits.burst);
         for (name, v) in [("rate_per_second", rate), ("burst", burst)] {
             if !(1..=10_000_000).contains(&v) {
-                return Err(Error::Invalid(format!("{name}: {v} is out of range 1..=10000000")));
+                return Err(Error::Invalid(format!(
+                    "{name}: {v} is out of range 1..=10000000"
+                )));
             }
         }
         let quotas = req.quotas.unwrap_or(self.cfg.quotas);
@@ -559,7 +572,10 @@ impl Control {
             (Principal::Key(_), None) => p.require(Permission::WorkspaceRead)?.workspace.id.to_string(),
             _ => return Err(Error::NotFound),
         };
-        self.meta.get(&id).map(|e| e.value().clone()).ok_or(Error::NotFound)
+        self.meta
+            .get(&id)
+            .map(|e| e.value().clone())
+            .ok_or(Error::NotFound)
     }
 
     /// Changes the caller's workspace retention windows.
@@ -569,7 +585,11 @@ impl Control {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems.join("; ")));
         }
-        let mut rec = self.meta.get(&*k.workspace.id).map(|e| e.value().clone()).ok_or(Error::NotFound)?;
+        let mut rec = self
+            .meta
+            .get(&*k.workspace.id)
+            .map(|e| e.value().clone())
+            .ok_or(Error::NotFound)?;
         rec.retention = r;
         self.store.put(Kind::Workspace, &[&rec.id], &rec)?;
         self.meta.insert(rec.id.clone(), rec.clone());
@@ -579,7 +599,10 @@ impl Control {
 
     /// Retention of every live workspace (for the sweeper).
     pub fn retention_all(&self) -> Vec<(String, Retention)> {
-        self.meta.iter().map(|e| (e.key().clone(), e.value().retention)).collect()
+        self.meta
+            .iter()
+            .map(|e| (e.key().clone(), e.value().retention))
+            .collect()
     }
 
     // ----- keys ------------------------------------------------------------------------
@@ -589,7 +612,11 @@ impl Control {
             id: k.id.clone(),
             name: rec.map_or_else(|| "from configuration".into(), |r| r.name.clone()),
             role: k.role,
-            source: if rec.is_some() { Source::Api } else { Source::Config },
+            source: if rec.is_some() {
+                Source::Api
+            } else {
+                Source::Config
+            },
             created_at_ms: rec.map_or(0, |r| r.created_at_ms),
             created_by: rec.map_or_else(|| "config".into(), |r| r.created_by.clone()),
             expires_at_ms: k.expires_at_ms,
@@ -645,7 +672,9 @@ impl Control {
 
     fn key_in(&self, ws: &Workspace, id: &str) -> Result<Arc<LiveKey>, Error> {
         match self.keys.get(id) {
-            Some(k) if Arc::ptr_eq(&k.workspace, &self.registry.by_id(&ws.id).ok_or(Error::NotFound)?) => Ok(k),
+            Some(k) if Arc::ptr_eq(&k.workspace, &self.registry.by_id(&ws.id).ok_or(Error::NotFound)?) => {
+                Ok(k)
+            }
             _ => Err(Error::NotFound),
         }
     }
@@ -671,11 +700,21 @@ impl Control {
         let expires_at_ms = match req.expires_in_s {
             None => None,
             Some(s) if (60..=315_360_000).contains(&s) => Some(now + s * 1000),
-            Some(s) => return Err(Error::Invalid(format!("expires_in_s: {s} is out of range 60..=315360000"))),
+            Some(s) => {
+                return Err(Error::Invalid(format!(
+                    "expires_in_s: {s} is out of range 60..=315360000"
+                )));
+            }
         };
-        let quota = self.meta.get(&*workspace.id).map_or(self.cfg.quotas, |m| m.quotas);
+        let quota = self
+            .meta
+            .get(&*workspace.id)
+            .map_or(self.cfg.quotas, |m| m.quotas);
         if self.key_ids_of(&workspace.id).len() as u32 >= quota.max_keys {
-            return Err(Error::Quota(format!("the workspace has its maximum of {} keys", quota.max_keys)));
+            return Err(Error::Quota(format!(
+                "the workspace has its maximum of {} keys",
+                quota.max_keys
+            )));
         }
         let g = auth::generate_key();
         let rec = KeyRecord {
@@ -690,7 +729,8 @@ impl Control {
         };
         self.store.put(Kind::Key, &[&rec.workspace, &rec.id], &rec)?;
         let live = self.keys.insert(
-            LiveKey::new(&g.id, &g.hash, workspace.clone(), req.role, expires_at_ms).map_err(Error::Internal)?,
+            LiveKey::new(&g.id, &g.hash, workspace.clone(), req.role, expires_at_ms)
+                .map_err(Error::Internal)?,
         );
         tracing::info!(target: "waping::audit", action = "key.create", actor = %p.actor(), workspace = %workspace.id, key = %g.id, role = %req.role, "API key created");
         Ok(IssuedKey {
@@ -730,7 +770,9 @@ impl Control {
     /// old one is revoked at once.
     pub fn rotate_key(&self, p: &Principal, id: &str) -> Result<IssuedKey, Error> {
         let (k, rec) = self.managed_key(p, id)?;
-        let remaining = rec.expires_at_ms.map(|e| e.saturating_sub(crate::unix_ms()).div_ceil(1000).max(60));
+        let remaining = rec
+            .expires_at_ms
+            .map(|e| e.saturating_sub(crate::unix_ms()).div_ceil(1000).max(60));
         let issued = self.create_key(
             p,
             None,
@@ -764,13 +806,17 @@ impl Control {
     pub fn create_device(&self, p: &Principal, id: &str) -> Result<DeviceRecord, Error> {
         let me = p.require(Permission::DevicesWrite)?;
         let ws = &me.workspace;
-        waping_protocol::validate::device_id(&Text::from(id)).map_err(|e| Error::Invalid(format!("id: {}", e.message)))?;
+        waping_protocol::validate::device_id(&Text::from(id))
+            .map_err(|e| Error::Invalid(format!("id: {}", e.message)))?;
         if self.sessions.get(ws.idx, &Text::from(id)).is_some() || self.jobs.deleting_device(&ws.id, id) {
             return Err(Error::Conflict(format!("device {id:?} already exists")));
         }
         let quota = self.meta.get(&*ws.id).map_or(self.cfg.quotas, |m| m.quotas);
         if self.sessions.devices_of(ws.idx).len() as u32 >= quota.max_devices {
-            return Err(Error::Quota(format!("the workspace has its maximum of {} devices", quota.max_devices)));
+            return Err(Error::Quota(format!(
+                "the workspace has its maximum of {} devices",
+                quota.max_devices
+            )));
         }
         let rec = DeviceRecord {
             workspace: ws.id.to_string(),
@@ -785,7 +831,12 @@ impl Control {
     }
 
     /// Runs a device command in the caller's workspace.
-    pub async fn device_command(&self, p: &Principal, id: &str, cmd: DeviceCommand) -> Result<waping_protocol::DeviceState, Error> {
+    pub async fn device_command(
+        &self,
+        p: &Principal,
+        id: &str,
+        cmd: DeviceCommand,
+    ) -> Result<waping_protocol::DeviceState, Error> {
         let need = if matches!(cmd, DeviceCommand::Status) {
             Permission::DevicesRead
         } else {
@@ -816,7 +867,11 @@ impl Control {
     // ----- deletions -------------------------------------------------------------------
 
     /// Requests a deletion; see [`jobs`].
-    pub fn request_deletion(self: &Arc<Self>, p: &Principal, req: jobs::NewDeletion) -> Result<(jobs::DeletionJob, bool), Error> {
+    pub fn request_deletion(
+        self: &Arc<Self>,
+        p: &Principal,
+        req: jobs::NewDeletion,
+    ) -> Result<(jobs::DeletionJob, bool), Error> {
         jobs::request(self, p, req)
     }
 
@@ -829,7 +884,9 @@ impl Control {
     /// One deletion job of the caller's workspace.
     pub fn deletion(&self, p: &Principal, id: &str) -> Result<jobs::DeletionJob, Error> {
         let me = p.require(Permission::DeletionsWrite)?;
-        self.store.get(Kind::Job, &[&me.workspace.id, id])?.ok_or(Error::NotFound)
+        self.store
+            .get(Kind::Job, &[&me.workspace.id, id])?
+            .ok_or(Error::NotFound)
     }
 
     /// Workspace deletion jobs, for the node admin.

@@ -45,7 +45,12 @@ impl Sweeper {
     pub fn plan(&mut self, now_ms: u64, workspaces: &[(String, Retention)]) -> Plan {
         let dead_letter_cutoffs = workspaces
             .iter()
-            .map(|(ws, r)| (ws.clone(), now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS)))
+            .map(|(ws, r)| {
+                (
+                    ws.clone(),
+                    now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS),
+                )
+            })
             .collect();
         let shortest = workspaces
             .iter()
@@ -87,13 +92,19 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
     let plan = sweeper.plan(now_ms, &control.retention_all());
     let journal = &control.durable.journal;
     for (ws, cutoff) in &plan.dead_letter_cutoffs {
-        match journal.purge_dead_older_than(Some(ws), *cutoff, PURGE_PER_TICK).await {
+        match journal
+            .purge_dead_older_than(Some(ws), *cutoff, PURGE_PER_TICK)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => {
-                metrics::counter!("waping_retention_purged_total", "what" => "dead_letter").increment(n as u64);
+                metrics::counter!("waping_retention_purged_total", "what" => "dead_letter")
+                    .increment(n as u64);
                 tracing::info!(target: "waping::audit", action = "retention.sweep", workspace = %ws, dead_letters = n, cutoff_ms = cutoff, "retention purged dead letters");
             }
-            Err(e) => tracing::warn!(workspace = %ws, error = %e, "retention sweep of dead letters failed; retrying next tick"),
+            Err(e) => {
+                tracing::warn!(workspace = %ws, error = %e, "retention sweep of dead letters failed; retrying next tick")
+            }
         }
     }
     if plan.compact {
@@ -143,6 +154,9 @@ mod tests {
         assert!(!s.plan(t0 + 2 * HOUR_MS - 1, &list).compact);
         assert!(s.plan(t0 + 2 * HOUR_MS, &list).compact, "half of b's 4 h window");
         assert!(!s.plan(t0 + 3 * HOUR_MS, &list).compact);
-        assert!(!Sweeper::default().plan(t0, &[]).compact, "nothing to keep, nothing to do");
+        assert!(
+            !Sweeper::default().plan(t0, &[]).compact,
+            "nothing to keep, nothing to do"
+        );
     }
 }

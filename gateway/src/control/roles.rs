@@ -150,21 +150,14 @@ impl Role {
             | P::DeadLettersRead.bit()
             | P::SettingsRead.bit()
             | P::EventsSubscribe.bit();
-        const OPERATOR: u32 = READ
-            | P::DevicesWrite.bit()
-            | P::MessagesSend.bit()
-            | P::DeadLettersWrite.bit();
-        const ADMIN: u32 = OPERATOR
-            | P::KeysWrite.bit()
-            | P::SettingsWrite.bit()
-            | P::DeletionsWrite.bit();
+        const OPERATOR: u32 =
+            READ | P::DevicesWrite.bit() | P::MessagesSend.bit() | P::DeadLettersWrite.bit();
+        const ADMIN: u32 = OPERATOR | P::KeysWrite.bit() | P::SettingsWrite.bit() | P::DeletionsWrite.bit();
         match self {
             Role::Owner => ADMIN | P::WorkspaceDelete.bit() | P::AuditRead.bit(),
             Role::Admin => ADMIN,
             Role::Operator => OPERATOR & !P::KeysRead.bit(),
-            Role::Sender => {
-                P::WorkspaceRead.bit() | P::MessagesSend.bit() | P::MessagesReadOwn.bit()
-            }
+            Role::Sender => P::WorkspaceRead.bit() | P::MessagesSend.bit() | P::MessagesReadOwn.bit(),
             Role::Viewer => READ,
             Role::Auditor => P::WorkspaceRead.bit() | P::AuditRead.bit(),
         }
@@ -227,7 +220,10 @@ mod tests {
         assert!(Role::Admin.may_manage(Role::Viewer));
         assert!(Role::Admin.may_manage(Role::Admin));
         assert!(!Role::Admin.may_manage(Role::Owner));
-        assert!(!Role::Admin.may_manage(Role::Auditor), "audit is separated from admin");
+        assert!(
+            !Role::Admin.may_manage(Role::Auditor),
+            "audit is separated from admin"
+        );
         for r in [Role::Operator, Role::Sender, Role::Viewer, Role::Auditor] {
             for other in Role::ALL {
                 assert!(!r.may_manage(other), "{r} has no keys.write");

@@ -120,10 +120,17 @@ impl ControlStore {
     }
 
     /// Reads one object.
-    pub fn get<T: DeserializeOwned>(&self, kind: Kind, parts: &[&str]) -> Result<Option<T>, ControlStoreError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        parts: &[&str],
+    ) -> Result<Option<T>, ControlStoreError> {
         let txn = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
         let t = txn.open_table(OBJECTS).map_err(|e| err("read")(e.to_string()))?;
-        match t.get(key(kind, parts).as_str()).map_err(|e| err("read")(e.to_string()))? {
+        match t
+            .get(key(kind, parts).as_str())
+            .map_err(|e| err("read")(e.to_string()))?
+        {
             Some(v) => serde_json::from_slice(v.value())
                 .map(Some)
                 .map_err(|e| err("decode")(e.to_string())),
@@ -132,7 +139,11 @@ impl ControlStore {
     }
 
     /// Every object of a kind (optionally under a first key part), in key order.
-    pub fn list<T: DeserializeOwned>(&self, kind: Kind, under: Option<&str>) -> Result<Vec<T>, ControlStoreError> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        under: Option<&str>,
+    ) -> Result<Vec<T>, ControlStoreError> {
         let prefix = match under {
             Some(p) => {
                 let mut k = key(kind, &[p]);
@@ -144,7 +155,10 @@ impl ControlStore {
         let txn = self.db.begin_read().map_err(|e| err("read")(e.to_string()))?;
         let t = txn.open_table(OBJECTS).map_err(|e| err("read")(e.to_string()))?;
         let mut out = Vec::new();
-        for r in t.range(prefix.as_str()..).map_err(|e| err("read")(e.to_string()))? {
+        for r in t
+            .range(prefix.as_str()..)
+            .map_err(|e| err("read")(e.to_string()))?
+        {
             let (k, v) = r.map_err(|e| err("read")(e.to_string()))?;
             if !k.value().starts_with(&prefix) {
                 break;
@@ -189,7 +203,10 @@ mod tests {
         assert_eq!(a, ["one", "two"], "prefix `a` must not match workspace `ab`");
         let all: Vec<String> = s.list(Kind::Device, None).unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(s.get::<String>(Kind::Key, &["k1"]).unwrap().as_deref(), Some("key"));
+        assert_eq!(
+            s.get::<String>(Kind::Key, &["k1"]).unwrap().as_deref(),
+            Some("key")
+        );
         assert!(s.delete(Kind::Key, &["k1"]).unwrap());
         assert!(!s.delete(Kind::Key, &["k1"]).unwrap());
         assert_eq!(s.delete_prefix(Kind::Device, &["a"]).unwrap(), 2);

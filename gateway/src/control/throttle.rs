@@ -120,7 +120,10 @@ mod tests {
         let wait = t.check(a, now).unwrap_err();
         assert!(wait > 0 && wait <= 6_000, "{wait}");
         assert!(t.check(b, now).is_ok(), "other sources are unaffected");
-        assert!(t.check(a, now + u64::from(wait)).is_ok(), "allowed again after the wait");
+        assert!(
+            t.check(a, now + u64::from(wait)).is_ok(),
+            "allowed again after the wait"
+        );
     }
 
     #[test]
@@ -136,7 +139,9 @@ mod tests {
         assert!((24..=26).contains(&ok), "{ok}");
         // Whatever the phase, at most one more fits at the same instant, then the answer is
         // a wait of at most one emission interval.
-        let wait = (0..3).find_map(|_| g.take(&"k", 2000).err()).expect("refused at once");
+        let wait = (0..3)
+            .find_map(|_| g.take(&"k", 2000).err())
+            .expect("refused at once");
         assert!((1..=100).contains(&wait), "{wait}");
         assert!(g.take(&"other", 2000).is_ok());
     }

@@ -64,8 +64,8 @@ pub fn run(cfg: &Config, op: Op) -> anyhow::Result<String> {
     );
     let mut jcfg = cfg.journal.to_journal_config();
     jcfg.sealer = Some(std::sync::Arc::new(crate::control::sealing::VaultSealer(vault)));
-    let (journal, _) = Journal::open(&dir, jcfg)
-        .with_context(|| format!("opening the journal in {}", dir.display()))?;
+    let (journal, _) =
+        Journal::open(&dir, jcfg).with_context(|| format!("opening the journal in {}", dir.display()))?;
     let mut out = String::new();
     match op {
         Op::List => {

@@ -129,6 +129,7 @@ pub fn pbody(b: waping_journal::Body) -> Body {
 }
 
 /// The `Accepted` record of a SEND.
+#[allow(clippy::too_many_arguments)]
 pub fn accepted_record(
     id: MessageId,
     workspace: &str,

@@ -49,7 +49,11 @@ pub struct Api {
 
 impl Api {
     /// API state over `control`.
-    pub fn new(control: Arc<Control>, metrics: Arc<crate::metrics::Metrics>, clock: crate::limiter::MonotonicClock) -> Arc<Api> {
+    pub fn new(
+        control: Arc<Control>,
+        metrics: Arc<crate::metrics::Metrics>,
+        clock: crate::limiter::MonotonicClock,
+    ) -> Arc<Api> {
         let cfg = control.cfg.api.clone();
         Arc::new(Api {
             per_key: Gcra::new(cfg.key_rate_per_second, 1000, cfg.key_burst),
@@ -346,7 +350,11 @@ fn admit(api: &Api, req: &mut Request) -> Result<(), ApiError> {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
     let Some(path) = path else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NOT_FOUND, "no such route"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NOT_FOUND,
+            "no such route",
+        ));
     };
     let Some(route) = routes::access(req.method(), &path) else {
         let methods: Vec<&str> = routes::ROUTES

@@ -82,7 +82,11 @@ mod tests {
             .iter()
             .map(|r| (r.method.to_string(), r.path.to_string()))
             .collect();
-        assert_eq!(table.len(), super::super::routes::ROUTES.len(), "duplicate rows in ROUTES");
+        assert_eq!(
+            table.len(),
+            super::super::routes::ROUTES.len(),
+            "duplicate rows in ROUTES"
+        );
         assert_eq!(documented, table, "ROUTES and the OpenAPI document disagree");
     }
 }

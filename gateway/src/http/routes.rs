@@ -100,7 +100,10 @@ pub fn access(method: &Method, path: &str) -> Option<&'static Route> {
 /// Every handler, by path.
 pub fn router() -> Router<Arc<Api>> {
     Router::new()
-        .route("/v1/admin/workspaces", get(list_workspaces).post(create_workspace))
+        .route(
+            "/v1/admin/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
         .route(
             "/v1/admin/workspaces/{workspace}",
             get(get_workspace_admin).delete(delete_workspace_admin),
@@ -158,7 +161,10 @@ fn no_store(mut r: Response) -> Response {
 /// Every workspace of the node.
 #[utoipa::path(get, path = "/v1/admin/workspaces", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = [WorkspaceRecord]), (status = "4XX", body = super::ErrorBody)))]
-async fn list_workspaces(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiResult<axum::Json<Vec<WorkspaceRecord>>> {
+async fn list_workspaces(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+) -> ApiResult<axum::Json<Vec<WorkspaceRecord>>> {
     Ok(axum::Json(api.control.list_workspaces(&p)?))
 }
 
@@ -200,7 +206,15 @@ async fn delete_workspace_admin(
     Caller(p): Caller,
     PathParam(ws): PathParam<String>,
 ) -> ApiResult<Response> {
-    deletion(api, p, NewDeletion { kind: DeletionKind::Workspace, target: ws }).await
+    deletion(
+        api,
+        p,
+        NewDeletion {
+            kind: DeletionKind::Workspace,
+            target: ws,
+        },
+    )
+    .await
 }
 
 /// Creates a key in a workspace (bootstrap of its first owner key).
@@ -235,7 +249,10 @@ async fn get_deletion_admin(
 /// The caller's workspace.
 #[utoipa::path(get, path = "/v1/workspace", tag = "workspace", security(("api_key" = [])),
     responses((status = 200, body = WorkspaceRecord), (status = "4XX", body = super::ErrorBody)))]
-async fn get_workspace(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiResult<axum::Json<WorkspaceRecord>> {
+async fn get_workspace(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+) -> ApiResult<axum::Json<WorkspaceRecord>> {
     Ok(axum::Json(api.control.workspace(&p, None)?))
 }
 
@@ -276,7 +293,11 @@ async fn list_keys(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiResult<
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", security(("api_key" = [])),
     request_body = NewKey,
     responses((status = 201, body = IssuedKey), (status = "4XX", body = super::ErrorBody)))]
-async fn create_key(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(req): JsonBody<NewKey>) -> ApiResult<Response> {
+async fn create_key(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    JsonBody(req): JsonBody<NewKey>,
+) -> ApiResult<Response> {
     let c = api.control.clone();
     let k = tokio::task::spawn_blocking(move || c.create_key(&p, None, req))
         .await
@@ -288,7 +309,11 @@ async fn create_key(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(req
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = KeyInfo), (status = "4XX", body = super::ErrorBody)))]
-async fn get_key(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<KeyInfo>> {
+async fn get_key(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<KeyInfo>> {
     Ok(axum::Json(api.control.get_key(&p, &id)?))
 }
 
@@ -296,7 +321,11 @@ async fn get_key(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): 
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = "4XX", body = super::ErrorBody)))]
-async fn revoke_key(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<StatusCode> {
+async fn revoke_key(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<StatusCode> {
     let c = api.control.clone();
     tokio::task::spawn_blocking(move || c.revoke_key(&p, &id))
         .await
@@ -308,7 +337,11 @@ async fn revoke_key(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 201, body = IssuedKey), (status = "4XX", body = super::ErrorBody)))]
-async fn rotate_key(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<Response> {
+async fn rotate_key(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Response> {
     let c = api.control.clone();
     let k = tokio::task::spawn_blocking(move || c.rotate_key(&p, &id))
         .await
@@ -387,17 +420,28 @@ fn device_view(api: &Api, p: &Principal, id: &str) -> Result<DeviceView, Error> 
 /// Devices of the caller's workspace.
 #[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
     responses((status = 200, body = [DeviceView]), (status = "4XX", body = super::ErrorBody)))]
-async fn list_devices(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiResult<axum::Json<Vec<DeviceView>>> {
+async fn list_devices(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+) -> ApiResult<axum::Json<Vec<DeviceView>>> {
     let k = p.require(Permission::DevicesRead)?;
     let ids = api.control.device_ids(&k.workspace);
-    Ok(axum::Json(ids.iter().filter_map(|id| device_view(&api, &p, id).ok()).collect()))
+    Ok(axum::Json(
+        ids.iter()
+            .filter_map(|id| device_view(&api, &p, id).ok())
+            .collect(),
+    ))
 }
 
 /// Adds a device (unlinked until linked).
 #[utoipa::path(post, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
     request_body = NewDevice,
     responses((status = 201, body = DeviceView), (status = "4XX", body = super::ErrorBody)))]
-async fn create_device(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(req): JsonBody<NewDevice>) -> ApiResult<Response> {
+async fn create_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    JsonBody(req): JsonBody<NewDevice>,
+) -> ApiResult<Response> {
     let c = api.control.clone();
     let p2 = p.clone();
     let id = req.id.clone();
@@ -411,7 +455,11 @@ async fn create_device(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(
 #[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeviceView), (status = "4XX", body = super::ErrorBody)))]
-async fn get_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeviceView>> {
+async fn get_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeviceView>> {
     Ok(axum::Json(device_view(&api, &p, &id)?))
 }
 
@@ -420,11 +468,28 @@ async fn get_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 202, body = DeletionJob), (status = "4XX", body = super::ErrorBody)))]
-async fn delete_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<Response> {
-    deletion(api, p, NewDeletion { kind: DeletionKind::Device, target: id }).await
+async fn delete_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Response> {
+    deletion(
+        api,
+        p,
+        NewDeletion {
+            kind: DeletionKind::Device,
+            target: id,
+        },
+    )
+    .await
 }
 
-async fn command(api: Arc<Api>, p: Principal, id: String, cmd: DeviceCommand) -> ApiResult<axum::Json<DeviceStateView>> {
+async fn command(
+    api: Arc<Api>,
+    p: Principal,
+    id: String,
+    cmd: DeviceCommand,
+) -> ApiResult<axum::Json<DeviceStateView>> {
     let st = api.control.device_command(&p, &id, cmd).await?;
     Ok(axum::Json(DeviceStateView {
         id,
@@ -463,7 +528,11 @@ async fn link_device(
 #[utoipa::path(post, path = "/v1/devices/{id}/unlink", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeviceStateView), (status = "4XX", body = super::ErrorBody)))]
-async fn unlink_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeviceStateView>> {
+async fn unlink_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeviceStateView>> {
     command(api, p, id, DeviceCommand::Unlink).await
 }
 
@@ -471,7 +540,11 @@ async fn unlink_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam
 #[utoipa::path(post, path = "/v1/devices/{id}/disable", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeviceStateView), (status = "4XX", body = super::ErrorBody)))]
-async fn disable_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeviceStateView>> {
+async fn disable_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeviceStateView>> {
     command(api, p, id, DeviceCommand::Disable).await
 }
 
@@ -479,7 +552,11 @@ async fn disable_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathPara
 #[utoipa::path(post, path = "/v1/devices/{id}/enable", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeviceStateView), (status = "4XX", body = super::ErrorBody)))]
-async fn enable_device(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeviceStateView>> {
+async fn enable_device(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeviceStateView>> {
     command(api, p, id, DeviceCommand::Enable).await
 }
 
@@ -637,7 +714,11 @@ async fn send_one(api: &Api, p: &Principal, m: SendMessage) -> Result<SendResult
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("api_key" = [])),
     request_body = SendMessage,
     responses((status = 202, body = SendResult), (status = "4XX", body = super::ErrorBody), (status = "5XX", body = super::ErrorBody)))]
-async fn send_message(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(m): JsonBody<SendMessage>) -> ApiResult<Response> {
+async fn send_message(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    JsonBody(m): JsonBody<SendMessage>,
+) -> ApiResult<Response> {
     Ok(accepted(send_one(&api, &p, m).await?))
 }
 
@@ -645,7 +726,11 @@ async fn send_message(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(m
 #[utoipa::path(post, path = "/v1/messages/batch", tag = "messages", security(("api_key" = [])),
     request_body = SendBatch,
     responses((status = 207, body = BatchResult), (status = "4XX", body = super::ErrorBody)))]
-async fn send_batch(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(b): JsonBody<SendBatch>) -> ApiResult<Response> {
+async fn send_batch(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<SendBatch>,
+) -> ApiResult<Response> {
     if b.messages.len() > api.cfg.max_batch as usize {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -656,8 +741,16 @@ async fn send_batch(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(b):
     let mut results = Vec::with_capacity(b.messages.len());
     for (index, m) in b.messages.into_iter().enumerate() {
         match send_one(&api, &p, m).await {
-            Ok(r) => results.push(BatchItem { index, accepted: Some(r), error: None }),
-            Err(e) => results.push(BatchItem { index, accepted: None, error: Some(e.detail()) }),
+            Ok(r) => results.push(BatchItem {
+                index,
+                accepted: Some(r),
+                error: None,
+            }),
+            Err(e) => results.push(BatchItem {
+                index,
+                accepted: None,
+                error: Some(e.detail()),
+            }),
         }
     }
     Ok((StatusCode::MULTI_STATUS, axum::Json(BatchResult { results })).into_response())
@@ -729,7 +822,11 @@ async fn message_view(api: &Api, p: &Principal, id: MessageId) -> Result<Message
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = MessageView), (status = "4XX", body = super::ErrorBody)))]
-async fn get_message(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<MessageView>> {
+async fn get_message(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<MessageView>> {
     Ok(axum::Json(message_view(&api, &p, parse_id(&id)?).await?))
 }
 
@@ -745,7 +842,11 @@ pub struct ByKey {
 #[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("api_key" = [])),
     params(ByKey),
     responses((status = 200, body = MessageView), (status = "4XX", body = super::ErrorBody)))]
-async fn find_message(State(api): State<Arc<Api>>, Caller(p): Caller, QueryParams(q): QueryParams<ByKey>) -> ApiResult<axum::Json<MessageView>> {
+async fn find_message(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    QueryParams(q): QueryParams<ByKey>,
+) -> ApiResult<axum::Json<MessageView>> {
     let k = p.require(Permission::MessagesReadOwn)?;
     let id = api
         .control
@@ -817,7 +918,12 @@ pub struct DeadLetterPage {
     pub next: Option<String>,
 }
 
-async fn dead_in(api: &Api, p: &Principal, id: &str, need: Permission) -> Result<(MessageId, waping_journal::DeadLetter), Error> {
+async fn dead_in(
+    api: &Api,
+    p: &Principal,
+    id: &str,
+    need: Permission,
+) -> Result<(MessageId, waping_journal::DeadLetter), Error> {
     let k = p.require(need)?;
     let id = parse_id(id)?;
     let d = api
@@ -838,7 +944,11 @@ async fn dead_in(api: &Api, p: &Principal, id: &str, need: Permission) -> Result
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "dead-letters", security(("api_key" = [])),
     params(PageQuery),
     responses((status = 200, body = DeadLetterPage), (status = "4XX", body = super::ErrorBody)))]
-async fn list_dead_letters(State(api): State<Arc<Api>>, Caller(p): Caller, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<axum::Json<DeadLetterPage>> {
+async fn list_dead_letters(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> ApiResult<axum::Json<DeadLetterPage>> {
     let k = p.require(Permission::DeadLettersRead)?;
     let max = api.cfg.max_page;
     let limit = q.limit.unwrap_or(100.min(max));
@@ -850,7 +960,9 @@ async fn list_dead_letters(State(api): State<Arc<Api>>, Caller(p): Caller, Query
         ));
     }
     let after = match q.after.as_deref() {
-        Some(a) => Some(crate::durable::dead_letters::parse_id(a).map_err(|e| Error::Invalid(format!("after: {e}")))?),
+        Some(a) => Some(
+            crate::durable::dead_letters::parse_id(a).map_err(|e| Error::Invalid(format!("after: {e}")))?,
+        ),
         None => None,
     };
     let items = api
@@ -860,7 +972,9 @@ async fn list_dead_letters(State(api): State<Arc<Api>>, Caller(p): Caller, Query
         .dead_letters_in(&k.workspace.id, after, limit as usize)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let next = (items.len() == limit as usize).then(|| items.last().map(|d| d.message.id.to_string())).flatten();
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|d| d.message.id.to_string()))
+        .flatten();
     Ok(axum::Json(DeadLetterPage {
         items: items.into_iter().map(dl_view).collect(),
         next,
@@ -871,15 +985,25 @@ async fn list_dead_letters(State(api): State<Arc<Api>>, Caller(p): Caller, Query
 #[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead-letters", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeadLetterView), (status = "4XX", body = super::ErrorBody)))]
-async fn get_dead_letter(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeadLetterView>> {
-    Ok(axum::Json(dl_view(dead_in(&api, &p, &id, Permission::DeadLettersRead).await?.1)))
+async fn get_dead_letter(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeadLetterView>> {
+    Ok(axum::Json(dl_view(
+        dead_in(&api, &p, &id, Permission::DeadLettersRead).await?.1,
+    )))
 }
 
 /// Deletes a dead letter for good.
 #[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "dead-letters", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = "4XX", body = super::ErrorBody)))]
-async fn purge_dead_letter(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<StatusCode> {
+async fn purge_dead_letter(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<StatusCode> {
     let (id, _) = dead_in(&api, &p, &id, Permission::DeadLettersWrite).await?;
     api.control
         .durable
@@ -895,7 +1019,11 @@ async fn purge_dead_letter(State(api): State<Arc<Api>>, Caller(p): Caller, PathP
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead-letters", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 202, body = SendResult), (status = "4XX", body = super::ErrorBody)))]
-async fn replay_dead_letter(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<Response> {
+async fn replay_dead_letter(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Response> {
     let (id, d) = dead_in(&api, &p, &id, Permission::DeadLettersWrite).await?;
     let k = p.require(Permission::DeadLettersWrite)?;
     let session = api
@@ -945,14 +1073,21 @@ async fn deletion(api: Arc<Api>, p: Principal, req: NewDeletion) -> ApiResult<Re
 #[utoipa::path(post, path = "/v1/deletions", tag = "deletions", security(("api_key" = [])),
     request_body = NewDeletion,
     responses((status = 202, body = DeletionJob), (status = "4XX", body = super::ErrorBody)))]
-async fn create_deletion(State(api): State<Arc<Api>>, Caller(p): Caller, JsonBody(req): JsonBody<NewDeletion>) -> ApiResult<Response> {
+async fn create_deletion(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    JsonBody(req): JsonBody<NewDeletion>,
+) -> ApiResult<Response> {
     deletion(api, p, req).await
 }
 
 /// Deletion jobs of the caller's workspace.
 #[utoipa::path(get, path = "/v1/deletions", tag = "deletions", security(("api_key" = [])),
     responses((status = 200, body = [DeletionJob]), (status = "4XX", body = super::ErrorBody)))]
-async fn list_deletions(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiResult<axum::Json<Vec<DeletionJob>>> {
+async fn list_deletions(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+) -> ApiResult<axum::Json<Vec<DeletionJob>>> {
     Ok(axum::Json(api.control.list_deletions(&p)?))
 }
 
@@ -960,18 +1095,49 @@ async fn list_deletions(State(api): State<Arc<Api>>, Caller(p): Caller) -> ApiRe
 #[utoipa::path(get, path = "/v1/deletions/{id}", tag = "deletions", security(("api_key" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeletionJob), (status = "4XX", body = super::ErrorBody)))]
-async fn get_deletion(State(api): State<Arc<Api>>, Caller(p): Caller, PathParam(id): PathParam<String>) -> ApiResult<axum::Json<DeletionJob>> {
+async fn get_deletion(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<axum::Json<DeletionJob>> {
     Ok(axum::Json(api.control.deletion(&p, &id)?))
 }
 
 /// The handlers' OpenAPI paths (used by [`super::openapi`]).
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(paths(
-    list_workspaces, create_workspace, get_workspace_admin, delete_workspace_admin, create_key_admin,
-    get_deletion_admin, get_workspace, get_retention, put_retention, list_keys, create_key, get_key,
-    revoke_key, rotate_key, list_devices, create_device, get_device, delete_device, link_device,
-    unlink_device, disable_device, enable_device, send_message, find_message, send_batch, get_message,
-    list_dead_letters, get_dead_letter, purge_dead_letter, replay_dead_letter, create_deletion,
-    list_deletions, get_deletion
+    list_workspaces,
+    create_workspace,
+    get_workspace_admin,
+    delete_workspace_admin,
+    create_key_admin,
+    get_deletion_admin,
+    get_workspace,
+    get_retention,
+    put_retention,
+    list_keys,
+    create_key,
+    get_key,
+    revoke_key,
+    rotate_key,
+    list_devices,
+    create_device,
+    get_device,
+    delete_device,
+    link_device,
+    unlink_device,
+    disable_device,
+    enable_device,
+    send_message,
+    find_message,
+    send_batch,
+    get_message,
+    list_dead_letters,
+    get_dead_letter,
+    purge_dead_letter,
+    replay_dead_letter,
+    create_deletion,
+    list_deletions,
+    get_deletion
 ))]
 pub struct Paths;

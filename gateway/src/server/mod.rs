@@ -187,9 +187,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
         // The admin token is for the HTTP control plane only; it sends nothing.
         Ok(crate::control::Principal::Admin) => Err((ErrorCode::AUTH_FAILED, 0)),
         Err(crate::control::Error::Code {
-            code,
-            retry_after_ms,
-            ..
+            code, retry_after_ms, ..
         }) => Err((code, retry_after_ms)),
         Err(_) => Err((ErrorCode::AUTH_FAILED, 0)),
     };

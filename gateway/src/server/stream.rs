@@ -313,7 +313,8 @@ fn handle(
         Frame::Subscribe { mask } => {
             // Bits of a later version than the connection's are never granted (PROTOCOL.md 6.6),
             // nor bits the key's role does not allow.
-            let granted = mask & subscribe::allowed(state.version().unwrap_or(1)) & subscribe_allowed(ctx.key.role);
+            let granted =
+                mask & subscribe::allowed(state.version().unwrap_or(1)) & subscribe_allowed(ctx.key.role);
             ctx.subscription.store(granted, Ordering::Release);
             // One event stream per connection: later SUBSCRIBEs (even after a mask of 0) only
             // change the mask it filters with.
@@ -476,7 +477,6 @@ fn reject(ctx: &ConnCtx, io: &mut FrameIo, seq: u64, code: ErrorCode, retry_afte
     });
 }
 
-
 /// A SEND that passed every check and waits for its journal append.
 pub(crate) struct Staged {
     seq: u64,
@@ -502,7 +502,14 @@ fn handle_send(
 ) {
     if !ctx.key.role.allows(Permission::MessagesSend) {
         ctx.shared.metrics.received.increment(1);
-        return reject(ctx, io, seq, ErrorCode::FORBIDDEN, 0, "the key's role does not grant messages.send");
+        return reject(
+            ctx,
+            io,
+            seq,
+            ErrorCode::FORBIDDEN,
+            0,
+            "the key's role does not grant messages.send",
+        );
     }
     if pending.contains(&seq) {
         ctx.shared.metrics.received.increment(1);

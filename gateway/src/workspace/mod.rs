@@ -146,10 +146,7 @@ impl Registry {
     /// By id.
     pub fn by_id(&self, id: &str) -> Option<Arc<Workspace>> {
         let inner = self.inner.load();
-        inner
-            .by_id
-            .get(id)
-            .and_then(|i| inner.list[i.0 as usize].clone())
+        inner.by_id.get(id).and_then(|i| inner.list[i.0 as usize].clone())
     }
 
     /// Number of workspaces.
@@ -173,7 +170,10 @@ impl Registry {
         let lim: crate::limiter::Limiter<Arc<str>> = crate::limiter::Limiter::new();
         let cell = lim
             .upsert_many(
-                vec![(Arc::<str>::from(id), crate::limiter::Quota::per_second(100, 100).unwrap())],
+                vec![(
+                    Arc::<str>::from(id),
+                    crate::limiter::Quota::per_second(100, 100).unwrap(),
+                )],
                 crate::limiter::Nanos::ZERO,
             )
             .pop()

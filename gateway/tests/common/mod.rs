@@ -222,7 +222,14 @@ impl HttpResponse {
 }
 
 /// A minimal HTTP/1.1 client (one request per connection) so the tests need no HTTP crate.
-pub fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>, extra: &[(&str, &str)]) -> HttpResponse {
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> HttpResponse {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect HTTP API");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -235,7 +242,10 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>,
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || matches!(method, "POST" | "PUT") {
-        req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -258,7 +268,11 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>,
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -276,14 +290,25 @@ fn dechunk(mut s: &str) -> String {
 
 impl Gateway {
     /// One API request with a bearer credential and an optional JSON body.
-    pub fn api(&self, method: &str, path: &str, token: &str, body: Option<serde_json::Value>) -> HttpResponse {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> HttpResponse {
         let b = body.map(|v| v.to_string());
         http_raw(self.http, method, path, Some(token), b.as_deref(), &[])
     }
 
     /// Creates a workspace through the admin API and an owner key in it; returns the key.
     pub fn create_workspace(&self, id: &str) -> String {
-        let r = self.api("POST", "/v1/admin/workspaces", &self.admin_token, Some(serde_json::json!({"id": id})));
+        let r = self.api(
+            "POST",
+            "/v1/admin/workspaces",
+            &self.admin_token,
+            Some(serde_json::json!({"id": id})),
+        );
         assert_eq!(r.status, 201, "{}", r.body);
         self.admin_key(id, "owner")
     }
