@@ -1,0 +1,2 @@
+//! Encryption at rest: seal/open costs (filled by the benchmark work).
+fn main() {}
