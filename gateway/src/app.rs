@@ -334,6 +334,9 @@ async fn open_durable(
     let dir = state_dir.join("journal");
     let mut jcfg = cfg.journal.to_journal_config();
     jcfg.sealer = Some(sealer);
+    // Delivery records (message status) live in the journal's status index; the node's
+    // default window bounds it (a workspace's own shorter window is not applied there yet).
+    jcfg.status_retention = Duration::from_secs(u64::from(cfg.retention.delivery_records_days) * 86_400);
     let open_dir = dir.clone();
     // Replay reads every segment: blocking IO, off the async workers.
     let (journal, recovered) = tokio::task::spawn_blocking(move || Journal::open(&open_dir, jcfg))

@@ -283,8 +283,10 @@ fn rotate_master_key(
 async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.workspaces.is_empty() {
         tracing::warn!(
-            "no workspaces configured: nobody can authenticate. Create a key with `waping-gateway keygen` \
-             or a load-test setup with `waping-loadtest init`"
+            "no workspaces in the configuration file: only workspaces created through the HTTP API \
+             (node-admin token: api.admin_token_file or the `admin-token` credential) can be used. \
+             For a quick start, `waping-gateway keygen` prints a key for the file, and \
+             `waping-loadtest init` writes a whole load-test setup"
         );
     }
     let gw = waping_gateway::Gateway::start(cfg).await?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct ApiConfig {
     /// Serve the HTTP API. Default true.
     pub enabled: bool,
-    /// TCP address. Default `127.0.0.1:7401`: loopback until the operator decides to expose it.
+    /// TCP address. Default `127.0.0.1:7402` (7401 is the load harness simulator's): loopback until the operator decides to expose it.
     pub listen: SocketAddr,
     /// `https` (default; the QUIC listener's certificate) or `http`. Plain HTTP is refused
     /// unless `listen` is a loopback address: keys must never cross a network in clear.
@@ -54,7 +54,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7402)),
             scheme: Scheme::Https,
             admin_token_file: None,
             max_body_bytes: 1 << 20,
@@ -86,15 +86,19 @@ pub struct SecurityConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Devices per workspace. Default 100; 0..=100 000.
+    #[schema(maximum = 100_000)]
     pub max_devices: u32,
     /// Live API keys per workspace. Default 50; 1..=10 000.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub max_keys: u32,
-    /// Webhook endpoints per workspace (enforced by the webhook API). Default 10.
+    /// Webhook endpoints per workspace (enforced by the webhook API). Default 10; 0..=1000.
+    #[schema(maximum = 1000)]
     pub max_webhooks: u32,
     /// Messages queued in the workspace's device queues before new sends get
     /// WORKSPACE_QUEUE_FULL. Default 100 000; 1..=100 000 000. Counted once a second (the
     /// check is one atomic load per send), so a burst may pass it by up to a second of
     /// traffic; messages waiting in the retry queue are not counted.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub max_queued_messages: u32,
 }
 
@@ -115,12 +119,16 @@ impl Default for Quotas {
 pub struct Retention {
     /// Hours a finished message's body may stay in the journal before compaction must
     /// have removed it. Default 24; 1..=8760.
+    #[schema(minimum = 1, maximum = 8760)]
     pub message_bodies_hours: u32,
     /// Days a delivery record (message status) stays queryable. Default 7; 1..=365.
+    #[schema(minimum = 1, maximum = 365)]
     pub delivery_records_days: u32,
     /// Days an inbound event is kept. Default 7; 1..=365.
+    #[schema(minimum = 1, maximum = 365)]
     pub inbound_events_days: u32,
     /// Days a dead letter is kept before the sweeper purges it. Default 30; 1..=365.
+    #[schema(minimum = 1, maximum = 365)]
     pub dead_letters_days: u32,
 }
 

@@ -218,10 +218,13 @@ pub struct DeviceRecord {
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     /// Id, 1–64 characters of `a-z 0-9 _ -`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub id: String,
     /// Send rate (default `[limits] rate_per_second`), 1..=10 000 000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub rate_per_second: Option<u32>,
     /// Send burst (default `[limits] burst`), 1..=10 000 000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub burst: Option<u32>,
     /// Quotas (default `[quotas]`).
     pub quotas: Option<Quotas>,
@@ -233,11 +236,13 @@ pub struct NewWorkspace {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
-    /// Human name, 1–100 characters.
+    /// Human name, 1–100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
     /// Role; a key may only create keys whose permissions are a subset of its own.
     pub role: Role,
     /// Optional lifetime in seconds, 60..=315 360 000 (10 years).
+    #[schema(minimum = 60, maximum = 315_360_000)]
     pub expires_in_s: Option<u64>,
 }
 

@@ -70,6 +70,12 @@ impl ControlStore {
     /// Opens or creates the file.
     pub fn open(path: &Path) -> Result<ControlStore, ControlStoreError> {
         let db = Database::create(path).map_err(|e| err("open")(e.to_string()))?;
+        // Key hashes, names and deletion records: readable by the gateway's user only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err("chmod")(e.to_string()))?;
+        }
         let txn = db.begin_write().map_err(|e| err("open")(e.to_string()))?;
         txn.open_table(OBJECTS).map_err(|e| err("open")(e.to_string()))?;
         txn.commit().map_err(|e| err("open")(e.to_string()))?;

@@ -366,7 +366,8 @@ pub struct DeviceView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
-    /// Device id, unique in the workspace.
+    /// Device id, unique in the workspace: 1–64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
 }
 
@@ -377,6 +378,7 @@ pub struct LinkRequest {
     /// `qr` (QR refs arrive as `link_code` events) or `pairing_code` (needs `phone`).
     pub method: LinkMethodName,
     /// Phone number, digits with country code, for `pairing_code`.
+    #[schema(pattern = "^[1-9][0-9]{6,14}$")]
     pub phone: Option<String>,
 }
 
@@ -567,13 +569,19 @@ async fn enable_device(
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// Device to send from.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub device: String,
     /// Recipient: phone number digits with country code, or a WhatsApp JID.
+    #[schema(
+        pattern = "^(\\+?[0-9]{6,15}|[0-9]{6,15}@(s\\.whatsapp\\.net|c\\.us)|[0-9-]+@g\\.us|[0-9]+@(lid|newsletter))$"
+    )]
     pub to: String,
     /// Client key that makes a resend safe: the same key within the window returns the
-    /// original message id and sends nothing again.
+    /// original message id and sends nothing again. 1–128 bytes.
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: String,
-    /// Text content (exactly one of `text` and `media`).
+    /// Text content (exactly one of `text` and `media`), 1–65 536 bytes.
+    #[schema(min_length = 1, max_length = 65536)]
     pub text: Option<String>,
     /// Media content.
     pub media: Option<MediaBody>,
@@ -952,11 +960,18 @@ async fn list_dead_letters(
     let k = p.require(Permission::DeadLettersRead)?;
     let max = api.cfg.max_page;
     let limit = q.limit.unwrap_or(100.min(max));
-    if limit == 0 || limit > max {
+    if limit == 0 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::INVALID_FIELD,
             format!("limit: must be 1..={max}"),
+        ));
+    }
+    if limit > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PAYLOAD_TOO_LARGE,
+            format!("limit: at most {max} items per page (api.max_page)"),
         ));
     }
     let after = match q.after.as_deref() {
