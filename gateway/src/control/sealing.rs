@@ -78,3 +78,73 @@ pub fn master_key(
     let key = MasterKey::load(&source)?;
     Ok((key, source))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waping_store::{Ns, Store, StoreOptions};
+
+    fn vault(dir: &std::path::Path) -> Arc<Vault> {
+        let v = Vault::open(dir, waping_vault::MasterKey::generate(), None).unwrap();
+        v.ensure_workspace("w").unwrap();
+        v.ensure_workspace("other").unwrap();
+        Arc::new(v)
+    }
+
+    #[test]
+    fn device_store_values_are_sealed_on_disk_and_bound_to_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let path = dir.path().join("devices.redb");
+        // What a WhatsApp identity key looks like to the store: opaque bytes.
+        let credential = b"NOISE-IDENTITY-KEY-0123456789abcdef-credential".to_vec();
+        {
+            let store = Store::open(
+                &path,
+                StoreOptions {
+                    sealer: Arc::new(VaultSealer(v.clone())),
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            let d = store.device("w", "d1").unwrap();
+            d.put_blocking(Ns::new(16), b"identity", &credential).unwrap();
+            assert_eq!(d.get(Ns::new(16), b"identity").unwrap().as_deref(), Some(&credential[..]));
+        }
+        let raw = std::fs::read(&path).unwrap();
+        assert!(
+            !raw.windows(credential.len()).any(|w| w == &credential[..]),
+            "the credential is in the file in clear"
+        );
+        // The same sealed bytes under another workspace, device or key do not open.
+        let aad_other = |ws: &str| -> Vec<u8> { [ws.as_bytes(), b"|d1|identity"].concat() };
+        let sealed = v.seal("w", &aad_other("w"), &credential).unwrap();
+        assert!(v.open_sealed("other", &aad_other("w"), &sealed).is_err());
+        assert!(v.open_sealed("w", &aad_other("x"), &sealed).is_err());
+        // After crypto-shredding, the store reports the key as unavailable, not as data.
+        let store = Store::open(
+            &path,
+            StoreOptions {
+                sealer: Arc::new(VaultSealer(v.clone())),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        v.shred("w").unwrap();
+        let err = store.device("w", "d1").unwrap().get(Ns::new(16), b"identity").unwrap_err();
+        assert!(err.to_string().contains("unavailable"), "{err}");
+    }
+
+    #[test]
+    fn journal_fields_open_only_in_their_workspace_and_shredding_reads_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = VaultSealer(vault(dir.path()));
+        let sealed = RecordSealer::seal(&s, "w", b"aad", b"4915112345678|hello").unwrap();
+        assert_eq!(RecordSealer::open(&s, "w", b"aad", &sealed).unwrap(), b"4915112345678|hello");
+        assert!(matches!(RecordSealer::open(&s, "other", b"aad", &sealed), Err(OpenFailure::Invalid(_))));
+        assert!(matches!(RecordSealer::open(&s, "w", b"other", &sealed), Err(OpenFailure::Invalid(_))));
+        s.0.shred("w").unwrap();
+        assert_eq!(RecordSealer::open(&s, "w", b"aad", &sealed), Err(OpenFailure::KeyGone));
+        assert!(RecordSealer::seal(&s, "w", b"aad", b"x").is_err(), "no new data under a shredded key");
+    }
+}
