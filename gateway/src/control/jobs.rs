@@ -220,24 +220,29 @@ pub(crate) fn request(
     p: &Principal,
     req: NewDeletion,
 ) -> Result<(DeletionJob, bool), Error> {
-    let (ws, need) = match (p, req.kind) {
+    // The workspace's id, and the live workspace unless a failed deletion already removed
+    // it from the registry (the node admin may then ask again).
+    let (ws_id, ws): (String, Option<Arc<crate::workspace::Workspace>>) = match (p, req.kind) {
         (Principal::Admin, DeletionKind::Workspace) => {
-            (control.registry.by_id(&req.target).ok_or(Error::NotFound)?, None)
+            let live = control.registry.by_id(&req.target);
+            if live.is_none() && !control.workspace_known(&req.target) {
+                return Err(Error::NotFound);
+            }
+            (req.target.clone(), live)
         }
         (Principal::Admin, _) => return Err(Error::NotFound),
-        (Principal::Key(_), DeletionKind::Workspace) => (
-            p.require(Permission::WorkspaceDelete)?.workspace.clone(),
-            Some(Permission::WorkspaceDelete),
-        ),
-        (Principal::Key(_), _) => (
-            p.require(Permission::DeletionsWrite)?.workspace.clone(),
-            Some(Permission::DeletionsWrite),
-        ),
+        (Principal::Key(_), DeletionKind::Workspace) => {
+            let w = p.require(Permission::WorkspaceDelete)?.workspace.clone();
+            (w.id.to_string(), Some(w))
+        }
+        (Principal::Key(_), _) => {
+            let w = p.require(Permission::DeletionsWrite)?.workspace.clone();
+            (w.id.to_string(), Some(w))
+        }
     };
-    let _ = need;
     match req.kind {
         DeletionKind::Workspace => {
-            if req.target != *ws.id {
+            if req.target != ws_id {
                 return Err(Error::Invalid(
                     "target: must repeat the workspace id to confirm its deletion".into(),
                 ));
@@ -250,15 +255,13 @@ pub(crate) fn request(
             }
         }
         DeletionKind::Device => {
-            if control
-                .sessions
-                .get(ws.idx, &Text::from(req.target.as_str()))
-                .is_none()
-                && !control.jobs().deleting_device(&ws.id, &req.target)
-            {
+            let live = ws
+                .as_ref()
+                .is_some_and(|w| control.sessions.get(w.idx, &Text::from(req.target.as_str())).is_some());
+            if !live && !control.jobs().deleting_device(&ws_id, &req.target) {
                 return Err(Error::NotFound);
             }
-            if control.device_from_config(&ws.id, &req.target) {
+            if control.device_from_config(&ws_id, &req.target) {
                 return Err(Error::Conflict(
                     "this device is defined in the configuration file; remove it there and restart first"
                         .into(),
@@ -270,8 +273,8 @@ pub(crate) fn request(
                 .map_err(|e| Error::Invalid(format!("target: {}", e.message)))?;
         }
     }
-    let target_hash = hash_target(&ws.id, req.kind, &req.target);
-    let existing: Vec<DeletionJob> = control.store().list(Kind::Job, Some(&ws.id))?;
+    let target_hash = hash_target(&ws_id, req.kind, &req.target);
+    let existing: Vec<DeletionJob> = control.store().list(Kind::Job, Some(&ws_id))?;
     if let Some(j) = existing.into_iter().find(|j| {
         j.kind == req.kind
             && j.target_hash == target_hash
@@ -281,7 +284,7 @@ pub(crate) fn request(
     }
     let job = DeletionJob {
         id: crate::ids::IdGen::default().next().to_string(),
-        workspace: ws.id.to_string(),
+        workspace: ws_id.clone(),
         kind: req.kind,
         target: mask(req.kind, &req.target),
         state: JobState::Pending,

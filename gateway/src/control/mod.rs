@@ -900,6 +900,11 @@ impl Control {
         self.store.get(Kind::Job, &[ws, id])?.ok_or(Error::NotFound)
     }
 
+    /// Whether a workspace has a record (live, or half-deleted by a failed job).
+    pub(crate) fn workspace_known(&self, id: &str) -> bool {
+        self.meta.contains_key(id)
+    }
+
     pub(crate) fn store(&self) -> &ControlStore {
         &self.store
     }
