@@ -316,3 +316,80 @@ async fn http_send_is_durable_idempotent_and_visible_by_status() {
         200
     );
 }
+
+#[test]
+fn workspace_quotas_are_enforced() {
+    // Slow upstream: 16 sends in flight per device, the rest wait in its queue.
+    let gw = Gateway::start_full(&[W], "[upstream.sim]\nlatency_ms = 60000\n", false, UNLIMITED);
+    let r = gw.api(
+        "POST",
+        "/v1/admin/workspaces",
+        &gw.admin_token,
+        Some(json!({"id": "small", "quotas": {"max_devices": 1, "max_keys": 2, "max_webhooks": 0, "max_queued_messages": 5}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owner = gw.admin_key("small", "owner");
+    assert_eq!(
+        gw.api("POST", "/v1/devices", &owner, Some(json!({"id": "d1"})))
+            .status,
+        201
+    );
+    let r = gw.api("POST", "/v1/devices", &owner, Some(json!({"id": "d2"})));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.code(), u64::from(ErrorCode::QUOTA_EXCEEDED.0));
+    assert_eq!(
+        gw.api(
+            "POST",
+            "/v1/keys",
+            &owner,
+            Some(json!({"name": "k", "role": "sender"}))
+        )
+        .status,
+        201
+    );
+    let r = gw.api(
+        "POST",
+        "/v1/keys",
+        &owner,
+        Some(json!({"name": "k", "role": "sender"})),
+    );
+    assert_eq!(r.status, 409, "two keys already: {}", r.body);
+
+    // 16 in flight + 5 queued, then the quota refuses (it is counted once a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    let refused = loop {
+        let r = gw.api(
+            "POST",
+            "/v1/messages",
+            &owner,
+            Some(json!({"device": "d1", "to": "4915112345678", "idempotency_key": format!("q-{i}"), "text": "x"})),
+        );
+        i += 1;
+        if r.status != 202 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused after {i} messages"
+        );
+        if i > 21 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.code(), u64::from(ErrorCode::WORKSPACE_QUEUE_FULL.0));
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        i > 21,
+        "refused only once 16 were in flight and 5 queued: after {i}"
+    );
+    // Another workspace is not affected.
+    let r = gw.api(
+        "POST",
+        "/v1/messages",
+        &gw.key("acme"),
+        Some(json!({"device": "d1", "to": "4915112345678", "idempotency_key": "other", "text": "x"})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+}
