@@ -45,8 +45,8 @@ impl fmt::Debug for Lsn {
     }
 }
 
-/// Counters, cumulative since open (except the gauges `queued_bytes`, `disk_bytes`, `segments`,
-/// `unfinished`, `dead`).
+/// Counters, cumulative since open (except the gauges `queued_bytes`, `disk_bytes`,
+/// `retention_pending_segments`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalStats {
     /// Syncs (fdatasync calls) issued; one per group commit.
@@ -77,6 +77,11 @@ pub struct JournalStats {
     pub queued_bytes: u64,
     /// Bytes of segment files (gauge).
     pub disk_bytes: u64,
+    /// Sealed segments that the latest [`Journal::enforce_retention`] found holding a record
+    /// older than its cutoff and that background compaction has not removed yet (gauge).
+    /// Falls to 0 as the steps proceed; a value that stays up means compaction is stuck on
+    /// the oldest segment (unreadable records, logged) and old bodies remain on disk.
+    pub retention_pending_segments: u64,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +102,7 @@ pub(crate) struct Shared {
     pub carried_records: AtomicU64,
     pub compaction_corruptions: AtomicU64,
     pub shredded_records: AtomicU64,
+    pub retention_pending_segments: AtomicU64,
 }
 
 impl Shared {
@@ -128,6 +134,17 @@ pub struct CompactionReport {
     pub bytes_before: u64,
     /// Segment bytes after.
     pub bytes_after: u64,
+}
+
+/// What [`Journal::enforce_retention`] did and left to the background.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// The active segment held a record older than the cutoff and was sealed, so that it can
+    /// be compacted like the others.
+    pub rolled_active: bool,
+    /// Sealed segments holding a record older than the cutoff, still to be compacted (or
+    /// deleted) by the background steps; includes those of earlier calls not done yet.
+    pub segments_pending: usize,
 }
 
 /// An open journal. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -383,6 +400,7 @@ impl Journal {
             shredded_records: g(&s.shredded_records),
             queued_bytes: g(&s.queued_bytes),
             disk_bytes: g(&s.disk_bytes),
+            retention_pending_segments: g(&s.retention_pending_segments),
         }
     }
 
@@ -472,9 +490,30 @@ impl Journal {
     }
 
     /// Compacts now: seals the active segment, carries every live record of the sealed
-    /// segments forward and deletes them (ignores the compaction thresholds).
+    /// segments forward and deletes them (ignores the compaction thresholds). All of it runs
+    /// in one go on the writer thread, so appends wait until it is done (seconds on a
+    /// multi-GiB journal); for periodic retention use [`Journal::enforce_retention`].
     pub fn compact_now(&self) -> Completion<CompactionReport> {
         self.request(Request::Compact)
+    }
+
+    /// Ensures no record appended before `cutoff_ms` (unix ms, the journal's clock) stays on
+    /// disk except live ones (unfinished messages, dead letters) and idempotency keys (carried
+    /// forward without bodies): rolls the active segment if it holds a record older than the
+    /// cutoff, and marks every older segment for the normal step-wise background compaction
+    /// regardless of the usual thresholds.
+    ///
+    /// Returns at once (after the roll, if any: one sync and a new segment file); the work
+    /// proceeds `compaction_step_bytes` at a time between group commits, oldest segment first,
+    /// and [`JournalStats::retention_pending_segments`] shows how much is left. Meant to be
+    /// called periodically with `now - window`: the active segment is rolled only once it
+    /// holds a record older than the cutoff, so calls every minute with a 24 h window roll
+    /// it at most once per 24 h, however little traffic there is. A segment holding only
+    /// live records is rewritten too (once per window): the journal does not track which
+    /// records of a segment are still needed, only how many messages are live there.
+    /// Unlike [`Journal::compact_now`], appends are never stalled for more than one step.
+    pub fn enforce_retention(&self, cutoff_ms: u64) -> Completion<RetentionReport> {
+        self.request(|done| Request::Retention { cutoff_ms, done })
     }
 
     /// Syncs what is queued, stops the writer and releases the lock.

@@ -6,7 +6,9 @@
 //! commit). Opening the journal replays it: a torn tail is truncated, corruption in the
 //! middle is reported with its position and skipped, and the unfinished messages, dead
 //! letters and idempotency keys in the window come back in [`Recovered`]. Finished work is
-//! compacted away so the directory stays bounded under steady load. With a [`RecordSealer`]
+//! compacted away so the directory stays bounded under steady load, and
+//! [`Journal::enforce_retention`] removes finished bodies older than a cutoff step by step,
+//! between group commits. With a [`RecordSealer`]
 //! configured, recipients, senders and bodies are sealed before they reach the disk.
 //!
 //! Design and measurements: `docs/design/0004-journal.md`.
@@ -34,6 +36,8 @@ mod status;
 mod writer;
 
 #[cfg(test)]
+mod retention_tests;
+#[cfg(test)]
 mod sealing_tests;
 #[cfg(test)]
 mod tests;
@@ -41,7 +45,7 @@ mod tests;
 pub use completion::Completion;
 pub use config::{Clock, JournalConfig, SyncMode};
 pub use error::{Fault, JournalError, OverloadReason, Result};
-pub use journal::{CompactionReport, Journal, JournalStats, Lsn};
+pub use journal::{CompactionReport, Journal, JournalStats, Lsn, RetentionReport};
 pub use record::{
     AcceptedMessage, Body, DecodeError, FRAME_HEADER, InboundMessage, MAX_RECORD_LEN, MessageId, Record,
 };

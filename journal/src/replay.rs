@@ -191,6 +191,60 @@ fn idem_entry(stored: Stored) -> Option<IdemEntry> {
     }
 }
 
+/// The time an event recorded in `d` happened (unix ms), when the record carries one that is
+/// at most its append time: the gateway takes it just before appending. `RetryScheduled`
+/// carries a future due time, `DeadPurged` none, and `IdempotencyKept` the original
+/// acceptance, which compaction copies forward long after.
+fn event_time(d: &Decoded<'_>) -> Option<u64> {
+    match d {
+        Decoded::Plain(r) => match r {
+            Record::Accepted(a) => Some(a.accepted_at_ms),
+            Record::Inbound(m) => Some(m.received_at_ms),
+            Record::Dispatched { at_ms, .. }
+            | Record::Sent { at_ms, .. }
+            | Record::Failed { at_ms, .. }
+            | Record::Dead { at_ms, .. }
+            | Record::DeadReplayed { at_ms, .. } => Some(*at_ms),
+            Record::RetryScheduled { .. } | Record::DeadPurged { .. } | Record::IdempotencyKept { .. } => {
+                None
+            }
+        },
+        Decoded::SealedAccepted(s) => Some(s.head.accepted_at_ms),
+        Decoded::SealedInbound(s) => Some(s.received_at_ms),
+    }
+}
+
+/// A file's modification time, unix ms.
+fn mtime_ms(path: &Path) -> Option<u64> {
+    let t = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+/// `SegInfo::first_append_ms` of a segment read at open: the oldest event time its records
+/// carry ([`event_time`]), capped by the file's modification time; `None` when it holds no
+/// record.
+///
+/// Mostly the records' times, not the file's mtime: mtime is the time of the *newest* write
+/// (a segment that spans a retention cutoff would look younger than its oldest body), and
+/// copying or restoring the directory resets it. A fresh record's time is taken just before
+/// it is appended, so the estimate errs towards "older": retention may compact a segment
+/// early, never keep a body late. The price: records carried forward by compaction keep
+/// their original times, so a segment holding carried live messages looks as old as they
+/// are and the first retention pass after a restart rewrites it once more. mtime caps times
+/// from a clock that ran ahead and dates a segment whose records carry no time; with
+/// neither, the segment counts as older than any cutoff.
+fn first_append_after_replay(records: u64, oldest_event: Option<u64>, mtime: Option<u64>) -> Option<u64> {
+    if records == 0 {
+        return None;
+    }
+    Some(match (oldest_event, mtime) {
+        (Some(e), Some(m)) => e.min(m),
+        (e, m) => e.or(m).unwrap_or(0),
+    })
+}
+
 /// Result of [`recover`]: the index for the writer, the output, and where to append.
 pub(crate) struct RecoverOut {
     pub index: Index,
@@ -273,9 +327,12 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
         out.stats.segments += 1;
         index.segs.entry(seg).or_default().size = rd.file_len;
         let mut end = rd.file_len;
+        // Records read from this segment, and the oldest time they carry (for retention).
+        let (mut seg_records, mut oldest_event) = (0u64, None::<u64>);
         let mut handle =
             |body: &[u8], offset: u64, total: u64, index: &mut Index, out: &mut Recovered| -> Result<()> {
                 out.stats.records += 1;
+                seg_records += 1;
                 let mut decoded = match decode(body) {
                     Ok(d) => d,
                     Err(e) => {
@@ -288,6 +345,9 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
                         return Ok(());
                     }
                 };
+                if let Some(t) = event_time(&decoded) {
+                    oldest_event = Some(oldest_event.map_or(t, |o| o.min(t)));
+                }
                 if sealer.is_none() && !matches!(decoded, Decoded::Plain(_)) {
                     return Err(JournalError::SealerRequired {
                         segment: seg,
@@ -422,7 +482,9 @@ pub(crate) fn recover(dir: &Path, cfg: &JournalConfig, now_ms: u64) -> Result<Re
                 }
             }
         }
-        index.segs.entry(seg).or_default().size = end;
+        let info = index.segs.entry(seg).or_default();
+        info.size = end;
+        info.first_append_ms = first_append_after_replay(seg_records, oldest_event, mtime_ms(&path));
         out.stats.bytes += end;
         if is_last {
             last_segment = Some((seg, end.max(HEADER_LEN as u64)));

@@ -108,6 +108,14 @@ pub(crate) struct SegInfo {
     pub live_bytes: u64,
     /// Until when an idempotency key recorded here is still in the window (unix ms).
     pub idem_until_ms: u64,
+    /// Wall time (unix ms) of the oldest record appended here, `None` while it holds none.
+    /// Retention compares it with its cutoff: the *oldest* record decides whether a segment
+    /// still holds something appended before the cutoff (its newest one would let a segment
+    /// that spans the cutoff keep old bodies for as long as the segment took to fill).
+    /// Set from the journal's clock at append time (records carried forward by compaction
+    /// count as appended when carried); after a restart, derived by replay from the records'
+    /// own times (`replay::first_append_after_replay` says why).
+    pub first_append_ms: Option<u64>,
 }
 
 /// What applying a record did (replay uses it to build its output).

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use crate::completion::Completer;
 use crate::config::{JournalConfig, SyncMode};
 use crate::error::{JournalError, Result};
-use crate::journal::{CompactionReport, Lsn, Shared};
+use crate::journal::{CompactionReport, Lsn, RetentionReport, Shared};
 use crate::record::{
     AcceptedMessage, DecodeError, FRAME_HEADER, MessageId, OpenError, Record, accepted_head, decode_opened,
     frame_into, kind,
@@ -73,6 +73,10 @@ pub(crate) enum Request {
         done: Completer<usize>,
     },
     Compact(Completer<CompactionReport>),
+    Retention {
+        cutoff_ms: u64,
+        done: Completer<RetentionReport>,
+    },
 }
 
 /// Runs after the next sync: `Ok` when it succeeded, the failure message otherwise.
@@ -108,6 +112,12 @@ pub(crate) struct Writer {
     poisoned: Option<String>,
     /// Bytes pushed since start (paces compaction).
     pushed: u64,
+    /// `first_append_ms` of the active segment, cached here so that an append checks a field
+    /// instead of looking the segment up.
+    active_first_ms: Option<u64>,
+    /// Retention marked every segment up to this one for compaction (they are compacted
+    /// oldest first; none newer than it is ever marked after the fact).
+    retention_upto: Option<u64>,
 }
 
 impl Writer {
@@ -123,6 +133,7 @@ impl Writer {
         written: u64,
     ) -> Writer {
         let max_len = cfg.max_batch_len() as usize;
+        let active_first_ms = index.segs.get(&active_seg).and_then(|s| s.first_append_ms);
         Writer {
             dir,
             cfg,
@@ -142,6 +153,8 @@ impl Writer {
             max_len,
             poisoned: None,
             pushed: 0,
+            active_first_ms,
+            retention_upto: None,
         }
     }
 
@@ -233,6 +246,7 @@ impl Writer {
                 Request::DeadPurgeOlder { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeWhere { done, .. } => done.complete(Err(e)),
                 Request::Compact(done) => done.complete(Err(e)),
+                Request::Retention { done, .. } => done.complete(Err(e)),
             }
             return;
         }
@@ -388,7 +402,70 @@ impl Writer {
                     }
                 }
             }
+            Request::Retention { cutoff_ms, done } => match self.enforce_retention(cutoff_ms) {
+                Ok(rep) => done.complete(Ok(rep)),
+                Err(e) => {
+                    self.fail(&e);
+                    done.complete(Err(e));
+                }
+            },
         }
+    }
+
+    /// Rolls the active segment if it holds a record appended before `cutoff_ms`, then marks
+    /// every sealed segment up to the newest one holding such a record; `maintain` compacts
+    /// them step by step.
+    fn enforce_retention(&mut self, cutoff_ms: u64) -> Result<RetentionReport> {
+        let old = |first: Option<u64>| first.is_some_and(|t| t < cutoff_ms);
+        // Only a segment that holds an old record is rolled: right after a roll the active
+        // segment holds nothing (or records carried at the roll's time), so a periodic call
+        // rolls again only once a whole window of its traffic has aged past the cutoff.
+        let rolled_active = old(self.active_first_ms);
+        if rolled_active {
+            self.roll()?;
+        }
+        // Times normally grow with segment numbers, but a clock set back would break that:
+        // take the newest old segment, so every segment before it is compacted as well.
+        let newest_old = self
+            .index
+            .segs
+            .range(..self.active_seg)
+            .rev()
+            .find(|(_, s)| old(s.first_append_ms))
+            .map(|(&n, _)| n);
+        if let Some(n) = newest_old {
+            self.retention_upto = Some(self.retention_upto.map_or(n, |u| u.max(n)));
+        }
+        let segments_pending = self.publish_retention();
+        if let Some(stuck) = self.stuck
+            && self.retention_upto.is_some_and(|u| stuck <= u)
+        {
+            tracing::warn!(
+                segment = stuck,
+                "journal: retention cannot proceed past a segment compaction could not empty \
+                 (unreadable records); older bodies stay on disk"
+            );
+        }
+        Ok(RetentionReport {
+            rolled_active,
+            segments_pending,
+        })
+    }
+
+    /// Publishes how many segments retention still has to compact (and forgets the mark once
+    /// none is left); returns that number.
+    fn publish_retention(&mut self) -> usize {
+        let pending = match self.retention_upto {
+            Some(upto) => self.index.segs.range(..=upto).count(),
+            None => 0,
+        };
+        if pending == 0 {
+            self.retention_upto = None;
+        }
+        self.shared
+            .retention_pending_segments
+            .store(pending as u64, Ordering::Relaxed);
+        pending
     }
 
     /// Queues encoded frames for the active segment (rolling first if they do not fit) and
@@ -410,6 +487,13 @@ impl Writer {
             && self.written + self.buf.len() as u64 > HEADER_LEN as u64
         {
             self.roll()?;
+        }
+        if self.active_first_ms.is_none() && !bytes.is_empty() {
+            let now = self.cfg.clock.now_ms();
+            self.active_first_ms = Some(now);
+            if let Some(s) = self.index.segs.get_mut(&self.active_seg) {
+                s.first_append_ms = Some(now);
+            }
         }
         let base = self.written + self.buf.len() as u64;
         self.buf.extend_from_slice(bytes);
@@ -588,6 +672,7 @@ impl Writer {
         self.active = f;
         self.active_seg = n;
         self.written = HEADER_LEN as u64;
+        self.active_first_ms = None;
         self.index.segs.insert(
             n,
             SegInfo {
@@ -753,6 +838,19 @@ impl Writer {
         if removed_any {
             self.sync_dir()?;
         }
+        if self.job.is_none()
+            && !forced
+            && let Some(upto) = self.retention_upto
+            && let Some(&seg) = self.index.segs.keys().next()
+            && seg <= upto
+            && seg != self.active_seg
+            && Some(seg) != self.stuck
+        {
+            // Retention: the oldest segment holds a record older than a cutoff. It went in the
+            // loop above if nothing in it is needed any more; otherwise it is rewritten
+            // whatever its live ratio (live records and keys carried, bodies dropped).
+            self.start_job(seg)?;
+        }
         if self.job.is_none() && !forced {
             let sealed = self.index.segs.len().saturating_sub(1);
             if sealed > self.cfg.compaction_trigger_segments
@@ -799,6 +897,9 @@ impl Writer {
             self.shared.disk_bytes.fetch_sub(info.size, Ordering::Relaxed);
         }
         self.shared.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        if self.retention_upto.is_some() {
+            self.publish_retention();
+        }
         Ok(())
     }
 
