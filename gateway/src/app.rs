@@ -535,6 +535,7 @@ async fn housekeeping(durable: Arc<Durable>) {
             .increment(st.compactions.saturating_sub(last.compactions));
         gauge!("waping_journal_queued_bytes").set(st.queued_bytes as f64);
         gauge!("waping_journal_disk_bytes").set(st.disk_bytes as f64);
+        gauge!("waping_journal_retention_pending_segments").set(st.retention_pending_segments as f64);
         gauge!("waping_retry_queue_len").set(durable.retry.len() as f64);
         let is = durable.idem.stats();
         gauge!("waping_idempotency_keys").set(is.len as f64);

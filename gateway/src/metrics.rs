@@ -176,4 +176,5 @@ pub const CATALOGUE: &[&str] = &[
     "waping_http_requests_total",
     "waping_retention_purged_total",
     "waping_retention_compactions_total",
+    "waping_journal_retention_pending_segments",
 ];

@@ -294,17 +294,9 @@ async fn http_send_is_durable_idempotent_and_visible_by_status() {
     assert_eq!(r2.json()["id"], r1.json()["id"]);
     assert_eq!(r2.json()["duplicate"], true);
     let id = r1.json()["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = gw.api("GET", &format!("/v1/messages/{id}"), &sender, None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        if r.json()["state"] == "sent" {
-            assert!(r.json()["upstream_id"].as_str().unwrap().starts_with("SIM."));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let v = gw.wait_message(&sender, &id);
+    assert_eq!(v["state"], "sent", "{v}");
+    assert!(v["upstream_id"].as_str().unwrap().starts_with("SIM."));
     let r = gw.api("GET", "/v1/messages?idempotency_key=order-1", &sender, None);
     assert_eq!(r.json()["id"], id.as_str());
     // A sender sees only its own messages.

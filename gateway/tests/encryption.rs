@@ -35,19 +35,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn wait_final(gw: &Gateway, key: &str, id: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = gw.api("GET", &format!("/v1/messages/{id}"), key, None);
-        let st = r.json()["state"].as_str().unwrap_or_default().to_string();
-        if matches!(st.as_str(), "sent" | "dead" | "failed") {
-            return st;
-        }
-        assert!(std::time::Instant::now() < deadline, "{id} stuck: {}", r.body);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn no_plaintext_reaches_the_state_directory() {
     let mut gw = Gateway::start_upstream(
@@ -96,7 +83,9 @@ async fn no_plaintext_reaches_the_state_directory() {
         );
         assert_eq!(r.status, 202, "{}", r.body);
         let id = r.json()["id"].as_str().unwrap().to_string();
-        *states.entry(wait_final(&gw, key, &id)).or_insert(0) += 1;
+        *states
+            .entry(gw.wait_message(key, &id)["state"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
         needles.push(body);
         needles.push(to);
     }
@@ -163,7 +152,7 @@ async fn deleting_a_workspace_shreds_its_key_and_data() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
-    assert_eq!(wait_final(&gw, &owner, &id), "dead");
+    assert_eq!(gw.wait_message(&owner, &id)["state"], "dead");
     let keyring = std::fs::read_to_string(gw.state_dir().join("keyring.json")).unwrap();
     assert!(keyring.contains("\"doomed\""));
 
@@ -264,7 +253,8 @@ fn a_master_key_file_others_can_read_stops_the_gateway_with_the_fix() {
 fn rotating_the_master_key_while_the_gateway_runs() {
     let mut gw = Gateway::start(&[W], "");
     let owner = gw.create_workspace("before");
-    let old_key = std::fs::read(gw.state_dir().join("master.key")).unwrap();
+    let key_file = gw.dir.path().join("master.key");
+    let old_key = std::fs::read(&key_file).unwrap();
     let bin = env!("CARGO_BIN_EXE_waping-gateway");
     let new_key = gw.dir.path().join("new.key");
     let st = std::process::Command::new(bin)
@@ -296,7 +286,7 @@ fn rotating_the_master_key_while_the_gateway_runs() {
     gw.respawn();
     assert_eq!(gw.api("GET", "/v1/workspace", &owner, None).status, 200);
     gw.terminate();
-    std::fs::write(gw.state_dir().join("master.key"), &old_key).unwrap();
+    std::fs::write(&key_file, &old_key).unwrap();
     let out = std::process::Command::new(bin)
         .args(["run", "--config"])
         .arg(gw.dir.path().join("gateway.toml"))

@@ -93,7 +93,7 @@ fn setup() -> (Gateway, String, String, BObjects) {
         assert_eq!(r.status, 202, "{}", r.body);
         let id = r.json()["id"].as_str().unwrap().to_string();
         // Wait for the outcome through the status API.
-        let state = wait_state(&gw, &b, &id);
+        let state = gw.wait_message(&b, &id)["state"].as_str().unwrap().to_string();
         match state.as_str() {
             "sent" if sent.is_none() => sent = Some((id, key)),
             "dead" if dead.is_none() => dead = Some(id),
@@ -123,20 +123,6 @@ fn setup() -> (Gateway, String, String, BObjects) {
         recipient,
     };
     (gw, a, b, objs)
-}
-
-fn wait_state(gw: &Gateway, key: &str, id: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = gw.api("GET", &format!("/v1/messages/{id}"), key, None);
-        assert_eq!(r.status, 200, "{}", r.body);
-        let st = r.json()["state"].as_str().unwrap().to_string();
-        if matches!(st.as_str(), "sent" | "dead" | "failed") {
-            return st;
-        }
-        assert!(std::time::Instant::now() < deadline, "message {id} stuck in {st}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Fills a route template: `{workspace}` with `ws`, `{id}` with `id`.

@@ -255,9 +255,12 @@ pub(crate) fn request(
             }
         }
         DeletionKind::Device => {
-            let live = ws
-                .as_ref()
-                .is_some_and(|w| control.sessions.get(w.idx, &Text::from(req.target.as_str())).is_some());
+            let live = ws.as_ref().is_some_and(|w| {
+                control
+                    .sessions
+                    .get(w.idx, &Text::from(req.target.as_str()))
+                    .is_some()
+            });
             if !live && !control.jobs().deleting_device(&ws_id, &req.target) {
                 return Err(Error::NotFound);
             }
@@ -379,12 +382,14 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
             control.forget_workspace(&ws);
         }
     }
-    // Rewrites old journal segments without what was purged (and drops records whose data
-    // key is gone), so the deleted data leaves the disk now, not at some later compaction.
+    // Every journal segment written so far is rewritten, step by step between group commits,
+    // without what was purged (and without records whose data key is gone), so the deleted
+    // data leaves the disk within minutes rather than at some later compaction, and appends
+    // of other workspaces never wait for it.
     control
         .durable
         .journal
-        .compact_now()
+        .enforce_retention(crate::unix_ms())
         .await
         .map_err(|e| anyhow::anyhow!("journal compaction: {e}"))?;
     Ok(())

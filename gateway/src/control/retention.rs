@@ -3,11 +3,12 @@
 //! Every tick (default one minute) it purges, per workspace, at most [`PURGE_PER_TICK`]
 //! dead letters older than the workspace's `dead_letters_days`, so a backlog of millions
 //! drains over several ticks instead of stalling the journal's writer. Finished messages'
-//! bodies, inbound events and delivery records live in journal segments; once the oldest
-//! data may be older than the shortest `message_bodies_hours` of any workspace, the sweeper
-//! asks the journal to compact, which rewrites old segments keeping only live records
-//! (unfinished messages, dead letters, idempotency keys without bodies). The decision takes
-//! `now` as an argument ([`Sweeper::plan`]) so tests drive it with a simulated clock.
+//! bodies and inbound events live in journal segments: each tick hands the journal the
+//! cutoff of the shortest window of any workspace ([`waping_journal::Journal::enforce_retention`]),
+//! and the journal rewrites segments older than it step by step between group commits,
+//! keeping only live records (unfinished messages, dead letters, idempotency keys without
+//! bodies). The decision takes `now` as an argument ([`Sweeper::plan`]) so tests drive it
+//! with a simulated clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,51 +27,35 @@ const HOUR_MS: u64 = 3_600_000;
 pub struct Plan {
     /// `(workspace, cutoff_ms)`: purge dead letters that died before the cutoff.
     pub dead_letter_cutoffs: Vec<(String, u64)>,
-    /// Whether to compact the journal now.
-    pub compact: bool,
+    /// Journal records appended before this (unix ms) must be compacted away unless live.
+    pub body_cutoff_ms: Option<u64>,
 }
 
-/// Sweeper state between ticks.
+/// Plans retention ticks.
 #[derive(Debug, Default)]
-pub struct Sweeper {
-    last_compaction_ms: Option<u64>,
-}
+pub struct Sweeper;
 
 impl Sweeper {
-    /// Decides a tick at `now_ms` for the given workspaces' retention settings.
-    ///
-    /// Compaction runs at most once per half of the shortest body window (so no body
-    /// outlives its window by more than half of it, plus the segment's own age) and at
-    /// least a first time after start.
+    /// Decides a tick at `now_ms` for the given workspaces' retention settings. The journal
+    /// is shared by every workspace, so its cutoff follows the shortest window of any of them
+    /// (bodies, inbound events, delivery records).
     pub fn plan(&mut self, now_ms: u64, workspaces: &[(String, Retention)]) -> Plan {
         let dead_letter_cutoffs = workspaces
             .iter()
-            .map(|(ws, r)| {
-                (
-                    ws.clone(),
-                    now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS),
-                )
-            })
+            .map(|(ws, r)| (ws.clone(), now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS)))
             .collect();
-        let shortest = workspaces
+        let body_cutoff_ms = workspaces
             .iter()
             .map(|(_, r)| {
                 (u64::from(r.message_bodies_hours) * HOUR_MS)
                     .min(u64::from(r.inbound_events_days) * DAY_MS)
                     .min(u64::from(r.delivery_records_days) * DAY_MS)
             })
-            .min();
-        let compact = match (shortest, self.last_compaction_ms) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(w), Some(last)) => now_ms.saturating_sub(last) >= w / 2,
-        };
-        if compact {
-            self.last_compaction_ms = Some(now_ms);
-        }
+            .min()
+            .map(|w| now_ms.saturating_sub(w));
         Plan {
             dead_letter_cutoffs,
-            compact,
+            body_cutoff_ms,
         }
     }
 }
@@ -79,7 +64,7 @@ impl Sweeper {
 pub async fn run(control: std::sync::Weak<Control>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweeper = Sweeper::default();
+    let mut sweeper = Sweeper;
     loop {
         tick.tick().await;
         let Some(control) = control.upgrade() else { return };
@@ -107,13 +92,19 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
             }
         }
     }
-    if plan.compact {
-        match journal.compact_now().await {
+    if let Some(cutoff) = plan.body_cutoff_ms {
+        match journal.enforce_retention(cutoff).await {
             Ok(r) => {
-                metrics::counter!("waping_retention_compactions_total").increment(1);
-                tracing::info!(target: "waping::audit", action = "retention.compact", segments = r.segments_compacted, "retention compaction of the journal");
+                if r.rolled_active {
+                    metrics::counter!("waping_retention_compactions_total").increment(1);
+                }
+                if r.rolled_active || r.segments_pending > 0 {
+                    tracing::info!(target: "waping::audit", action = "retention.compact", cutoff_ms = cutoff,
+                        rolled_active = r.rolled_active, segments_pending = r.segments_pending,
+                        "retention: journal segments older than the shortest window are being compacted");
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "retention compaction failed; retrying next tick"),
+            Err(e) => tracing::warn!(error = %e, "retention of the journal failed; retrying next tick"),
         }
     }
 }
@@ -135,7 +126,7 @@ mod tests {
 
     #[test]
     fn cutoffs_follow_each_workspace_window() {
-        let mut s = Sweeper::default();
+        let mut s = Sweeper;
         let now = 100 * DAY_MS;
         let p = s.plan(now, &[ws("a", 24, 30), ws("b", 24, 1)]);
         assert_eq!(
@@ -145,18 +136,20 @@ mod tests {
     }
 
     #[test]
-    fn compaction_runs_once_per_half_of_the_shortest_body_window() {
-        let mut s = Sweeper::default();
-        let list = [ws("a", 24, 30), ws("b", 4, 30)];
-        let t0 = 10 * DAY_MS;
-        assert!(s.plan(t0, &list).compact, "a first compaction after start");
-        assert!(!s.plan(t0 + HOUR_MS, &list).compact);
-        assert!(!s.plan(t0 + 2 * HOUR_MS - 1, &list).compact);
-        assert!(s.plan(t0 + 2 * HOUR_MS, &list).compact, "half of b's 4 h window");
-        assert!(!s.plan(t0 + 3 * HOUR_MS, &list).compact);
-        assert!(
-            !Sweeper::default().plan(t0, &[]).compact,
-            "nothing to keep, nothing to do"
+    fn the_journal_cutoff_follows_the_shortest_window_of_any_workspace() {
+        let mut s = Sweeper;
+        let now = 10 * DAY_MS;
+        let p = s.plan(now, &[ws("a", 24, 30), ws("b", 4, 30)]);
+        assert_eq!(p.body_cutoff_ms, Some(now - 4 * HOUR_MS));
+        let short_inbound = (
+            "c".to_string(),
+            Retention {
+                message_bodies_hours: 72,
+                inbound_events_days: 1,
+                ..Retention::default()
+            },
         );
+        assert_eq!(s.plan(now, &[short_inbound]).body_cutoff_ms, Some(now - DAY_MS));
+        assert_eq!(s.plan(now, &[]).body_cutoff_ms, None, "nothing to keep, nothing to do");
     }
 }

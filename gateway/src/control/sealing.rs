@@ -109,7 +109,10 @@ mod tests {
             .unwrap();
             let d = store.device("w", "d1").unwrap();
             d.put_blocking(Ns::new(16), b"identity", &credential).unwrap();
-            assert_eq!(d.get(Ns::new(16), b"identity").unwrap().as_deref(), Some(&credential[..]));
+            assert_eq!(
+                d.get(Ns::new(16), b"identity").unwrap().as_deref(),
+                Some(&credential[..])
+            );
         }
         let raw = std::fs::read(&path).unwrap();
         assert!(
@@ -131,7 +134,11 @@ mod tests {
         )
         .unwrap();
         v.shred("w").unwrap();
-        let err = store.device("w", "d1").unwrap().get(Ns::new(16), b"identity").unwrap_err();
+        let err = store
+            .device("w", "d1")
+            .unwrap()
+            .get(Ns::new(16), b"identity")
+            .unwrap_err();
         assert!(err.to_string().contains("unavailable"), "{err}");
     }
 
@@ -140,11 +147,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = VaultSealer(vault(dir.path()));
         let sealed = RecordSealer::seal(&s, "w", b"aad", b"4915112345678|hello").unwrap();
-        assert_eq!(RecordSealer::open(&s, "w", b"aad", &sealed).unwrap(), b"4915112345678|hello");
-        assert!(matches!(RecordSealer::open(&s, "other", b"aad", &sealed), Err(OpenFailure::Invalid(_))));
-        assert!(matches!(RecordSealer::open(&s, "w", b"other", &sealed), Err(OpenFailure::Invalid(_))));
+        assert_eq!(
+            RecordSealer::open(&s, "w", b"aad", &sealed).unwrap(),
+            b"4915112345678|hello"
+        );
+        assert!(matches!(
+            RecordSealer::open(&s, "other", b"aad", &sealed),
+            Err(OpenFailure::Invalid(_))
+        ));
+        assert!(matches!(
+            RecordSealer::open(&s, "w", b"other", &sealed),
+            Err(OpenFailure::Invalid(_))
+        ));
         s.0.shred("w").unwrap();
-        assert_eq!(RecordSealer::open(&s, "w", b"aad", &sealed), Err(OpenFailure::KeyGone));
-        assert!(RecordSealer::seal(&s, "w", b"aad", b"x").is_err(), "no new data under a shredded key");
+        assert_eq!(
+            RecordSealer::open(&s, "w", b"aad", &sealed),
+            Err(OpenFailure::KeyGone)
+        );
+        assert!(
+            RecordSealer::seal(&s, "w", b"aad", b"x").is_err(),
+            "no new data under a shredded key"
+        );
     }
 }

@@ -30,6 +30,17 @@ pub struct Gateway {
     pub admin_token: String,
 }
 
+/// A random byte from the OS (the test crates have no RNG dependency of their own).
+fn rand_byte() -> u8 {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b[0]
+}
+
 /// The node-admin token every test gateway uses.
 pub const ADMIN_TOKEN: &str = "it-admin-token-0123456789abcdef-0123456789";
 
@@ -55,10 +66,22 @@ impl Gateway {
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
              [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n\
-             [api]\nlisten = \"127.0.0.1:0\"\nscheme = \"http\"\nadmin_token_file = {:?}\n{api_extra}\n{upstream}\n",
+             [api]\nlisten = \"127.0.0.1:0\"\nscheme = \"http\"\nadmin_token_file = {:?}\n{api_extra}\n[security]\nmaster_key_file = {:?}\n{upstream}\n",
             dir.path().join("state").display().to_string(),
             dir.path().join("admin-token").display().to_string(),
+            dir.path().join("master.key").display().to_string(),
         );
+        {
+            // A master key kept outside the state directory, as in production.
+            use std::os::unix::fs::PermissionsExt;
+            let key: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+            std::fs::write(dir.path().join("master.key"), key).expect("master key");
+            std::fs::set_permissions(
+                dir.path().join("master.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod master key");
+        }
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("admin token");
         let mut keys = Vec::new();
         for w in workspaces {
@@ -311,6 +334,22 @@ impl Gateway {
         );
         assert_eq!(r.status, 201, "{}", r.body);
         self.admin_key(id, "owner")
+    }
+
+    /// Polls `GET /v1/messages/{id}` until the message is sent, failed or dead; returns the
+    /// state (panics after 30 s).
+    pub fn wait_message(&self, key: &str, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.api("GET", &format!("/v1/messages/{id}"), key, None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = r.json();
+            if matches!(v["state"].as_str(), Some("sent" | "dead" | "failed")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "message {id} stuck: {}", r.body);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A new key of `role` in workspace `ws`, created by the node admin.
