@@ -70,6 +70,17 @@ fn send(seq: u64, key: &str) -> Frame {
 /// Sends `keys` pipelined on one stream and collects ACCEPTED ids until all are answered or
 /// the connection dies. Refusals that a retry can cure are left for the next round.
 async fn send_keys(gw: &Gateway, keys: &[String], acked: &mut HashMap<String, MessageId>) -> usize {
+    send_keys_until(gw, keys, acked, None).await
+}
+
+/// Like [`send_keys`]; stops waiting for answers as soon as `killed` is notified (the
+/// gateway was killed: no answer can come, and QUIC would only notice at its idle timeout).
+async fn send_keys_until(
+    gw: &Gateway,
+    keys: &[String],
+    acked: &mut HashMap<String, MessageId>,
+    killed: Option<&tokio::sync::Notify>,
+) -> usize {
     let Ok(mut conn) = Connection::connect(&gw.client_config(&gw.key("acme"))).await else {
         return 0;
     };
@@ -87,7 +98,15 @@ async fn send_keys(gw: &Gateway, keys: &[String], acked: &mut HashMap<String, Me
     let mut answered = 0;
     let mut got = 0;
     while answered < keys.len() {
-        let f = match tokio::time::timeout(Duration::from_secs(20), s.next()).await {
+        let next = tokio::time::timeout(Duration::from_secs(20), s.next());
+        let f = match killed {
+            Some(k) => tokio::select! {
+                r = next => r,
+                _ = k.notified() => break,
+            },
+            None => next.await,
+        };
+        let f = match f {
             Ok(Ok(Some(f))) => f,
             _ => break,
         };
@@ -171,17 +190,20 @@ async fn kill9_at_random_moments_loses_nothing_and_delivers_nothing_twice() {
                 format!("m-{next}")
             }));
         }
+        let killed = std::sync::Arc::new(tokio::sync::Notify::new());
         let killer = (round < ROUNDS).then(|| {
             let pid = gw.child.id();
             let after = Duration::from_millis(rng.random_range(5..250));
+            let killed = killed.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 let _ = std::process::Command::new("kill")
                     .args(["-9", &pid.to_string()])
                     .status();
+                killed.notify_one();
             })
         });
-        send_keys(&gw, &keys, &mut acked).await;
+        send_keys_until(&gw, &keys, &mut acked, Some(&killed)).await;
         if let Some(k) = killer {
             k.await.unwrap();
             gw.kill9();
