@@ -20,7 +20,10 @@ BIN=target/debug/waping-gateway
 work=$(mktemp -d)
 gw_pid=
 cleanup() {
-  if [ -n "$gw_pid" ]; then kill -9 "$gw_pid" 2>/dev/null || true; fi
+  if [ -n "$gw_pid" ]; then
+    kill "$gw_pid" 2>/dev/null || true
+    wait "$gw_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

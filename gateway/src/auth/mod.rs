@@ -7,7 +7,7 @@
 //! entropy: there is nothing to brute-force that a password hash would slow.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use base64::Engine;
 use rand::RngCore;
@@ -140,6 +140,11 @@ pub struct LiveKey {
     /// Expiry, unix ms.
     pub expires_at_ms: Option<u64>,
     hash: [u8; 32],
+    /// Read on every frame by every connection using the key: a plain atomic, because
+    /// `CancellationToken::is_cancelled` takes a mutex that connections sharing a key would
+    /// contend on.
+    revoked_flag: AtomicBool,
+    /// Wakes the connections holding the key when it is revoked.
     revoked: CancellationToken,
     last_used_ms: AtomicU64,
 }
@@ -160,6 +165,7 @@ impl LiveKey {
             role,
             expires_at_ms,
             hash: parse_hash(hash)?,
+            revoked_flag: AtomicBool::new(false),
             revoked: CancellationToken::new(),
             last_used_ms: AtomicU64::new(0),
         })
@@ -168,7 +174,7 @@ impl LiveKey {
     /// Whether the key may still be used at `now_ms` (not revoked, not expired, its
     /// workspace not deleted).
     pub fn check(&self, now_ms: u64) -> Result<(), AuthError> {
-        if self.revoked.is_cancelled() || self.workspace.is_deleted() {
+        if self.revoked_flag.load(Ordering::Acquire) || self.workspace.is_deleted() {
             return Err(AuthError::Revoked);
         }
         if self.expires_at_ms.is_some_and(|e| now_ms >= e) {
@@ -184,6 +190,7 @@ impl LiveKey {
 
     /// Marks it revoked; every holder sees it at once.
     pub fn revoke(&self) {
+        self.revoked_flag.store(true, Ordering::Release);
         self.revoked.cancel();
     }
 
