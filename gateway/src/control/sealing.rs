@@ -91,6 +91,14 @@ mod tests {
         Arc::new(v)
     }
 
+    fn sealed_store(path: &std::path::Path, v: &Arc<Vault>) -> Store {
+        let options = StoreOptions {
+            sealer: Arc::new(VaultSealer(v.clone())),
+            ..StoreOptions::default()
+        };
+        Store::open(path, options).unwrap()
+    }
+
     #[test]
     fn device_store_values_are_sealed_on_disk_and_bound_to_their_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -99,14 +107,7 @@ mod tests {
         // What a WhatsApp identity key looks like to the store: opaque bytes.
         let credential = b"NOISE-IDENTITY-KEY-0123456789abcdef-credential".to_vec();
         {
-            let store = Store::open(
-                &path,
-                StoreOptions {
-                    sealer: Arc::new(VaultSealer(v.clone())),
-                    ..StoreOptions::default()
-                },
-            )
-            .unwrap();
+            let store = sealed_store(&path, &v);
             let d = store.device("w", "d1").unwrap();
             d.put_blocking(Ns::new(16), b"identity", &credential).unwrap();
             assert_eq!(
@@ -125,14 +126,7 @@ mod tests {
         assert!(v.open_sealed("other", &aad_other("w"), &sealed).is_err());
         assert!(v.open_sealed("w", &aad_other("x"), &sealed).is_err());
         // After crypto-shredding, the store reports the key as unavailable, not as data.
-        let store = Store::open(
-            &path,
-            StoreOptions {
-                sealer: Arc::new(VaultSealer(v.clone())),
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap();
+        let store = sealed_store(&path, &v);
         v.shred("w").unwrap();
         let err = store
             .device("w", "d1")
