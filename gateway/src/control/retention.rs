@@ -42,7 +42,12 @@ impl Sweeper {
     pub fn plan(&mut self, now_ms: u64, workspaces: &[(String, Retention)]) -> Plan {
         let dead_letter_cutoffs = workspaces
             .iter()
-            .map(|(ws, r)| (ws.clone(), now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS)))
+            .map(|(ws, r)| {
+                (
+                    ws.clone(),
+                    now_ms.saturating_sub(u64::from(r.dead_letters_days) * DAY_MS),
+                )
+            })
             .collect();
         let body_cutoff_ms = workspaces
             .iter()
@@ -150,6 +155,10 @@ mod tests {
             },
         );
         assert_eq!(s.plan(now, &[short_inbound]).body_cutoff_ms, Some(now - DAY_MS));
-        assert_eq!(s.plan(now, &[]).body_cutoff_ms, None, "nothing to keep, nothing to do");
+        assert_eq!(
+            s.plan(now, &[]).body_cutoff_ms,
+            None,
+            "nothing to keep, nothing to do"
+        );
     }
 }
