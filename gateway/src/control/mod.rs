@@ -602,6 +602,11 @@ impl Control {
         Ok(rec)
     }
 
+    /// A workspace's retention windows (the node's defaults if it has no record).
+    pub fn retention_of(&self, ws: &str) -> Retention {
+        self.meta.get(ws).map_or(self.cfg.retention, |m| m.retention)
+    }
+
     /// Retention of every live workspace (for the sweeper).
     pub fn retention_all(&self) -> Vec<(String, Retention)> {
         self.meta

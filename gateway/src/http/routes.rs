@@ -805,6 +805,13 @@ async fn message_view(api: &Api, p: &Principal, id: MessageId) -> Result<Message
         return Err(Error::NotFound);
     }
     use waping_journal::StatusState as S;
+    // The journal keeps finished records for the node's window; a workspace with a shorter
+    // `delivery_records_days` does not see them past its own.
+    let finished = matches!(st.state, S::Sent { .. } | S::Failed { .. } | S::Purged);
+    let window_ms = u64::from(api.control.retention_of(&k.workspace.id).delivery_records_days) * 86_400_000;
+    if finished && crate::unix_ms().saturating_sub(st.updated_at_ms) > window_ms {
+        return Err(Error::NotFound);
+    }
     let (state, code, upstream_id) = match &st.state {
         S::Queued => ("queued", None, None),
         S::InFlight => ("in_flight", None, None),
