@@ -406,7 +406,12 @@ impl Journal {
 
     /// Dead letters in id order (ids are time-ordered), starting after `after`, at most `limit`.
     pub fn dead_letters(&self, after: Option<MessageId>, limit: usize) -> Completion<Vec<DeadLetter>> {
-        self.request(|done| Request::DeadList { after, limit, done })
+        self.request(|done| Request::DeadList {
+            workspace: None,
+            after,
+            limit,
+            done,
+        })
     }
 
     /// One dead letter, `None` if `id` is not a dead letter.
@@ -440,8 +445,8 @@ impl Journal {
         after: Option<MessageId>,
         limit: usize,
     ) -> Completion<Vec<DeadLetter>> {
-        let workspace = workspace.to_owned();
-        self.request(|done| Request::DeadListIn {
+        let workspace = Some(workspace.to_owned());
+        self.request(|done| Request::DeadList {
             workspace,
             after,
             limit,

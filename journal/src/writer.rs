@@ -32,7 +32,9 @@ pub(crate) enum Request {
         done: Option<Completer<Lsn>>,
     },
     Flush(Completer<Lsn>),
+    /// A page of dead letters, of one workspace or of all.
     DeadList {
+        workspace: Option<String>,
         after: Option<MessageId>,
         limit: usize,
         done: Completer<Vec<DeadLetter>>,
@@ -50,12 +52,6 @@ pub(crate) enum Request {
         done: Completer<()>,
     },
     DeadPurgeAll(Completer<usize>),
-    DeadListIn {
-        workspace: String,
-        after: Option<MessageId>,
-        limit: usize,
-        done: Completer<Vec<DeadLetter>>,
-    },
     Status {
         id: MessageId,
         done: Completer<Option<MessageStatus>>,
@@ -241,7 +237,6 @@ impl Writer {
                 Request::DeadReplay { done, .. } => done.complete(Err(e)),
                 Request::DeadPurge { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeAll(done) => done.complete(Err(e)),
-                Request::DeadListIn { done, .. } => done.complete(Err(e)),
                 Request::Status { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeOlder { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeWhere { done, .. } => done.complete(Err(e)),
@@ -278,19 +273,17 @@ impl Writer {
                 self.force_sync = true;
                 self.waiters.push(Box::new(move |r| d.complete(sync_result(r))));
             }
-            Request::DeadList { after, limit, done } => {
-                let r = self.dead_page(None, after, limit);
-                self.after_sync(done, r);
-            }
-            Request::DeadListIn {
+            Request::DeadList {
                 workspace,
                 after,
                 limit,
                 done,
             } => {
-                let r = match self.index.origins.find_workspace(&workspace) {
-                    Some(ws) => self.dead_page(Some(ws), after, limit),
-                    None => Ok(Vec::new()),
+                let r = match workspace.as_deref().map(|w| self.index.origins.find_workspace(w)) {
+                    None => self.dead_page(None, after, limit),
+                    Some(Some(ws)) => self.dead_page(Some(ws), after, limit),
+                    // A workspace the journal has never seen has no dead letters.
+                    Some(None) => Ok(Vec::new()),
                 };
                 self.after_sync(done, r);
             }
