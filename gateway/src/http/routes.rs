@@ -139,6 +139,19 @@ pub fn router() -> Router<Arc<Api>> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Runs a control-plane change off the async workers: each is an fsynced write to
+/// `control.redb` (and sometimes the keyring), milliseconds a request may wait but a runtime
+/// worker should not.
+async fn on_control<T: Send + 'static>(
+    api: &Api,
+    f: impl FnOnce(&Arc<crate::control::Control>) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let c = api.control.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
 fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }
@@ -177,10 +190,7 @@ async fn create_workspace(
     Caller(p): Caller,
     JsonBody(req): JsonBody<NewWorkspace>,
 ) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let rec = tokio::task::spawn_blocking(move || c.create_workspace(&p, req))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let rec = on_control(&api, move |c| c.create_workspace(&p, req)).await?;
     Ok(created(rec))
 }
 
@@ -227,10 +237,7 @@ async fn create_key_admin(
     PathParam(ws): PathParam<String>,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let k = tokio::task::spawn_blocking(move || c.create_key(&p, Some(&ws), req))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let k = on_control(&api, move |c| c.create_key(&p, Some(&ws), req)).await?;
     Ok(no_store(created(k)))
 }
 
@@ -273,10 +280,7 @@ async fn put_retention(
     Caller(p): Caller,
     JsonBody(r): JsonBody<Retention>,
 ) -> ApiResult<axum::Json<Retention>> {
-    let c = api.control.clone();
-    let rec = tokio::task::spawn_blocking(move || c.set_retention(&p, r))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let rec = on_control(&api, move |c| c.set_retention(&p, r)).await?;
     Ok(axum::Json(rec.retention))
 }
 
@@ -298,10 +302,7 @@ async fn create_key(
     Caller(p): Caller,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let k = tokio::task::spawn_blocking(move || c.create_key(&p, None, req))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let k = on_control(&api, move |c| c.create_key(&p, None, req)).await?;
     Ok(no_store(created(k)))
 }
 
@@ -326,10 +327,7 @@ async fn revoke_key(
     Caller(p): Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<StatusCode> {
-    let c = api.control.clone();
-    tokio::task::spawn_blocking(move || c.revoke_key(&p, &id))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    on_control(&api, move |c| c.revoke_key(&p, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,10 +340,7 @@ async fn rotate_key(
     Caller(p): Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let k = tokio::task::spawn_blocking(move || c.rotate_key(&p, &id))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let k = on_control(&api, move |c| c.rotate_key(&p, &id)).await?;
     Ok(no_store(created(k)))
 }
 
@@ -444,12 +439,8 @@ async fn create_device(
     Caller(p): Caller,
     JsonBody(req): JsonBody<NewDevice>,
 ) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let p2 = p.clone();
-    let id = req.id.clone();
-    tokio::task::spawn_blocking(move || c.create_device(&p2, &id))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let (p2, id) = (p.clone(), req.id.clone());
+    on_control(&api, move |c| c.create_device(&p2, &id)).await?;
     Ok(created(device_view(&api, &p, &req.id)?))
 }
 
@@ -1083,10 +1074,7 @@ async fn replay_dead_letter(
 // ----- deletions -------------------------------------------------------------------------
 
 async fn deletion(api: Arc<Api>, p: Principal, req: NewDeletion) -> ApiResult<Response> {
-    let c = api.control.clone();
-    let (job, _new) = tokio::task::spawn_blocking(move || c.request_deletion(&p, req))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let (job, _new) = on_control(&api, move |c| c.request_deletion(&p, req)).await?;
     Ok(accepted(job))
 }
 
