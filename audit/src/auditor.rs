@@ -47,10 +47,78 @@ pub struct Pending {
     pub done: Option<tokio::sync::oneshot::Sender<Result<u64, AuditError>>>,
 }
 
+/// Resolves when a submitted record is durable in the spool.
+#[derive(Debug)]
+pub struct Receipt(tokio::sync::oneshot::Receiver<Result<u64, AuditError>>);
+
+impl Receipt {
+    /// The record's sequence number once it is fsync'd, or why it is not.
+    pub async fn wait(self) -> Result<u64, AuditError> {
+        self.0.await.unwrap_or(Err(AuditError::Stopped))
+    }
+}
+
 /// Where an [`Auditor`] puts records: the spool writer, or memory in tests.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Queues one record; must not block. Errors when it cannot be taken.
     fn push(&self, p: Pending) -> Result<(), AuditError>;
+    /// Whether a record would be taken now (same errors as `push`).
+    fn check(&self) -> Result<(), AuditError>;
+}
+
+/// The producers' handle.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    backend: Arc<dyn Backend>,
+    node: Arc<str>,
+}
+
+impl Auditor {
+    /// An auditor over `backend` for node `node`.
+    pub fn new(backend: Arc<dyn Backend>, node: &str) -> Auditor {
+        Auditor {
+            backend,
+            node: node.into(),
+        }
+    }
+
+    /// The node name records are written under.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Queues `ev` without waiting; it is durable within one writer batch (milliseconds).
+    /// For events where the caller cannot wait (authentication failures, session events).
+    pub fn emit(&self, ev: Event) -> Result<(), AuditError> {
+        let r = self.backend.push(Pending {
+            event: ev,
+            done: None,
+        });
+        if let Err(e) = &r {
+            metrics::counter!("waping_audit_refused_total", "reason" => refusal_label(e)).increment(1);
+        }
+        r
+    }
+
+    /// Queues `ev`; the [`Receipt`] resolves once it is fsync'd in the spool.
+    pub fn submit(&self, ev: Event) -> Result<Receipt, AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.backend.push(Pending {
+            event: ev,
+            done: Some(tx),
+        }) {
+            metrics::counter!("waping_audit_refused_total", "reason" => refusal_label(&e)).increment(1);
+            return Err(e);
+        }
+        Ok(Receipt(rx))
+    }
+
+    /// Queues `ev` and waits until it is fsync'd in the spool; returns its sequence number.
+    /// For operations whose success must not be reported before their record is safe.
+    pub async fn record(&self, ev: Event) -> Result<u64, AuditError> {
+        self.submit(ev)?.wait().await
+    }
+
     /// Whether a record would be taken now (same errors as `push`).
     fn check(&self) -> Result<(), AuditError>;
 }

@@ -27,7 +27,7 @@ pub mod sinks;
 pub mod spool;
 pub mod verify;
 
-pub use auditor::{AuditError, Auditor, MemoryLog};
+pub use auditor::{AuditError, Auditor, MemoryLog, Receipt};
 pub use chain::{DigestSigner, Hash, PublicKey};
 pub use config::AuditConfig;
 pub use pipeline::{Pipeline, PipelineOptions};
