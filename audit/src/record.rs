@@ -17,7 +17,7 @@ pub const SCHEMA_VERSION: u8 = 1;
 pub const MAX_REASON_LEN: usize = 256;
 
 /// Who did it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Actor {
     /// A workspace API key, by id (never its secret).
