@@ -452,11 +452,12 @@ async fn payload_too_large_halves_the_request_size() {
     assert_eq!(seen[2].header("x-audit-last-seq"), "8");
     assert_eq!(seqs_of_ndjson(&seen[1..]), (1..=8).collect::<Vec<_>>());
 
-    // A single record refused as too large cannot be split further.
+    // A single record refused as too large cannot be split further; the limits stay.
     server.reply(Reply::status(413));
     let e = sink.send(&batch[..1]).await.unwrap_err();
     assert_eq!(e.kind, SinkErrorKind::Misconfigured);
-    assert_eq!(sink.batch_limits().0, 1);
+    assert!(e.message.contains("single record"), "{}", e.message);
+    assert_eq!(sink.batch_limits().0, 4);
 }
 
 #[tokio::test]

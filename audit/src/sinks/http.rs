@@ -465,8 +465,12 @@ impl HttpSink {
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             let was = (self.limit_records, self.limit_bytes);
-            self.limit_records = (lines.len() / 2).max(1);
-            self.limit_bytes = (body.len() as u64 / 2).max(MIN_BATCH_BYTES);
+            // A lone record cannot be split; lowering the limits for it would only make
+            // every later request smaller.
+            if lines.len() > 1 {
+                self.limit_records = (lines.len() / 2).max(1);
+                self.limit_bytes = (body.len() as u64 / 2).max(MIN_BATCH_BYTES);
+            }
             let message = if lines.len() == 1 {
                 format!(
                     "{} answered 413 Payload Too Large to a single record of {} bytes; raise the receiver's body limit",
