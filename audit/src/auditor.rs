@@ -119,58 +119,6 @@ impl Auditor {
         self.submit(ev)?.wait().await
     }
 
-    /// Whether a record would be taken now (same errors as `push`).
-    fn check(&self) -> Result<(), AuditError>;
-}
-
-/// The producers' handle.
-#[derive(Debug, Clone)]
-pub struct Auditor {
-    backend: Arc<dyn Backend>,
-    node: Arc<str>,
-}
-
-impl Auditor {
-    /// An auditor over `backend` for node `node`.
-    pub fn new(backend: Arc<dyn Backend>, node: &str) -> Auditor {
-        Auditor {
-            backend,
-            node: node.into(),
-        }
-    }
-
-    /// The node name records are written under.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Queues `ev` without waiting; it is durable within one writer batch (milliseconds).
-    /// For events where the caller cannot wait (authentication failures, session events).
-    pub fn emit(&self, ev: Event) -> Result<(), AuditError> {
-        let r = self.backend.push(Pending {
-            event: ev,
-            done: None,
-        });
-        if let Err(e) = &r {
-            metrics::counter!("waping_audit_refused_total", "reason" => refusal_label(e)).increment(1);
-        }
-        r
-    }
-
-    /// Queues `ev` and waits until it is fsync'd in the spool; returns its sequence number.
-    /// For operations whose success must not be reported before their record is safe.
-    pub async fn record(&self, ev: Event) -> Result<u64, AuditError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if let Err(e) = self.backend.push(Pending {
-            event: ev,
-            done: Some(tx),
-        }) {
-            metrics::counter!("waping_audit_refused_total", "reason" => refusal_label(&e)).increment(1);
-            return Err(e);
-        }
-        rx.await.unwrap_or(Err(AuditError::Stopped))
-    }
-
     /// Whether a record would be taken now: called before a security-relevant operation so
     /// that, under policy `refuse`, the operation is refused rather than done unrecorded.
     pub fn check(&self) -> Result<(), AuditError> {

@@ -494,7 +494,7 @@ pub fn build_chain(
     let mut last_digest = Hash::ZERO;
     let mut seq = 0u64;
     let mut since = 0usize;
-    let mut push = |ev: &Event, out: &mut Vec<Vec<u8>>, head: &mut Hash, seq: &mut u64| {
+    let push = |ev: &Event, out: &mut Vec<Vec<u8>>, head: &mut Hash, seq: &mut u64| {
         *seq += 1;
         let line = Record::from_event(ev, node, *seq, head).to_line();
         *head = Hash::of_line(&line);
