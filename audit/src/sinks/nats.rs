@@ -261,8 +261,9 @@ impl NatsSink {
         Ok(())
     }
 
-    /// The record `seq` of the first or last message on the subject; `None` if it is empty.
-    async fn edge(&self, conn: &Conn, first: bool) -> Result<Option<u64>, SinkError> {
+    /// The record `seq` of the first or last message on the subject: `Ok(None)` if the
+    /// subject is empty, `Err(None)` if that message is not a record of this node.
+    async fn edge(&self, conn: &Conn, first: bool) -> Result<Option<u64>, Option<SinkError>> {
         let which = if first { "first" } else { "last" };
         let got = if first {
             conn.stream
@@ -283,10 +284,10 @@ impl NatsSink {
                     LastRawMessageErrorKind::InvalidSubject => SinkErrorKind::Misconfigured,
                     _ => SinkErrorKind::Unavailable,
                 };
-                return Err(SinkError::new(
+                return Err(Some(SinkError::new(
                     kind,
                     format!("reading the {which} message of {}: {e}", self.subject),
-                ));
+                )));
             }
         };
         #[derive(serde::Deserialize)]
@@ -296,24 +297,27 @@ impl NatsSink {
         }
         match serde_json::from_slice::<Head>(&msg.payload) {
             Ok(h) if h.node.as_deref().is_none_or(|n| n == self.node) => Ok(Some(h.seq)),
-            // Someone else publishes here; resuming from it could skip records.
-            _ => Err(SinkError::new(
-                SinkErrorKind::Misconfigured,
-                format!(
-                    "the {which} message on {} (stream sequence {}) is not an audit record of node {}",
-                    self.subject, msg.sequence, self.node
-                ),
-            )),
+            _ => {
+                tracing::warn!(
+                    sink = %self.name,
+                    subject = %self.subject,
+                    stream_sequence = msg.sequence,
+                    "the {which} message on the audit subject is not a record of this node; something else publishes there"
+                );
+                Err(None)
+            }
         }
     }
 
     /// See [`Sink::resume`] for this sink.
     async fn contiguous_head(&self, conn: &Conn) -> Result<Option<u64>, SinkError> {
-        let Some(last) = self.edge(conn, false).await? else {
-            return Ok(None);
-        };
-        let Some(first) = self.edge(conn, true).await? else {
-            return Ok(None);
+        // A foreign message there means "cannot tell", not an error: the loop retries
+        // errors of `resume` before shipping anything, and a stray publish must not stop
+        // delivery.
+        let (last, first) = match (self.edge(conn, false).await, self.edge(conn, true).await) {
+            (Ok(Some(l)), Ok(Some(f))) => (l, f),
+            (Err(Some(e)), _) | (_, Err(Some(e))) => return Err(e),
+            _ => return Ok(None),
         };
         let mut counts = conn
             .stream
@@ -376,7 +380,8 @@ impl Sink for NatsSink {
     }
 
     /// The `seq` of the last message on this node's subject, if the subject holds an
-    /// unbroken run of records up to it; `None` if it holds none, or a run with a hole.
+    /// unbroken run of records up to it; `None` if it holds none, a run with a hole, or
+    /// messages that are not this node's records.
     ///
     /// A hole can appear when a connection drops mid-batch: publishes already written to
     /// the dead socket are lost while those still buffered in the client go out after the
