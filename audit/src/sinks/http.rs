@@ -132,6 +132,9 @@ pub struct HttpSink {
     format: HttpFormat,
     /// `"_index":<json string>,` or empty, for `_bulk` action lines.
     index_field: String,
+    /// The node name escaped for a JSON string (valid names need none; this is for the
+    /// sink's own safety, not the config's).
+    node_json: String,
     /// Headers every request carries (configured ones, then ours, which win).
     headers: HeaderMap,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -231,10 +234,7 @@ impl HttpSink {
         };
 
         let index_field = match &cfg.index {
-            Some(i) => format!(
-                "\"_index\":{},",
-                serde_json::to_string(i).unwrap_or_else(|_| "\"\"".into())
-            ),
+            Some(i) => format!("\"_index\":\"{}\",", json_string_body(i)),
             None => String::new(),
         };
 
@@ -244,6 +244,7 @@ impl HttpSink {
             target,
             format: cfg.format,
             index_field,
+            node_json: json_string_body(node),
             headers,
             tls,
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
@@ -264,7 +265,7 @@ impl HttpSink {
     fn es_action(&self, seq: u64) -> String {
         format!(
             "{{\"create\":{{{}\"_id\":\"{}-{}\"}}}}",
-            self.index_field, self.node, seq
+            self.index_field, self.node_json, seq
         )
     }
 
@@ -522,6 +523,12 @@ impl Sink for HttpSink {
         }
         Ok(())
     }
+}
+
+/// `s` as a JSON string without its quotes.
+fn json_string_body(s: &str) -> String {
+    let quoted = serde_json::Value::from(s).to_string();
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 /// Performs the HTTP/1.1 handshake on `io` and spawns the connection's driver.
