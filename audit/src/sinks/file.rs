@@ -9,7 +9,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::config::{FileSinkConfig, FsyncPolicy};
@@ -368,6 +368,7 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::path::Path;
 
     fn cfg() -> FileSinkConfig {
         FileSinkConfig {
