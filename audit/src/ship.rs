@@ -227,21 +227,21 @@ async fn start_position(
         }
     };
     let head = ctx.spool.head();
-    if let Some(r) = resume {
-        if r > head {
-            tracing::warn!(
-                sink = name,
-                holds = r,
-                head,
-                "audit sink already holds records beyond the spool's head (was the spool reset?); resuming after what it holds"
-            );
-        }
+    if let Some(r) = resume
+        && r > head
+    {
+        tracing::warn!(
+            sink = name,
+            holds = r,
+            head,
+            "audit sink already holds records beyond the spool's head (was the spool reset?); resuming after what it holds"
+        );
     }
     let pos = cursor.max(resume.unwrap_or(0));
-    if pos > cursor {
-        if let Err(e) = ctx.spool.set_cursor(name, pos) {
-            tracing::warn!(sink = name, error = %e, "audit shipping: writing the cursor failed");
-        }
+    if pos > cursor
+        && let Err(e) = ctx.spool.set_cursor(name, pos)
+    {
+        tracing::warn!(sink = name, error = %e, "audit shipping: writing the cursor failed");
     }
     metrics::gauge!("waping_audit_sink_lag_records", "sink" => name.to_owned())
         .set(head.saturating_sub(pos) as f64);

@@ -255,10 +255,11 @@ impl Shared {
         // Pairs with the fence in `Writer::park`: either the writer sees the pushed record
         // before parking, or this sees `sleeping` and unparks it.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
-            if let Some(t) = self.writer.get() {
-                t.unpark();
-            }
+        if self.sleeping.load(Ordering::SeqCst)
+            && self.sleeping.swap(false, Ordering::SeqCst)
+            && let Some(t) = self.writer.get()
+        {
+            t.unpark();
         }
     }
 
@@ -390,18 +391,18 @@ pub(crate) fn find_tail(f: &File, len: u64) -> io::Result<Tail> {
 pub(crate) fn truncate_torn(f: &File, len: u64, what: &Path) -> io::Result<(u64, u64, Option<Vec<u8>>)> {
     let mut tail = find_tail(f, len)?;
     let mut end = tail.complete_end;
-    if let Some((start, line)) = &tail.last {
-        if line_seq(line).is_none() {
-            end = *start;
-            tail = find_tail(f, end)?;
-            if let Some((_, l)) = &tail.last {
-                if line_seq(l).is_none() {
-                    return Err(invalid(format!(
-                        "{}: the last two lines are not audit records; this is not a torn write, refusing to cut it (inspect the file)",
-                        what.display()
-                    )));
-                }
-            }
+    if let Some((start, line)) = &tail.last
+        && line_seq(line).is_none()
+    {
+        end = *start;
+        tail = find_tail(f, end)?;
+        if let Some((_, l)) = &tail.last
+            && line_seq(l).is_none()
+        {
+            return Err(invalid(format!(
+                "{}: the last two lines are not audit records; this is not a torn write, refusing to cut it (inspect the file)",
+                what.display()
+            )));
         }
     }
     let cut = len - end;
@@ -426,12 +427,11 @@ fn last_digest_in(path: &Path) -> io::Result<Option<Hash>> {
             break;
         }
         line.pop();
-        if line.windows(DIGEST_MARK.len()).any(|w| w == DIGEST_MARK) {
-            if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
-                if rec.action == Action::AuditDigest {
-                    found = Some(Hash::of_line(&line));
-                }
-            }
+        if line.windows(DIGEST_MARK.len()).any(|w| w == DIGEST_MARK)
+            && let Ok(rec) = serde_json::from_slice::<Record>(&line)
+            && rec.action == Action::AuditDigest
+        {
+            found = Some(Hash::of_line(&line));
         }
     }
     Ok(found)
@@ -495,14 +495,14 @@ impl Spool {
         }
         let (head_seq, head_hash) = match &head {
             Some((seq, line)) => {
-                if let Ok(rec) = serde_json::from_slice::<Record>(line) {
-                    if rec.node != opts.node {
-                        tracing::warn!(
-                            spool_node = %rec.node,
-                            node = %opts.node,
-                            "audit spool was written under another node name; its chain continues under the new name"
-                        );
-                    }
+                if let Ok(rec) = serde_json::from_slice::<Record>(line)
+                    && rec.node != opts.node
+                {
+                    tracing::warn!(
+                        spool_node = %rec.node,
+                        node = %opts.node,
+                        "audit spool was written under another node name; its chain continues under the new name"
+                    );
                 }
                 (*seq, Hash::of_line(line))
             }
@@ -889,6 +889,9 @@ impl RateLimit {
 type Done = oneshot::Sender<Result<u64, AuditError>>;
 
 /// What one commit writes.
+// Items live in one batch's Vec, nearly all of them events: boxing the event would cost an
+// allocation per record to save bytes on the rare digest.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Event {
         event: Event,
@@ -1136,10 +1139,10 @@ impl WriterLoop {
                 let names: Vec<String> = behind.into_iter().map(|(n, _)| n).collect();
                 (first, last, (min + 1).max(first), names)
             };
-            if let Err(e) = fs::remove_file(self.sh.seg_path(first)) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    self.log_error("deleting a discarded audit segment", &e);
-                }
+            if let Err(e) = fs::remove_file(self.sh.seg_path(first))
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                self.log_error("deleting a discarded audit segment", &e);
             }
             for name in &sinks {
                 if let Err(e) = write_cursor(&self.sh.cursor_path(name), last) {

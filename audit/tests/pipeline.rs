@@ -366,7 +366,7 @@ fn a_crash_loses_nothing_durable_and_duplicates_nothing() {
         other => panic!("expected audit.start, got {other:?}"),
     }
     let pk = PublicKey::from_bytes(DigestSigner::from_seed(&SEED).public_key());
-    waping_audit::verify::verify_dir(&root.path().join("log"), &[pk.clone()]).unwrap();
+    waping_audit::verify::verify_dir(&root.path().join("log"), std::slice::from_ref(&pk)).unwrap();
     // The spool verifies on its own too (what is left of it after GC).
     let spool = file_lines(&root.path().join("spool"));
     assert!(!spool.is_empty());
