@@ -411,12 +411,12 @@ impl AuditConfig {
                 }
             }
         }
-        if let Some(n) = &self.node {
-            if !valid_node_name(n) {
-                p.push(format!(
-                    "{prefix}.node: {n:?} must be 1-64 bytes of [A-Za-z0-9._-]"
-                ));
-            }
+        if let Some(n) = &self.node
+            && !valid_node_name(n)
+        {
+            p.push(format!(
+                "{prefix}.node: {n:?} must be 1-64 bytes of [A-Za-z0-9._-]"
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.sinks.iter().enumerate() {

@@ -262,8 +262,10 @@ fn verify_node(node: &str, e: &[Entry], keys: &[PublicKey]) -> Result<NodeReport
                 ));
             }
         }
-        if let Some(p) = *last_digest {
-            if Hash::from_hex(&d.prev_digest) != Some(e[p].hash) {
+        if let Some(p) = *last_digest
+            && Hash::from_hex(&d.prev_digest) != Some(e[p].hash)
+        {
+            {
                 return Err(finding(
                     FindingKind::DigestMismatch,
                     Some(e[i].seq),
@@ -503,8 +505,11 @@ pub fn build_chain(
     for ev in events {
         push(ev, &mut out, &mut head, &mut seq);
         since += 1;
-        if let Some(s) = signer {
-            if digest_every > 0 && since == digest_every {
+        if let Some(s) = signer
+            && digest_every > 0
+            && since == digest_every
+        {
+            {
                 let d = s.digest(node, seq, &head, &last_digest);
                 let dev = Event::new(ev.at_ms, Actor::System, Action::AuditDigest).detail(Detail::Digest(d));
                 push(&dev, &mut out, &mut head, &mut seq);
