@@ -33,6 +33,8 @@ pub struct Node<'a> {
     pub clock: MonotonicClock,
     /// Counters.
     pub metrics: &'a Metrics,
+    /// Audit log (refusals by limits are aggregated there).
+    pub audit: &'a crate::audit::AuditHub,
 }
 
 /// One SEND as the caller decoded it.
@@ -110,6 +112,16 @@ pub fn ceil_ms(d: Duration) -> u32 {
 /// Runs the admission checks for one message of workspace `ws`: `Ok` is a new message to
 /// append, then commit.
 pub fn admit(node: Node<'_>, ws: &Workspace, req: Request) -> Result<Admitted, NotAdmitted> {
+    let audit = node.audit;
+    let r = admit_inner(node, ws, req);
+    if let Err(NotAdmitted::Refused(f)) = &r {
+        // Only the limit codes are recorded (the hub ignores the rest); counted, not one record each.
+        audit.note_rejection(&ws.id, f.code);
+    }
+    r
+}
+
+fn admit_inner(node: Node<'_>, ws: &Workspace, req: Request) -> Result<Admitted, NotAdmitted> {
     node.metrics.received.increment(1);
     if let Err(e) = validate::send(&req.idempotency_key, &req.device, &req.recipient, &req.body) {
         return refused(e.code, 0, e.message);

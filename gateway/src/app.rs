@@ -54,6 +54,10 @@ pub struct Gateway {
     scheduler_stop: tokio::sync::oneshot::Sender<()>,
     scheduler: tokio::task::JoinHandle<()>,
     http: Option<tokio::task::JoinHandle<()>>,
+    audit: Arc<crate::audit::AuditHub>,
+    audit_stop: tokio_util::sync::CancellationToken,
+    audit_aggregator: tokio::task::JoinHandle<()>,
+    audit_pipeline: waping_audit::Pipeline,
 }
 
 /// Installs the Prometheus recorder once per process; later calls (tests
@@ -85,6 +89,25 @@ impl Gateway {
             .with_context(|| format!("creating state dir {}", state_dir.display()))?;
         let metrics_addr = install_metrics(cfg.metrics.address())?;
         let metrics = Arc::new(Metrics::new());
+
+        // The audit log first: everything after this may produce records, and a node that
+        // cannot keep them must not start.
+        let (signer, signing_key_path) = crate::audit::signing_key(&cfg, &state_dir)?;
+        let audit_pipeline = waping_audit::Pipeline::start(
+            &cfg.audit,
+            waping_audit::PipelineOptions {
+                state_dir: state_dir.clone(),
+                signer,
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        )
+        .await
+        .context("starting the audit log")?;
+        let audit = crate::audit::AuditHub::new(audit_pipeline.auditor(), cfg.audit.aggregate_interval_s);
+        let audit_stop = tokio_util::sync::CancellationToken::new();
+        let audit_aggregator = tokio::spawn(audit.clone().run(audit_stop.clone()));
+        tracing::info!(node = audit.auditor().node(), signing_key = %signing_key_path.display(),
+            sinks = cfg.audit.sinks.len(), head = audit_pipeline.head(), "audit log open");
 
         // Encryption at rest: the per-workspace data keys, wrapped by the master key. Opened
         // first: the journal and the device store cannot read their data without it.
@@ -176,7 +199,8 @@ impl Gateway {
                 gate,
                 Arc::new(DeviceStoreSessions::new(device_store.clone())),
             )
-            .with_durable(durable.clone()),
+            .with_durable(durable.clone())
+            .with_audit(audit.clone()),
         );
         tokio::spawn(route_upstream_events(
             ev_rx,
@@ -205,6 +229,7 @@ impl Gateway {
             vault,
             device_store.clone(),
             admin,
+            audit.clone(),
         )?;
 
         let (scheduler_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -263,6 +288,10 @@ impl Gateway {
             scheduler_stop,
             scheduler,
             http,
+            audit,
+            audit_stop,
+            audit_aggregator,
+            audit_pipeline,
         };
         gw.write_runtime_file()?;
         tracing::info!(
@@ -321,6 +350,12 @@ impl Gateway {
         if let Err(e) = self.durable.journal.flush().await {
             tracing::error!(error = %e, "final journal flush failed");
         }
+        // Aggregates last (they count until the listeners close), then the log itself:
+        // audit.stop, a final digest, and up to a few seconds for the sinks to catch up.
+        self.audit_stop.cancel();
+        let _ = self.audit_aggregator.await;
+        drop(self.audit);
+        self.audit_pipeline.shutdown(Duration::from_secs(5)).await;
         let _ = std::fs::remove_file(self.state_dir.join("runtime.json"));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admit;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod control;

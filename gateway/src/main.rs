@@ -69,6 +69,11 @@ enum Cmd {
         #[arg(long)]
         install: bool,
     },
+    /// Verify audit records; make or show the digest signing key.
+    Audit {
+        #[command(subcommand)]
+        op: waping_gateway::audit::cli::AuditCmd,
+    },
     /// Inspect and act on dead letters (run with the gateway stopped).
     DeadLetters {
         /// TOML configuration file (its state directory holds the journal).
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Device { op } => waping_gateway::link::cli::main(op),
+        Cmd::Audit { op } => waping_gateway::audit::cli::main(op),
         Cmd::GenMasterKey { out } => match waping_vault::MasterKey::generate().write_new_file(&out) {
             Ok(()) => {
                 eprintln!("wrote a new master key to {} (mode 0600)", out.display());
@@ -191,15 +197,32 @@ fn main() -> ExitCode {
                 }
             };
             use waping_gateway::durable::dead_letters::{Op, run};
-            let op = match op {
-                DeadOp::List => Op::List,
-                DeadOp::Show { id } => Op::Show(id),
-                DeadOp::Replay { id, .. } => Op::Replay(id),
-                DeadOp::Purge { id, .. } => Op::Purge(id),
+            let (op, audited) = match op {
+                DeadOp::List => (Op::List, None),
+                DeadOp::Show { id } => (Op::Show(id), None),
+                DeadOp::Replay { id, .. } => (
+                    Op::Replay(id.clone()),
+                    Some((waping_audit::Action::DeadLetterReplay, id)),
+                ),
+                DeadOp::Purge { id, .. } => (
+                    Op::Purge(id.clone()),
+                    Some((waping_audit::Action::DeadLetterPurge, id)),
+                ),
             };
             match run(&cfg, op) {
                 Ok(out) => {
                     print!("{out}");
+                    if let Some((action, id)) = audited {
+                        let ev = waping_audit::Event::new(
+                            waping_gateway::unix_ms(),
+                            waping_audit::Actor::Cli,
+                            action,
+                        )
+                        .target("message", id.unwrap_or_else(|| "all".into()));
+                        if let Err(e) = waping_gateway::audit::cli::record_offline(&cfg, ev) {
+                            eprintln!("WARNING: the audit record was not written: {e:#}");
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -258,6 +281,20 @@ fn rotate_master_key(
         "rewrapped {} data key(s): master key {} -> {}",
         report.data_keys, report.old_id, report.new_id
     );
+    let ev = waping_audit::Event::new(
+        waping_gateway::unix_ms(),
+        waping_audit::Actor::Cli,
+        waping_audit::Action::MasterKeyRotate,
+    )
+    .target("master_key", report.new_id.to_string())
+    .detail(waping_audit::Detail::Changed {
+        fields: vec![format!("master_key:{}->{}", report.old_id, report.new_id)],
+    });
+    if let Err(e) = waping_gateway::audit::cli::record_offline(&cfg, ev) {
+        msg.push_str(&format!(
+            "; WARNING: the audit record of this rotation was not written: {e:#}"
+        ));
+    }
     match (install, source) {
         (true, waping_vault::KeySource::File(path)) => {
             let tmp = path.with_extension("rotating");

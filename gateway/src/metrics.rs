@@ -106,11 +106,6 @@ impl Metrics {
         counter!("waping_session_connects_total", "outcome" => outcome).increment(1);
     }
 
-    /// A security-relevant action happened (the audit pipeline ships the record).
-    pub fn audit(&self, action: &'static str) {
-        counter!("waping_audit_records_total", "action" => action).increment(1);
-    }
-
     /// The upstream reported an event.
     pub fn upstream_event(&self, kind: &'static str) {
         counter!("waping_upstream_events_total", "kind" => kind).increment(1);
@@ -169,6 +164,12 @@ pub const CATALOGUE: &[&str] = &[
     "waping_pacing_waits_total",
     "waping_pacing_deferred_total",
     "waping_audit_records_total",
+    "waping_audit_refused_total",
+    "waping_audit_spool_bytes",
+    "waping_audit_discarded_records_total",
+    "waping_audit_sink_records_total",
+    "waping_audit_sink_errors_total",
+    "waping_audit_sink_lag_records",
     "waping_subscriptions_active",
     "waping_subscriber_events_sent_total",
     "waping_subscriber_events_missed_total",

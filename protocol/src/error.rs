@@ -124,6 +124,7 @@ catalogue! {
     // 9xxx: the gateway itself.
     INTERNAL = 9000, Internal, retry: true, fatal: false, "An unexpected gateway error; the request may be retried.";
     SHUTTING_DOWN = 9001, Internal, retry: true, fatal: true, "The gateway is draining; reconnect (to another node) and resend what was not acknowledged.";
+    AUDIT_UNAVAILABLE = 9002, Internal, retry: true, fatal: false, "The audit log cannot take the record of this security-relevant operation (an audit sink is far behind and the spool is full, or the disk is stalled); nothing was changed.";
 }
 
 impl ErrorCode {

@@ -45,6 +45,8 @@ pub struct Config {
     pub quotas: crate::control::config::Quotas,
     /// Default per-workspace retention windows.
     pub retention: crate::control::config::Retention,
+    /// Tamper-evident audit log: spool, digests, aggregation, sinks.
+    pub audit: waping_audit::AuditConfig,
     /// Tenants and their API keys.
     pub workspaces: Vec<WorkspaceConfig>,
 }
@@ -501,6 +503,10 @@ pub struct WorkspaceConfig {
     /// API keys, by hash only.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Audit records of this workspace carry full phone numbers instead of masked ones.
+    /// Default false.
+    #[serde(default)]
+    pub audit_full_numbers: bool,
 }
 
 /// One API key, stored as a hash (`waping-gateway keygen` prints both halves).
@@ -741,6 +747,7 @@ impl Config {
         p.extend(self.api.problems());
         p.extend(self.quotas.problems("quotas"));
         p.extend(self.retention.problems("retention"));
+        p.extend(self.audit.problems("audit"));
         if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
             p.extend(e.problems);
         }

@@ -144,6 +144,34 @@ impl Default for Retention {
 }
 
 impl Retention {
+    /// Names of the fields that differ in `new` (for the audit record of a change).
+    pub fn changed_fields(&self, new: &Retention) -> Vec<String> {
+        let mut v = Vec::new();
+        for (name, a, b) in [
+            (
+                "message_bodies_hours",
+                self.message_bodies_hours,
+                new.message_bodies_hours,
+            ),
+            (
+                "delivery_records_days",
+                self.delivery_records_days,
+                new.delivery_records_days,
+            ),
+            (
+                "inbound_events_days",
+                self.inbound_events_days,
+                new.inbound_events_days,
+            ),
+            ("dead_letters_days", self.dead_letters_days, new.dead_letters_days),
+        ] {
+            if a != b {
+                v.push(name.to_owned());
+            }
+        }
+        v
+    }
+
     /// Range problems, each with its path under `at`.
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = Vec::new();

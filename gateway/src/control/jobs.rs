@@ -298,8 +298,20 @@ pub(crate) fn request(
         error: None,
         target_hash,
     };
+    control.audit.gate()?;
     control.store().put(Kind::Job, &[&job.workspace, &job.id], &job)?;
-    tracing::info!(target: "waping::audit", action = "deletion.request", actor = %p.actor(), workspace = %job.workspace, kind = ?job.kind, job = %job.id, "deletion requested");
+    control.audit.emit(
+        waping_audit::Event::new(
+            job.created_at_ms,
+            crate::audit::actor(p),
+            waping_audit::Action::DeletionRequest,
+        )
+        .workspace(&job.workspace)
+        .target(job.kind.target_kind(), audit_target(control, &job, &req.target))
+        .detail(waping_audit::Detail::Changed {
+            fields: vec![format!("job:{}", job.id)],
+        }),
+    );
     if job.kind == DeletionKind::Workspace {
         // Cut access at once, before the worker gets to it: keys stop working now.
         control.registry.remove(&job.workspace);
@@ -307,6 +319,26 @@ pub(crate) fn request(
     }
     control.jobs().enqueue(&job, req.target);
     Ok((job, true))
+}
+
+/// The target of a job as its audit records name it: a recipient masked unless the
+/// workspace opted in to full numbers.
+fn audit_target(control: &Control, job: &DeletionJob, raw: &str) -> String {
+    match job.kind {
+        DeletionKind::Recipient => control.audit.number(&job.workspace, raw),
+        _ => raw.to_owned(),
+    }
+}
+
+impl DeletionKind {
+    /// The audit target kind.
+    pub fn target_kind(self) -> &'static str {
+        match self {
+            DeletionKind::Workspace => "workspace",
+            DeletionKind::Device => "device",
+            DeletionKind::Recipient => "recipient",
+        }
+    }
 }
 
 async fn worker(control: std::sync::Weak<Control>, mut rx: mpsc::UnboundedReceiver<Work>) {
@@ -336,7 +368,26 @@ async fn worker(control: std::sync::Weak<Control>, mut rx: mpsc::UnboundedReceiv
             tracing::error!(job = %job.id, error = %e, "could not record the deletion job's outcome");
         }
         control.jobs().finish(&job, &w.target);
-        tracing::info!(target: "waping::audit", action = "deletion.finish", workspace = %job.workspace, kind = ?job.kind, job = %job.id, state = ?job.state, removed = ?job.removed, error = job.error.as_deref().unwrap_or(""), "deletion finished");
+        let mut ev = waping_audit::Event::new(
+            job.finished_at_ms.unwrap_or_default(),
+            waping_audit::Actor::System,
+            if job.kind == DeletionKind::Workspace && job.state == JobState::Done {
+                waping_audit::Action::WorkspaceDelete
+            } else {
+                waping_audit::Action::DeletionFinish
+            },
+        )
+        .workspace(&job.workspace)
+        .target(job.kind.target_kind(), audit_target(&control, &job, &w.target))
+        .detail(waping_audit::Detail::Removed {
+            dead_letters: job.removed.dead_letters,
+            devices: job.removed.devices,
+            cutoff_ms: None,
+        });
+        if let Some(e) = &job.error {
+            ev = ev.outcome(waping_audit::Outcome::Failure, e.clone());
+        }
+        control.audit.emit_durable(ev).await;
     }
 }
 
@@ -411,7 +462,18 @@ async fn remove_device(control: &Arc<Control>, ws: &str, device: &str) -> anyhow
     let (w, d) = (ws.to_string(), device.to_string());
     tokio::task::spawn_blocking(move || store.device(&w, &d)?.delete_device_blocking()).await??;
     control.store().delete(Kind::Device, &[ws, device])?;
-    tracing::info!(target: "waping::audit", action = "device.delete", workspace = %ws, device = %device, "device deleted");
+    control
+        .audit
+        .emit_durable(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                waping_audit::Actor::System,
+                waping_audit::Action::DeviceDelete,
+            )
+            .workspace(ws)
+            .target("device", device),
+        )
+        .await;
     Ok(())
 }
 

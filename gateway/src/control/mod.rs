@@ -147,6 +147,9 @@ pub struct WorkspaceRecord {
     pub quotas: Quotas,
     /// Retention windows.
     pub retention: Retention,
+    /// Whether this workspace's audit records carry full phone numbers (masked by default).
+    #[serde(default)]
+    pub audit_full_numbers: bool,
 }
 
 /// An API key as stored (the hash never leaves the node).
@@ -230,6 +233,8 @@ pub struct NewWorkspace {
     pub quotas: Option<Quotas>,
     /// Retention (default `[retention]`).
     pub retention: Option<Retention>,
+    /// Audit records carry full phone numbers instead of masked ones (default false).
+    pub audit_full_numbers: Option<bool>,
 }
 
 /// Key creation request.
@@ -328,6 +333,8 @@ pub struct Control {
     pub admin: Option<AdminToken>,
     /// Failed-authentication throttle, per source address.
     pub throttle: throttle::AuthThrottle,
+    /// The audit log.
+    pub audit: Arc<crate::audit::AuditHub>,
     store: ControlStore,
     limiter: Limiter<Arc<str>>,
     meta: DashMap<String, WorkspaceRecord>,
@@ -350,6 +357,7 @@ impl Control {
         vault: Arc<waping_vault::Vault>,
         device_store: Arc<waping_store::Store>,
         admin: Option<AdminToken>,
+        audit: Arc<crate::audit::AuditHub>,
     ) -> anyhow::Result<Arc<Control>> {
         let store = ControlStore::open(&state_dir.join("control.redb"))?;
         let now = crate::unix_ms();
@@ -371,7 +379,9 @@ impl Control {
                 burst,
                 quotas: prev.as_ref().map_or(cfg.quotas, |p| p.quotas),
                 retention: prev.as_ref().map_or(cfg.retention, |p| p.retention),
+                audit_full_numbers: w.audit_full_numbers,
             };
+            audit.set_full_numbers(&w.id, w.audit_full_numbers);
             store.put(Kind::Workspace, &[&w.id], &rec)?;
             vault.ensure_workspace(&w.id)?;
             ws.max_queued.store(
@@ -395,6 +405,7 @@ impl Control {
             vault,
             device_store,
             throttle: throttle::AuthThrottle::new(cfg.api.auth_failures_per_minute),
+            audit,
             cfg,
             admin,
             store,
@@ -439,6 +450,7 @@ impl Control {
     }
 
     fn register_workspace(&self, rec: &WorkspaceRecord) -> Result<Arc<Workspace>, Error> {
+        self.audit.set_full_numbers(&rec.id, rec.audit_full_numbers);
         let quota = Quota::per_second(rec.rate_per_second, rec.burst)
             .map_err(|e| Error::Invalid(format!("rate_per_second/burst: {e}")))?;
         let cell = self
@@ -454,6 +466,7 @@ impl Control {
             pacing: None,
             devices: Vec::new(),
             keys: Vec::new(),
+            audit_full_numbers: rec.audit_full_numbers,
         };
         let (_, _, device_rate) = self.cfg.workspace_limits(&wcfg);
         let pacing = self
@@ -484,6 +497,14 @@ impl Control {
     ) -> Result<Principal, Error> {
         if let Err(after) = self.throttle.check(source, now_ms) {
             metrics::counter!("waping_auth_failures_total", "reason" => "throttled").increment(1);
+            // A flood: one aggregate record per source and interval, not one per attempt.
+            self.audit.note(
+                waping_audit::Action::AuthFailure,
+                None,
+                waping_audit::Actor::Anonymous,
+                "throttled",
+                Some(source),
+            );
             return Err(Error::Code {
                 code: ErrorCode::AUTH_THROTTLED,
                 message: "too many failed authentications from this address".into(),
@@ -507,7 +528,15 @@ impl Control {
             Err(reason) => {
                 self.throttle.failed(source, now_ms);
                 metrics::counter!("waping_auth_failures_total", "reason" => reason).increment(1);
-                tracing::info!(target: "waping::audit", action = "auth.failure", %source, reason, "authentication failed");
+                self.audit.emit(
+                    waping_audit::Event::new(
+                        now_ms,
+                        waping_audit::Actor::Anonymous,
+                        waping_audit::Action::AuthFailure,
+                    )
+                    .outcome(waping_audit::Outcome::Denied, reason)
+                    .source(source),
+                );
                 Err(Error::Unauthenticated)
             }
         }
@@ -547,6 +576,7 @@ impl Control {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems.join("; ")));
         }
+        self.audit.gate()?;
         let rec = WorkspaceRecord {
             id: req.id.clone(),
             source: Source::Api,
@@ -555,10 +585,30 @@ impl Control {
             burst,
             quotas,
             retention,
+            audit_full_numbers: req.audit_full_numbers.unwrap_or(false),
         };
         self.store.put(Kind::Workspace, &[&rec.id], &rec)?;
         self.register_workspace(&rec)?;
-        tracing::info!(target: "waping::audit", action = "workspace.create", actor = %p.actor(), workspace = %rec.id, "workspace created");
+        self.audit.emit(
+            waping_audit::Event::new(
+                rec.created_at_ms,
+                crate::audit::actor(p),
+                waping_audit::Action::WorkspaceCreate,
+            )
+            .workspace(&rec.id)
+            .target("workspace", &rec.id)
+            .detail(waping_audit::Detail::Changed {
+                fields: [
+                    "rate_per_second",
+                    "burst",
+                    "quotas",
+                    "retention",
+                    "audit_full_numbers",
+                ]
+                .map(String::from)
+                .to_vec(),
+            }),
+        );
         Ok(rec)
     }
 
@@ -595,10 +645,21 @@ impl Control {
             .get(&*k.workspace.id)
             .map(|e| e.value().clone())
             .ok_or(Error::NotFound)?;
+        self.audit.gate()?;
+        let fields = rec.retention.changed_fields(&r);
         rec.retention = r;
         self.store.put(Kind::Workspace, &[&rec.id], &rec)?;
         self.meta.insert(rec.id.clone(), rec.clone());
-        tracing::info!(target: "waping::audit", action = "retention.change", actor = %p.actor(), workspace = %rec.id, "retention changed");
+        self.audit.emit(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                crate::audit::actor(p),
+                waping_audit::Action::RetentionChange,
+            )
+            .workspace(&rec.id)
+            .target("workspace", &rec.id)
+            .detail(waping_audit::Detail::Changed { fields }),
+        );
         Ok(rec)
     }
 
@@ -726,6 +787,7 @@ impl Control {
                 quota.max_keys
             )));
         }
+        self.audit.gate()?;
         let g = auth::generate_key();
         let rec = KeyRecord {
             id: g.id.clone(),
@@ -742,7 +804,17 @@ impl Control {
             LiveKey::new(&g.id, &g.hash, workspace.clone(), req.role, expires_at_ms)
                 .map_err(Error::Internal)?,
         );
-        tracing::info!(target: "waping::audit", action = "key.create", actor = %p.actor(), workspace = %workspace.id, key = %g.id, role = %req.role, "API key created");
+        self.audit.emit(
+            waping_audit::Event::new(now, crate::audit::actor(p), waping_audit::Action::KeyCreate)
+                .workspace(&*workspace.id)
+                .target("key", &g.id)
+                .detail(waping_audit::Detail::Key {
+                    role: req.role.to_string(),
+                    previous_role: None,
+                    new_key: None,
+                    expires_at_ms,
+                }),
+        );
         Ok(IssuedKey {
             key: g.key,
             info: self.key_info(&live, Some(&rec)),
@@ -770,9 +842,18 @@ impl Control {
     /// (open connections that authenticated with it are closed).
     pub fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), Error> {
         let (k, rec) = self.managed_key(p, id)?;
+        self.audit.gate()?;
         self.store.delete(Kind::Key, &[&rec.workspace, &rec.id])?;
         self.keys.revoke(&k.id);
-        tracing::info!(target: "waping::audit", action = "key.revoke", actor = %p.actor(), workspace = %rec.workspace, key = %rec.id, "API key revoked");
+        self.audit.emit(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                crate::audit::actor(p),
+                waping_audit::Action::KeyRevoke,
+            )
+            .workspace(&rec.workspace)
+            .target("key", &rec.id),
+        );
         Ok(())
     }
 
@@ -794,7 +875,21 @@ impl Control {
         )?;
         self.store.delete(Kind::Key, &[&rec.workspace, &rec.id])?;
         self.keys.revoke(&k.id);
-        tracing::info!(target: "waping::audit", action = "key.rotate", actor = %p.actor(), workspace = %rec.workspace, key = %rec.id, new_key = %issued.info.id, "API key rotated");
+        self.audit.emit(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                crate::audit::actor(p),
+                waping_audit::Action::KeyRotate,
+            )
+            .workspace(&rec.workspace)
+            .target("key", &rec.id)
+            .detail(waping_audit::Detail::Key {
+                role: rec.role.to_string(),
+                previous_role: None,
+                new_key: Some(issued.info.id.clone()),
+                expires_at_ms: issued.info.expires_at_ms,
+            }),
+        );
         Ok(issued)
     }
 
@@ -828,6 +923,7 @@ impl Control {
                 quota.max_devices
             )));
         }
+        self.audit.gate()?;
         let rec = DeviceRecord {
             workspace: ws.id.to_string(),
             id: id.to_string(),
@@ -836,7 +932,15 @@ impl Control {
         };
         self.store.put(Kind::Device, &[&rec.workspace, &rec.id], &rec)?;
         self.sessions.start_device(ws, id);
-        tracing::info!(target: "waping::audit", action = "device.create", actor = %p.actor(), workspace = %ws.id, device = %id, "device created");
+        self.audit.emit(
+            waping_audit::Event::new(
+                rec.created_at_ms,
+                crate::audit::actor(p),
+                waping_audit::Action::DeviceCreate,
+            )
+            .workspace(&*ws.id)
+            .target("device", id),
+        );
         Ok(rec)
     }
 
@@ -853,17 +957,36 @@ impl Control {
             Permission::DevicesWrite
         };
         let me = p.require(need)?;
-        self.sessions
+        if need == Permission::DevicesWrite {
+            self.audit.gate()?;
+        }
+        let action = crate::audit::device_action(&cmd);
+        let result = self
+            .sessions
             .control(me.workspace.idx, &Text::from(id), cmd)
-            .await
-            .map_err(|e| match e {
-                crate::session::ControlError::UnknownDevice => Error::NotFound,
-                other => Error::Code {
-                    code: other.code(),
-                    message: other.to_string(),
-                    retry_after_ms: 0,
-                },
-            })
+            .await;
+        // An unknown device is answered as NOT_FOUND and not recorded: it names nothing.
+        if let Some(action) = action
+            && !matches!(result, Err(crate::session::ControlError::UnknownDevice))
+        {
+            self.audit
+                .emit_durable(crate::audit::device_event(
+                    action,
+                    crate::audit::actor(p),
+                    &me.workspace.id,
+                    id,
+                    &result,
+                ))
+                .await;
+        }
+        result.map_err(|e| match e {
+            crate::session::ControlError::UnknownDevice => Error::NotFound,
+            other => Error::Code {
+                code: other.code(),
+                message: other.to_string(),
+                retry_after_ms: 0,
+            },
+        })
     }
 
     /// Whether a device was defined in the configuration file.

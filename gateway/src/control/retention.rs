@@ -90,7 +90,22 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
             Ok(n) => {
                 metrics::counter!("waping_retention_purged_total", "what" => "dead_letter")
                     .increment(n as u64);
-                tracing::info!(target: "waping::audit", action = "retention.sweep", workspace = %ws, dead_letters = n, cutoff_ms = cutoff, "retention purged dead letters");
+                control
+                    .audit
+                    .emit_durable(
+                        waping_audit::Event::new(
+                            now_ms,
+                            waping_audit::Actor::System,
+                            waping_audit::Action::RetentionSweep,
+                        )
+                        .workspace(ws)
+                        .detail(waping_audit::Detail::Removed {
+                            dead_letters: n as u64,
+                            devices: 0,
+                            cutoff_ms: Some(*cutoff),
+                        }),
+                    )
+                    .await;
             }
             Err(e) => {
                 tracing::warn!(workspace = %ws, error = %e, "retention sweep of dead letters failed; retrying next tick")
@@ -103,10 +118,31 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
                 if r.rolled_active {
                     metrics::counter!("waping_retention_compactions_total").increment(1);
                 }
+                if r.rolled_active {
+                    control
+                        .audit
+                        .emit_durable(
+                            waping_audit::Event::new(
+                                now_ms,
+                                waping_audit::Actor::System,
+                                waping_audit::Action::RetentionSweep,
+                            )
+                            .target("node", control.audit.auditor().node())
+                            .detail(waping_audit::Detail::Removed {
+                                dead_letters: 0,
+                                devices: 0,
+                                cutoff_ms: Some(cutoff),
+                            }),
+                        )
+                        .await;
+                }
                 if r.rolled_active || r.segments_pending > 0 {
-                    tracing::info!(target: "waping::audit", action = "retention.compact", cutoff_ms = cutoff,
-                        rolled_active = r.rolled_active, segments_pending = r.segments_pending,
-                        "retention: journal segments older than the shortest window are being compacted");
+                    tracing::info!(
+                        cutoff_ms = cutoff,
+                        rolled_active = r.rolled_active,
+                        segments_pending = r.segments_pending,
+                        "retention: journal segments older than the shortest window are being compacted"
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "retention of the journal failed; retrying next tick"),

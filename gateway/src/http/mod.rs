@@ -141,7 +141,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         2000 => StatusCode::UNAUTHORIZED,
         2001 => StatusCode::FORBIDDEN,
         2002 | 3000..=3002 | 3004 | 3005 => StatusCode::TOO_MANY_REQUESTS,
-        3003 | 9001 => StatusCode::SERVICE_UNAVAILABLE,
+        3003 | 9001 | 9002 => StatusCode::SERVICE_UNAVAILABLE,
         1010 => StatusCode::PAYLOAD_TOO_LARGE,
         4000 | 4004 => StatusCode::NOT_FOUND,
         4005 | 4006 => StatusCode::CONFLICT,
@@ -311,13 +311,23 @@ async fn gatekeeper(
         .get::<MatchedPath>()
         .and_then(|m| routes::access(req.method(), m.as_str()))
         .map_or(("unmatched", "other"), |r| (r.path, r.method));
+    let audit_ctx = crate::audit::Ctx {
+        request_id: Some(rid.clone()),
+        source: req.extensions().get::<Peer>().map(|p| p.0.ip()),
+    };
     let mut resp = REQUEST_ID
-        .scope(rid, async move {
-            match admit(&api, &mut req) {
-                Ok(()) => next.run(req).await,
-                Err(e) => e.into_response(),
-            }
-        })
+        .scope(
+            rid,
+            crate::audit::scope(audit_ctx.clone(), async move {
+                // A refused credential's record is durable before the refusal is answered.
+                let (admitted, receipts) = crate::audit::collect(audit_ctx, || admit(&api, &mut req));
+                crate::audit::settle(receipts).await;
+                match admitted {
+                    Ok(()) => next.run(req).await,
+                    Err(e) => e.into_response(),
+                }
+            }),
+        )
         .await;
     resp.headers_mut().insert("x-request-id", rid_header);
     let class = match resp.status().as_u16() {
@@ -400,9 +410,19 @@ fn admit(api: &Api, req: &mut Request) -> Result<(), ApiError> {
         (routes::Access::Admin, Principal::Admin) => {}
         (routes::Access::Key(p), Principal::Key(k)) => {
             if !k.role.allows(*p) {
+                api.control.audit.note(
+                    waping_audit::Action::AuthFailure,
+                    Some(&k.workspace.id),
+                    crate::audit::actor(&principal),
+                    "forbidden",
+                    Some(peer),
+                );
                 return Err(Error::Forbidden(*p).into());
             }
             if let Err(ms) = api.per_key.take(&k.id, now) {
+                api.control
+                    .audit
+                    .note_rejection(&k.workspace.id, ErrorCode::API_RATE_LIMITED);
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     ErrorCode::API_RATE_LIMITED,
@@ -420,6 +440,17 @@ fn admit(api: &Api, req: &mut Request) -> Result<(), ApiError> {
             ));
         }
     }
+    // One aggregate record per key, source and interval: per request would bury the log.
+    api.control.audit.note(
+        waping_audit::Action::AuthSuccess,
+        match &principal {
+            Principal::Key(k) => Some(&k.workspace.id),
+            Principal::Admin => None,
+        },
+        crate::audit::actor(&principal),
+        "http",
+        Some(peer),
+    );
     req.extensions_mut().insert(Caller(principal));
     Ok(())
 }

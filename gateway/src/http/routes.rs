@@ -147,9 +147,13 @@ async fn on_control<T: Send + 'static>(
     f: impl FnOnce(&Arc<crate::control::Control>) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let c = api.control.clone();
-    tokio::task::spawn_blocking(move || f(&c))
+    let ctx = crate::audit::current();
+    let (result, receipts) = tokio::task::spawn_blocking(move || crate::audit::collect(ctx, || f(&c)))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // The answer waits for the change's audit records to be durable.
+    crate::audit::settle(receipts).await;
+    result
 }
 
 fn created<T: Serialize>(v: T) -> Response {
@@ -648,6 +652,7 @@ async fn send_one(api: &Api, p: &Principal, m: SendMessage) -> Result<SendResult
         ids: &api.ids,
         clock: api.clock,
         metrics: &api.metrics,
+        audit: &c.audit,
     };
     let req = admit::Request {
         idempotency_key: Text::from(m.idempotency_key.as_str()),
@@ -1017,14 +1022,23 @@ async fn purge_dead_letter(
     Caller(p): Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<StatusCode> {
-    let (id, _) = dead_in(&api, &p, &id, Permission::DeadLettersWrite).await?;
+    let (id, d) = dead_in(&api, &p, &id, Permission::DeadLettersWrite).await?;
+    api.control.audit.gate()?;
     api.control
         .durable
         .journal
         .purge_dead(id)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-    tracing::info!(target: "waping::audit", action = "dead_letter.purge", actor = %p.actor(), message = %id, "dead letter purged");
+    api.control
+        .audit
+        .record(dead_letter_event(
+            &p,
+            waping_audit::Action::DeadLetterPurge,
+            &d,
+            id,
+        ))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1039,6 +1053,7 @@ async fn replay_dead_letter(
 ) -> ApiResult<Response> {
     let (id, d) = dead_in(&api, &p, &id, Permission::DeadLettersWrite).await?;
     let k = p.require(Permission::DeadLettersWrite)?;
+    api.control.audit.gate()?;
     let session = api
         .control
         .sessions
@@ -1064,11 +1079,30 @@ async fn replay_dead_letter(
     if let Err(e) = session.submit_wait(out).await {
         tracing::warn!(message = %id, error = ?e, "replayed dead letter could not be queued now; it is unfinished in the journal and resumes at the next start");
     }
-    tracing::info!(target: "waping::audit", action = "dead_letter.replay", actor = %p.actor(), message = %id, "dead letter replayed");
+    api.control
+        .audit
+        .record(dead_letter_event(
+            &p,
+            waping_audit::Action::DeadLetterReplay,
+            &d,
+            id,
+        ))
+        .await?;
     Ok(accepted(SendResult {
         id: id.to_string(),
         duplicate: false,
     }))
+}
+
+fn dead_letter_event(
+    p: &Principal,
+    action: waping_audit::Action,
+    d: &waping_journal::DeadLetter,
+    id: waping_protocol::MessageId,
+) -> waping_audit::Event {
+    waping_audit::Event::new(crate::unix_ms(), crate::audit::actor(p), action)
+        .workspace(&d.message.workspace)
+        .target("message", id.to_string())
 }
 
 // ----- deletions -------------------------------------------------------------------------

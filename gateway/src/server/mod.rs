@@ -179,10 +179,20 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
     else {
         return Ok(());
     };
-    let key = match shared
-        .control
-        .authenticate(api_key.as_str(), peer.ip(), crate::unix_ms())
-    {
+    let (authenticated, receipts) = crate::audit::collect(
+        crate::audit::Ctx {
+            request_id: None,
+            source: Some(peer.ip()),
+        },
+        || {
+            shared
+                .control
+                .authenticate(api_key.as_str(), peer.ip(), crate::unix_ms())
+        },
+    );
+    // A refused credential's record is durable before the refusal is sent.
+    crate::audit::settle(receipts).await;
+    let key = match authenticated {
         Ok(crate::control::Principal::Key(k)) => Ok(k),
         // The admin token is for the HTTP control plane only; it sends nothing.
         Ok(crate::control::Principal::Admin) => Err((ErrorCode::AUTH_FAILED, 0)),
@@ -206,6 +216,27 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
         }
     };
     let ws = key.workspace.clone();
+    // A new connection is a security-relevant event: refused when its record cannot be kept.
+    if let Err(crate::control::Error::Code { code, message, .. }) = shared.control.audit.gate() {
+        state.auth_failed();
+        shared.metrics.connection_error(code);
+        io.fail(&conn, code, &message).await;
+        return Ok(());
+    }
+    shared
+        .control
+        .audit
+        .emit_durable(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                waping_audit::Actor::Key { id: key.id.clone() },
+                waping_audit::Action::AuthSuccess,
+            )
+            .workspace(&*ws.id)
+            .target("connection", conn_id.to_string())
+            .source(peer.ip()),
+        )
+        .await;
     state.auth_ok();
     tracing::debug!(%peer, conn_id, workspace = %ws.id, client = %client_name, "authenticated");
     io.queue(&Frame::HelloOk {

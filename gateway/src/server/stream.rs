@@ -410,7 +410,31 @@ fn device_control(
     let ctx = ctx.clone();
     let answers = answers.clone();
     tokio::spawn(async move {
-        let answer = match ctx.shared.sessions.control(ctx.ws.idx, &device_id, cmd).await {
+        let audit_action = crate::audit::device_action(&cmd);
+        if audit_action.is_some()
+            && let Err(crate::control::Error::Code { code, message, .. }) = ctx.shared.control.audit.gate()
+        {
+            let _ = answers.send(Frame::DeviceControlResult {
+                req,
+                code,
+                state: None,
+                detail: Text::from(message),
+            });
+            return;
+        }
+        let result = ctx.shared.sessions.control(ctx.ws.idx, &device_id, cmd).await;
+        // An unknown device is answered as such and not recorded: it names nothing.
+        if let Some(action) = audit_action
+            && !matches!(result, Err(crate::session::ControlError::UnknownDevice))
+        {
+            let actor = waping_audit::Actor::Key {
+                id: ctx.key.id.clone(),
+            };
+            let ev = crate::audit::device_event(action, actor, &ctx.ws.id, device_id.as_str(), &result)
+                .source(ctx.conn.remote_address().ip());
+            ctx.shared.control.audit.emit_durable(ev).await;
+        }
+        let answer = match result {
             Ok(st) => {
                 tracing::info!(conn = ctx.id, workspace = %ctx.ws.id, device = %device_id, action = name,
                     state = st.as_str(), "device control");
@@ -526,6 +550,10 @@ fn handle_send(
     if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
         ctx.shared.metrics.received.increment(1);
+        ctx.shared
+            .control
+            .audit
+            .note_rejection(&ctx.ws.id, ErrorCode::TOO_MANY_IN_FLIGHT);
         return reject(
             ctx,
             io,
@@ -542,6 +570,7 @@ fn handle_send(
         ids: &sh.ids,
         clock: sh.clock,
         metrics: &sh.metrics,
+        audit: &sh.control.audit,
     };
     let req = admit::Request {
         idempotency_key,

@@ -253,6 +253,7 @@ pub struct SessionManager {
     durable: Option<Arc<Durable>>,
     gate: Arc<ConnectGate>,
     store: Arc<dyn SessionStore>,
+    audit: Option<Arc<crate::audit::AuditHub>>,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -284,7 +285,14 @@ impl SessionManager {
             durable: None,
             gate,
             store,
+            audit: None,
         }
+    }
+
+    /// Records device links, logouts and bans in the audit log.
+    pub fn with_audit(mut self, audit: Arc<crate::audit::AuditHub>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Applies an operator command to a device of workspace `ws` and returns its state after.
@@ -367,6 +375,7 @@ impl SessionManager {
             handle: weak,
             gate: self.gate.clone(),
             store: self.store.clone(),
+            audit: self.audit.clone(),
             reported: std::sync::Mutex::new(""),
         };
         tokio::spawn(task.run(rx, ctl_rx));
@@ -447,6 +456,7 @@ struct SessionTask {
     handle: std::sync::Weak<SessionHandle>,
     gate: Arc<ConnectGate>,
     store: Arc<dyn SessionStore>,
+    audit: Option<Arc<crate::audit::AuditHub>>,
     /// The phase last counted in `waping_sessions{phase}`.
     reported: std::sync::Mutex<&'static str>,
 }
@@ -783,9 +793,27 @@ impl SessionTask {
                     }
                 }
                 Action::Audit(kind) => {
-                    self.metrics.audit(kind.as_str());
-                    tracing::info!(target: "waping::audit", action = kind.as_str(), workspace = %self.ws.id,
-                        device = %self.device.device, actor = "system", "audit");
+                    // Operator commands (unlink, disable, enable) are recorded where they are
+                    // given, with their actor; the session records what WhatsApp did.
+                    let action = match kind {
+                        lifecycle::AuditKind::Linked => Some(waping_audit::Action::DeviceLink),
+                        lifecycle::AuditKind::LoggedOut => Some(waping_audit::Action::DeviceLogout),
+                        lifecycle::AuditKind::Banned => Some(waping_audit::Action::DeviceBan),
+                        _ => None,
+                    };
+                    if let (Some(action), Some(audit)) = (action, &self.audit) {
+                        audit
+                            .emit_durable(
+                                waping_audit::Event::new(
+                                    crate::unix_ms(),
+                                    waping_audit::Actor::System,
+                                    action,
+                                )
+                                .workspace(&*self.ws.id)
+                                .target("device", self.device.device.as_str()),
+                            )
+                            .await;
+                    }
                 }
                 Action::FailQueued(code) => {
                     let why = format!("device is {}", life.phase().as_str());
