@@ -166,6 +166,8 @@ pub const CATALOGUE: &[&str] = &[
     "waping_audit_records_total",
     "waping_audit_refused_total",
     "waping_audit_spool_bytes",
+    "waping_audit_spool_write_errors_total",
+    "waping_audit_inbox_rejected_total",
     "waping_audit_discarded_records_total",
     "waping_audit_sink_records_total",
     "waping_audit_sink_errors_total",

@@ -227,7 +227,9 @@ fn records_reach_every_sink_exactly_once_in_order_across_an_outage_and_a_kill() 
     act(&gw, 1);
     // A digest within the run, not only the final one (digest_interval_s = 1).
     wait_until("a digest in the file sink", Duration::from_secs(10), || {
-        file_lines(files.path()).iter().any(|l| l.contains("\"audit.digest\""))
+        file_lines(files.path())
+            .iter()
+            .any(|l| l.contains("\"audit.digest\""))
     });
     wait_until("HTTP sink retries", Duration::from_secs(10), || {
         rx.refused.load(Ordering::SeqCst) >= 3
@@ -263,7 +265,10 @@ fn records_reach_every_sink_exactly_once_in_order_across_an_outage_and_a_kill() 
     assert_eq!(count("auth.failure"), 9);
     assert_eq!(count("audit.start"), 2, "one per start");
     assert_eq!(count("audit.stop"), 1, "the kill left no stop record");
-    assert!(count("audit.digest") >= 2, "one during the run and one at the stop");
+    assert!(
+        count("audit.digest") >= 2,
+        "one during the run and one at the stop"
+    );
     assert!(count("auth.success") >= 1, "aggregated HTTP authentications");
     assert_eq!(
         actions.last().map(String::as_str),

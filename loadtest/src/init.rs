@@ -100,6 +100,7 @@ pub fn build(a: &InitArgs) -> anyhow::Result<(Config, KeyFile)> {
                 hash: k.hash,
                 role: waping_gateway::control::roles::Role::Owner,
             }],
+            audit_full_numbers: false,
         });
         keys.workspaces.push(KeyEntry {
             id,
