@@ -8,16 +8,26 @@
 //!   clones) and with `Hash::of_line` added (the chain link).
 //! - `digest`: one Ed25519 signature over a chain head (once per `digest_interval_s`).
 //! - `verify`: `verify_lines` over 10 000 records with a digest every 1 000.
+//! - `ship`: 20 000 records emitted into a real [`Pipeline`] with one sink, timed from the
+//!   first emit until the sink has confirmed the last record: spool writer (fsync per group
+//!   commit) plus the sink. Sinks: `file` (fsync per batch), `http` (NDJSON to a loopback
+//!   receiver that answers 200 at once), `nats` (JetStream on 127.0.0.1:4222, file storage,
+//!   acks awaited), and `none` (the spool alone, the peer the sinks are compared with).
 //!
 //! Kept short: criterion medians of small samples, compared within one run.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::time::Instant;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use waping_audit::chain::{DigestSigner, Hash, PublicKey};
+use waping_audit::config::{AuditConfig, FileSinkConfig, HttpSinkConfig, NatsSinkConfig, SinkConfig};
 use waping_audit::record::{Action, Actor, Detail, Event, Record};
 use waping_audit::verify::{Position, build_chain, verify_lines};
+use waping_audit::{Pipeline, PipelineOptions};
 
 fn event(i: u64) -> Event {
     Event::new(
@@ -93,9 +103,136 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
+/// A loopback HTTP/1.1 receiver that reads each request and answers 200.
+fn receiver() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err()
+                        || w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+const SHIP_RECORDS: u64 = 20_000;
+
+fn ship(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = receiver();
+    let mut g = c.benchmark_group("audit_ship");
+    g.throughput(Throughput::Elements(SHIP_RECORDS));
+    g.sample_size(10);
+    let sinks: Vec<(&str, Option<SinkConfig>)> = vec![
+        ("none", None),
+        ("file", Some(SinkConfig::File(FileSinkConfig::default()))),
+        (
+            "http",
+            Some(SinkConfig::Http(HttpSinkConfig {
+                url: format!("http://{http}/audit"),
+                ..Default::default()
+            })),
+        ),
+        (
+            "nats",
+            Some(SinkConfig::Nats(NatsSinkConfig {
+                stream: format!("BENCH_AUDIT_{}", std::process::id()),
+                subject_prefix: format!("bench.audit.{}", std::process::id()),
+                ..Default::default()
+            })),
+        ),
+    ];
+    for (name, sink) in sinks {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    let cfg = AuditConfig {
+                        node: Some("bench".into()),
+                        sinks: sink.iter().cloned().collect(),
+                        ..Default::default()
+                    };
+                    total += rt.block_on(async {
+                        let (signer, _) = DigestSigner::generate();
+                        let p = Pipeline::start(
+                            &cfg,
+                            PipelineOptions {
+                                state_dir: dir.path().to_path_buf(),
+                                signer,
+                                version: "bench".into(),
+                            },
+                        )
+                        .await
+                        .unwrap();
+                        let a = p.auditor();
+                        let start = p.head();
+                        let t0 = Instant::now();
+                        for i in 0..SHIP_RECORDS {
+                            while a.emit(event(i)).is_err() {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        let target = start + SHIP_RECORDS;
+                        while p.head() < target || p.sink_lag().iter().any(|(_, l)| *l > 0) {
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                        let took = t0.elapsed();
+                        p.shutdown(Duration::from_secs(5)).await;
+                        took
+                    });
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    rt.block_on(async {
+        if let Ok(c) = async_nats::connect("nats://127.0.0.1:4222").await {
+            let _ = async_nats::jetstream::new(c)
+                .delete_stream(format!("BENCH_AUDIT_{}", std::process::id()))
+                .await;
+        }
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = encode, digest, verify
+    targets = encode, digest, verify, ship
 }
 criterion_main!(benches);

@@ -385,3 +385,126 @@ fn workspace_quotas_are_enforced() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
 }
+
+#[test]
+fn roles_and_limits_change_at_once_within_their_bounds() {
+    let gw = Gateway::start_full(&[W], "", false, UNLIMITED);
+    let owner = gw.create_workspace("beta");
+    let r = gw.api(
+        "POST",
+        "/v1/keys",
+        &owner,
+        Some(json!({"name": "k", "role": "admin"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let k = r.json()["key"].as_str().unwrap().to_string();
+    let k_id = r.json()["info"]["id"].as_str().unwrap().to_string();
+    let mint = |key: &str| {
+        gw.api(
+            "POST",
+            "/v1/keys",
+            key,
+            Some(json!({"name": "x", "role": "viewer"})),
+        )
+        .status
+    };
+    assert_eq!(mint(&k), 201, "an admin key may create keys");
+    // An admin key cannot raise a key above its own power.
+    let r = gw.api(
+        "PATCH",
+        &format!("/v1/keys/{k_id}"),
+        &k,
+        Some(json!({"role": "owner"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The owner demotes it: the same secret now has the viewer's permissions.
+    let r = gw.api(
+        "PATCH",
+        &format!("/v1/keys/{k_id}"),
+        &owner,
+        Some(json!({"role": "viewer"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["role"], "viewer");
+    assert_eq!(mint(&k), 403, "the demoted key lost keys.write at once");
+    assert_eq!(
+        gw.api("GET", "/v1/workspace", &k, None).status,
+        200,
+        "and keeps what viewers have"
+    );
+    let r = gw.api(
+        "PATCH",
+        &format!("/v1/keys/{k_id}"),
+        &owner,
+        Some(json!({"role": "root"})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Limits of an API-created workspace change; the configuration's workspace refuses.
+    let r = gw.api(
+        "PATCH",
+        "/v1/admin/workspaces/beta",
+        &gw.admin_token,
+        Some(json!({"rate_per_second": 7, "burst": 9})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = gw
+        .api("GET", "/v1/admin/workspaces/beta", &gw.admin_token, None)
+        .json();
+    assert_eq!(
+        (v["rate_per_second"].as_u64(), v["burst"].as_u64()),
+        (Some(7), Some(9))
+    );
+    let r = gw.api(
+        "PATCH",
+        "/v1/admin/workspaces/beta",
+        &gw.admin_token,
+        Some(json!({"burst": 0})),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = gw.api(
+        "PATCH",
+        "/v1/admin/workspaces/acme",
+        &gw.admin_token,
+        Some(json!({"burst": 5})),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = gw.api(
+        "PATCH",
+        "/v1/admin/workspaces/beta",
+        &owner,
+        Some(json!({"burst": 5})),
+    );
+    assert_eq!(r.status, 403, "workspace keys cannot change limits: {}", r.body);
+
+    // Both changes are in the audit log (the default file sink), with what changed.
+    let dir = gw.state_dir().join("audit-log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text: String = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let role = text.lines().find(|l| l.contains("\"key.role_change\""));
+        let limits = text.lines().find(|l| l.contains("\"limits.change\""));
+        if let (Some(role), Some(limits)) = (role, limits) {
+            assert!(
+                role.contains("\"previous_role\":\"admin\"") && role.contains("\"role\":\"viewer\""),
+                "{role}"
+            );
+            assert!(
+                limits.contains("\"fields\":[\"rate_per_second\",\"burst\"]"),
+                "{limits}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records missing from the file sink"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

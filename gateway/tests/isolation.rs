@@ -195,6 +195,7 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         let body = match route.method {
             "POST" if route.path.ends_with("/keys") => Some(json!({"name": "x", "role": "owner"})),
             "POST" => Some(json!({"id": "ws-b"})),
+            "PATCH" => Some(json!({"rate_per_second": 1})),
             _ => None,
         };
         same(
@@ -224,10 +225,20 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         );
         cover(m, p);
     }
+    // A role change aimed at B's key: the same answer as for a key that exists nowhere.
+    let p = "/v1/keys/{id}";
+    same(
+        p,
+        "PATCH",
+        &fill(p, "", &o.key_id),
+        &fill(p, "", "00000000000000ff"),
+        Some(json!({"role": "viewer"})),
+    );
+    cover("PATCH", p);
     let r = gw.api("GET", "/v1/workspace", &b, None);
     assert_eq!(
         r.status, 200,
-        "B's key survived A's revoke and rotate attempts: {}",
+        "B's key survived A's revoke, role change and rotate attempts: {}",
         r.body
     );
     let r = gw.api(

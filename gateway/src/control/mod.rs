@@ -237,6 +237,29 @@ pub struct NewWorkspace {
     pub audit_full_numbers: Option<bool>,
 }
 
+/// Changes to a workspace's limits and quotas (node admin); absent fields keep their value.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceUpdate {
+    /// Send rate, 1..=10 000 000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub rate_per_second: Option<u32>,
+    /// Send burst, 1..=10 000 000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub burst: Option<u32>,
+    /// Quotas, replaced as a whole.
+    pub quotas: Option<Quotas>,
+}
+
+/// A key's new role.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUpdate {
+    /// The role; a key may only give roles whose permissions are a subset of its own, to keys
+    /// whose current role is too.
+    pub role: Role,
+}
+
 /// Key creation request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -620,6 +643,80 @@ impl Control {
         Ok(v)
     }
 
+    /// Changes a workspace's limits or quotas (node admin). Live traffic sees the new rate at
+    /// once: the workspace's token bucket is updated in place.
+    pub fn update_workspace(
+        &self,
+        p: &Principal,
+        id: &str,
+        req: WorkspaceUpdate,
+    ) -> Result<WorkspaceRecord, Error> {
+        Self::require_admin(p)?;
+        let ws = self.registry.by_id(id).ok_or(Error::NotFound)?;
+        let mut rec = self
+            .meta
+            .get(id)
+            .map(|e| e.value().clone())
+            .ok_or(Error::NotFound)?;
+        if rec.source == Source::Config {
+            return Err(Error::Conflict(
+                "this workspace is defined in the configuration file; change its limits there".into(),
+            ));
+        }
+        let rate = req.rate_per_second.unwrap_or(rec.rate_per_second);
+        let burst = req.burst.unwrap_or(rec.burst);
+        for (name, v) in [("rate_per_second", rate), ("burst", burst)] {
+            if !(1..=10_000_000).contains(&v) {
+                return Err(Error::Invalid(format!(
+                    "{name}: {v} is out of range 1..=10000000"
+                )));
+            }
+        }
+        let quotas = req.quotas.unwrap_or(rec.quotas);
+        let problems = quotas.problems("quotas");
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems.join("; ")));
+        }
+        let quota = Quota::per_second(rate, burst)
+            .map_err(|e| Error::Invalid(format!("rate_per_second/burst: {e}")))?;
+        let mut fields = Vec::new();
+        if rate != rec.rate_per_second {
+            fields.push("rate_per_second".to_owned());
+        }
+        if burst != rec.burst {
+            fields.push("burst".to_owned());
+        }
+        if quotas != rec.quotas {
+            fields.push("quotas".to_owned());
+        }
+        if fields.is_empty() {
+            return Ok(rec);
+        }
+        self.audit.gate()?;
+        rec.rate_per_second = rate;
+        rec.burst = burst;
+        rec.quotas = quotas;
+        self.store.put(Kind::Workspace, &[id], &rec)?;
+        self.limiter
+            .upsert_many(vec![(Arc::<str>::from(id), quota)], self.durable.clock.now());
+        ws.max_queued.store(
+            u64::from(quotas.max_queued_messages),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.meta.insert(id.to_owned(), rec.clone());
+        self.audit.emit(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                crate::audit::actor(p),
+                waping_audit::Action::LimitsChange,
+            )
+            .workspace(id)
+            .target("workspace", id)
+            .detail(waping_audit::Detail::Changed { fields }),
+        );
+        Ok(rec)
+    }
+
     /// One workspace: the admin may name any; a key sees only its own (`id` = `None`).
     pub fn workspace(&self, p: &Principal, id: Option<&str>) -> Result<WorkspaceRecord, Error> {
         let id = match (p, id) {
@@ -836,6 +933,46 @@ impl Control {
             return Err(Error::Forbidden(Permission::KeysWrite));
         }
         Ok((k, rec))
+    }
+
+    /// Changes the role of a key of the caller's workspace. The key keeps its id and secret;
+    /// what was authenticated under the old role (open QUIC connections) ends at once.
+    pub fn set_key_role(&self, p: &Principal, id: &str, role: Role) -> Result<KeyInfo, Error> {
+        let (k, mut rec) = self.managed_key(p, id)?;
+        let me = p.require(Permission::KeysWrite)?;
+        if !me.role.may_manage(role) {
+            return Err(Error::Forbidden(Permission::KeysWrite));
+        }
+        if rec.role == role {
+            return Ok(self.key_info(&k, Some(&rec)));
+        }
+        self.audit.gate()?;
+        let previous = rec.role;
+        rec.role = role;
+        self.store.put(Kind::Key, &[&rec.workspace, &rec.id], &rec)?;
+        let live = self.keys.insert(
+            LiveKey::new(&rec.id, &rec.hash, k.workspace.clone(), role, rec.expires_at_ms)
+                .map_err(Error::Internal)?,
+        );
+        // The old object is what open connections hold: revoking it closes them, and they
+        // authenticate again under the new role.
+        k.revoke();
+        self.audit.emit(
+            waping_audit::Event::new(
+                crate::unix_ms(),
+                crate::audit::actor(p),
+                waping_audit::Action::KeyRoleChange,
+            )
+            .workspace(&rec.workspace)
+            .target("key", &rec.id)
+            .detail(waping_audit::Detail::Key {
+                role: role.to_string(),
+                previous_role: Some(previous.to_string()),
+                new_key: None,
+                expires_at_ms: rec.expires_at_ms,
+            }),
+        );
+        Ok(self.key_info(&live, Some(&rec)))
     }
 
     /// Revokes a key of the caller's workspace: it stops working at once on HTTP and QUIC

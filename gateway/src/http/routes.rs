@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use waping_protocol::{Body, ErrorCode, MessageId, Text};
@@ -21,7 +21,9 @@ use crate::admit::{self, NotAdmitted};
 use crate::control::config::Retention;
 use crate::control::jobs::{DeletionJob, DeletionKind, NewDeletion};
 use crate::control::roles::Permission;
-use crate::control::{Error, IssuedKey, KeyInfo, NewKey, NewWorkspace, Principal, WorkspaceRecord};
+use crate::control::{
+    Error, IssuedKey, KeyInfo, KeyUpdate, NewKey, NewWorkspace, Principal, WorkspaceRecord, WorkspaceUpdate,
+};
 use crate::session::DeviceCommand;
 
 /// Who may call a route.
@@ -58,6 +60,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/admin/workspaces", Admin),
     r("POST", "/v1/admin/workspaces", Admin),
     r("GET", "/v1/admin/workspaces/{workspace}", Admin),
+    r("PATCH", "/v1/admin/workspaces/{workspace}", Admin),
     r("DELETE", "/v1/admin/workspaces/{workspace}", Admin),
     r("POST", "/v1/admin/workspaces/{workspace}/keys", Admin),
     r("GET", "/v1/admin/workspaces/{workspace}/deletions/{id}", Admin),
@@ -68,6 +71,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/v1/keys", Key(P::KeysWrite)),
     r("GET", "/v1/keys/{id}", Key(P::KeysRead)),
     r("DELETE", "/v1/keys/{id}", Key(P::KeysWrite)),
+    r("PATCH", "/v1/keys/{id}", Key(P::KeysWrite)),
     r("POST", "/v1/keys/{id}/rotate", Key(P::KeysWrite)),
     r("GET", "/v1/devices", Key(P::DevicesRead)),
     r("POST", "/v1/devices", Key(P::DevicesWrite)),
@@ -106,7 +110,9 @@ pub fn router() -> Router<Arc<Api>> {
         )
         .route(
             "/v1/admin/workspaces/{workspace}",
-            get(get_workspace_admin).delete(delete_workspace_admin),
+            get(get_workspace_admin)
+                .patch(update_workspace_admin)
+                .delete(delete_workspace_admin),
         )
         .route("/v1/admin/workspaces/{workspace}/keys", post(create_key_admin))
         .route(
@@ -116,7 +122,7 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/v1/workspace", get(get_workspace))
         .route("/v1/retention", get(get_retention).put(put_retention))
         .route("/v1/keys", get(list_keys).post(create_key))
-        .route("/v1/keys/{id}", get(get_key).delete(revoke_key))
+        .route("/v1/keys/{id}", get(get_key).patch(update_key).delete(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/devices", get(list_devices).post(create_device))
         .route("/v1/devices/{id}", get(get_device).delete(delete_device))
@@ -208,6 +214,23 @@ async fn get_workspace_admin(
     PathParam(ws): PathParam<String>,
 ) -> ApiResult<axum::Json<WorkspaceRecord>> {
     Ok(axum::Json(api.control.workspace(&p, Some(&ws))?))
+}
+
+/// Changes a workspace's send limits or quotas (workspaces created through the API; those of
+/// the configuration file change there). Applies at once to live traffic.
+#[utoipa::path(patch, path = "/v1/admin/workspaces/{workspace}", tag = "admin", security(("admin_token" = [])),
+    params(("workspace" = String, Path)),
+    request_body = WorkspaceUpdate,
+    responses((status = 200, body = WorkspaceRecord), (status = "4XX", body = super::ErrorBody)))]
+async fn update_workspace_admin(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(ws): PathParam<String>,
+    JsonBody(req): JsonBody<WorkspaceUpdate>,
+) -> ApiResult<axum::Json<WorkspaceRecord>> {
+    Ok(axum::Json(
+        on_control(&api, move |c| c.update_workspace(&p, &ws, req)).await?,
+    ))
 }
 
 /// Deletes a workspace: access ends at once, then a job removes its data and destroys its
@@ -333,6 +356,23 @@ async fn revoke_key(
 ) -> ApiResult<StatusCode> {
     on_control(&api, move |c| c.revoke_key(&p, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a key's role. Requests and QUIC connections authenticated under the old role end
+/// at once (connections are closed with AUTH_FAILED and reconnect under the new role).
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    request_body = KeyUpdate,
+    responses((status = 200, body = KeyInfo), (status = "4XX", body = super::ErrorBody)))]
+async fn update_key(
+    State(api): State<Arc<Api>>,
+    Caller(p): Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(req): JsonBody<KeyUpdate>,
+) -> ApiResult<axum::Json<KeyInfo>> {
+    Ok(axum::Json(
+        on_control(&api, move |c| c.set_key_role(&p, &id, req.role)).await?,
+    ))
 }
 
 /// Rotates a key: a new secret (and id) now, the old key revoked at once.
@@ -1153,6 +1193,7 @@ async fn get_deletion(
     list_workspaces,
     create_workspace,
     get_workspace_admin,
+    update_workspace_admin,
     delete_workspace_admin,
     create_key_admin,
     get_deletion_admin,
@@ -1163,6 +1204,7 @@ async fn get_deletion(
     create_key,
     get_key,
     revoke_key,
+    update_key,
     rotate_key,
     list_devices,
     create_device,
