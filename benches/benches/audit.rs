@@ -146,6 +146,7 @@ fn receiver() -> std::net::SocketAddr {
 }
 
 const SHIP_RECORDS: u64 = 20_000;
+static NODE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn ship(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -182,8 +183,15 @@ fn ship(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().unwrap();
+                    // A fresh node name per iteration: each spool starts at seq 1, and a sink that
+                    // resumes after what it already holds (NATS: the last record on the node's
+                    // subject) would otherwise skip everything after the first iteration.
+                    let node = format!(
+                        "bench-{}",
+                        NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    );
                     let cfg = AuditConfig {
-                        node: Some("bench".into()),
+                        node: Some(node),
                         sinks: sink.iter().cloned().collect(),
                         ..Default::default()
                     };

@@ -141,14 +141,18 @@ fn verify(paths: &[PathBuf], keys: &[String], config: Option<&Path>, no_signatur
         Ok(r) => {
             println!("OK: {} file(s)", r.files);
             for n in &r.nodes {
+                let signed = if r.signatures_checked {
+                    format!("signed through seq {}", n.signed_through)
+                } else {
+                    "signatures not checked".to_owned()
+                };
                 println!(
-                    "  node {}: seq {}..={} ({} records, {} digests), signed through seq {}{}{}",
+                    "  node {}: seq {}..={} ({} records, {} digests), {signed}{}{}",
                     n.node,
                     n.first_seq,
                     n.last_seq,
                     n.records,
                     n.digests,
-                    n.signed_through,
                     if n.unsigned_tail > 0 {
                         format!(
                             "; {} record(s) after the last digest are covered by the chain only",
