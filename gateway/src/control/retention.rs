@@ -77,6 +77,20 @@ pub async fn run(control: std::sync::Weak<Control>, every: Duration) {
     }
 }
 
+/// The record of a sweep: dead letters removed and the cutoff applied.
+fn sweep_record(now_ms: u64, dead_letters: u64, cutoff_ms: u64) -> waping_audit::Event {
+    waping_audit::Event::new(
+        now_ms,
+        waping_audit::Actor::System,
+        waping_audit::Action::RetentionSweep,
+    )
+    .detail(waping_audit::Detail::Removed {
+        dead_letters,
+        devices: 0,
+        cutoff_ms: Some(cutoff_ms),
+    })
+}
+
 /// One tick: what [`Sweeper::plan`] decided, carried out and logged for audit.
 pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u64) {
     let plan = sweeper.plan(now_ms, &control.retention_all());
@@ -92,19 +106,7 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
                     .increment(n as u64);
                 control
                     .audit
-                    .emit_durable(
-                        waping_audit::Event::new(
-                            now_ms,
-                            waping_audit::Actor::System,
-                            waping_audit::Action::RetentionSweep,
-                        )
-                        .workspace(ws)
-                        .detail(waping_audit::Detail::Removed {
-                            dead_letters: n as u64,
-                            devices: 0,
-                            cutoff_ms: Some(*cutoff),
-                        }),
-                    )
+                    .emit_durable(sweep_record(now_ms, n as u64, *cutoff).workspace(ws))
                     .await;
             }
             Err(e) => {
@@ -117,23 +119,10 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
             Ok(r) => {
                 if r.rolled_active {
                     metrics::counter!("waping_retention_compactions_total").increment(1);
-                }
-                if r.rolled_active {
+                    let node = control.audit.auditor().node().to_owned();
                     control
                         .audit
-                        .emit_durable(
-                            waping_audit::Event::new(
-                                now_ms,
-                                waping_audit::Actor::System,
-                                waping_audit::Action::RetentionSweep,
-                            )
-                            .target("node", control.audit.auditor().node())
-                            .detail(waping_audit::Detail::Removed {
-                                dead_letters: 0,
-                                devices: 0,
-                                cutoff_ms: Some(cutoff),
-                            }),
-                        )
+                        .emit_durable(sweep_record(now_ms, 0, cutoff).target("node", node))
                         .await;
                 }
                 if r.rolled_active || r.segments_pending > 0 {
