@@ -418,6 +418,12 @@ impl AuditConfig {
                 "{prefix}.node: {n:?} must be 1-64 bytes of [A-Za-z0-9._-]"
             ));
         }
+        if self.sinks.is_empty() {
+            // The spool is a buffer trimmed as sinks confirm; with none it would only grow.
+            p.push(format!(
+                "{prefix}.sinks: at least one sink is required (the default is one `file` sink)"
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.sinks.iter().enumerate() {
             let at = format!("{prefix}.sinks[{i}]");
@@ -547,5 +553,10 @@ mod tests {
             "{p:?}"
         );
         assert_eq!(p.len(), 5, "{p:?}");
+        let none = AuditConfig {
+            sinks: Vec::new(),
+            ..Default::default()
+        };
+        assert_eq!(none.problems("audit").len(), 1);
     }
 }

@@ -216,9 +216,19 @@ async fn kill9_at_random_moments_loses_nothing_and_delivers_nothing_twice() {
             unacked.len()
         );
     }
+    // The last round may hand some back with a retryable refusal (more than max_in_flight
+    // at once after several crashes left many to resend): a client sends those again.
+    for _ in 0..10 {
+        if unacked.is_empty() {
+            break;
+        }
+        send_keys_until(&gw, &unacked, &mut acked, None).await;
+        unacked.retain(|k| !acked.contains_key(k));
+    }
     assert!(
         unacked.is_empty(),
-        "the last round (no crash) answers every message"
+        "without crashes every message is acknowledged ({} left)",
+        unacked.len()
     );
     assert_eq!(
         acked.len() as u64,
