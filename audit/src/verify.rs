@@ -265,17 +265,29 @@ fn verify_node(node: &str, e: &[Entry], keys: &[PublicKey]) -> Result<NodeReport
         if let Some(p) = *last_digest
             && Hash::from_hex(&d.prev_digest) != Some(e[p].hash)
         {
-            {
-                return Err(finding(
-                    FindingKind::DigestMismatch,
-                    Some(e[i].seq),
-                    &e[i].at,
-                    format!(
-                        "this digest does not follow the digest at seq {} ({}): a digest was removed or replaced",
-                        e[p].seq, e[p].at
-                    ),
-                ));
-            }
+            return Err(finding(
+                FindingKind::DigestMismatch,
+                Some(e[i].seq),
+                &e[i].at,
+                format!(
+                    "this digest does not follow the digest at seq {} ({}): a digest was removed or replaced",
+                    e[p].seq, e[p].at
+                ),
+            ));
+        }
+        // The node's first digest (nothing before it to link to) proves the walk should
+        // start at the node's first record: a later start means records were cut off the front.
+        if last_digest.is_none() && d.prev_digest == Hash::ZERO.to_hex() && e[0].seq != 1 {
+            let to = e[0].seq - 1;
+            return Err(finding(
+                FindingKind::Missing,
+                Some(1),
+                &e[0].at,
+                format!(
+                    "seq 1..={to} missing before the first record given: the digest at seq {} is the node's first, so the chain started in these files",
+                    e[i].seq
+                ),
+            ));
         }
         if !keys.is_empty() {
             let Some(k) = keys.iter().find(|k| k.id() == d.key_id) else {
@@ -729,11 +741,15 @@ mod tests {
         let (s, _) = DigestSigner::generate();
         let pk = PublicKey::from_bytes(s.public_key());
         let lines = build_chain("edge-1", &events(12), Some(&s), 5);
-        let r = verify_lines(at(lines[3..].to_vec()), &[pk]).unwrap();
+        // From after the node's first digest: earlier files may have been rotated away.
+        let r = verify_lines(at(lines[6..].to_vec()), std::slice::from_ref(&pk)).unwrap();
         let n = &r.nodes[0];
         assert!(!n.from_genesis);
-        assert_eq!((n.first_seq, n.last_seq), (4, 14));
+        assert_eq!((n.first_seq, n.last_seq), (7, 14));
         assert_eq!(n.unsigned_tail, 2);
+        // From before it: the node's first digest proves records were cut off the front.
+        let f = verify_lines(at(lines[3..].to_vec()), &[pk]).unwrap_err();
+        assert_eq!((f.kind, f.seq, f.at.line), (FindingKind::Missing, Some(1), 1));
     }
 
     #[test]
