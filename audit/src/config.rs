@@ -251,8 +251,10 @@ pub struct NatsSinkConfig {
     pub subject_prefix: String,
     /// Create the stream (file storage, subjects `<prefix>.>`) if it does not exist. Default true.
     pub create_stream: bool,
-    /// NATS credentials file (`.creds`), if the server requires one.
+    /// NATS credentials file (`.creds`: user JWT and nkey seed), if the server requires one.
     pub credentials_file: Option<PathBuf>,
+    /// File holding a NATS auth token, if the server requires one (kept out of the config).
+    pub token_file: Option<PathBuf>,
     /// Publishes in flight per batch before waiting for their acks. Default 256; 1..=10 000.
     pub max_batch_records: u32,
     /// Ack timeout. Default 10 000 ms; 100..=300 000.
@@ -272,6 +274,7 @@ impl Default for NatsSinkConfig {
             subject_prefix: "waping.audit".into(),
             create_stream: true,
             credentials_file: None,
+            token_file: None,
             max_batch_records: 256,
             timeout_ms: 10_000,
             backoff_initial_ms: 200,
@@ -483,6 +486,11 @@ impl AuditConfig {
                     if c.backoff_max_ms < c.backoff_initial_ms {
                         p.push(format!(
                             "{at}.backoff_max_ms: must be at least backoff_initial_ms"
+                        ));
+                    }
+                    if c.credentials_file.is_some() && c.token_file.is_some() {
+                        p.push(format!(
+                            "{at}.token_file: give credentials_file or token_file, not both"
                         ));
                     }
                 }

@@ -427,13 +427,85 @@ async fn resume_does_not_answer_over_a_hole() {
     .await;
 }
 
-#[test]
-fn credentials_files_need_the_nkeys_feature() {
-    let cfg = NatsSinkConfig {
-        credentials_file: Some("/etc/waping/audit.creds".into()),
+#[tokio::test]
+async fn token_and_credentials_files_authenticate_or_say_why_not() {
+    // A second, private nats-server that demands a token (the machine's one on 4222 has no
+    // auth): the right token ships, a wrong one is refused as a configuration problem.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let store = tempfile::tempdir().unwrap();
+    let server = std::process::Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--auth",
+            "s3cret-token",
+            "-js",
+            "-sd",
+        ])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server on PATH (installed with the NATS the tests need)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = {
+        let k = Kill(server);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        k
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    let cfg = |token_file: &std::path::Path| NatsSinkConfig {
+        url: format!("nats://127.0.0.1:{port}"),
+        stream: "AUTH_TEST".into(),
+        subject_prefix: "auth.test".into(),
+        token_file: Some(token_file.to_path_buf()),
+        timeout_ms: 5_000,
         ..Default::default()
     };
-    let e = NatsSink::new(&cfg, "node-a").unwrap_err();
-    assert_eq!(e.kind, SinkErrorKind::Misconfigured);
-    assert!(e.message.contains("nkeys"), "{}", e.message);
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut ok = NatsSink::new(&cfg(&token), "node-a").unwrap();
+    ok.send(&lines("node-a", 1..=3)).await.unwrap();
+    assert_eq!(ok.resume().await.unwrap(), Some(3));
+    std::fs::write(&token, "wrong").unwrap();
+    let mut bad = NatsSink::new(&cfg(&token), "node-a").unwrap();
+    let e = bad.send(&lines("node-a", 4..=4)).await.unwrap_err();
+    assert_eq!(e.kind, SinkErrorKind::Misconfigured, "{e}");
+    assert!(
+        !e.message.contains("wrong"),
+        "the token is never in a message: {e}"
+    );
+    std::fs::write(&token, "  \n").unwrap();
+    assert_eq!(
+        NatsSink::new(&cfg(&token), "n").unwrap_err().kind,
+        SinkErrorKind::Misconfigured
+    );
+    // A credentials file that is missing is a local error; one that is not a .creds file is
+    // reported when connecting, as a configuration problem.
+    let creds = dir.path().join("audit.creds");
+    let mut c = cfg(&token);
+    c.token_file = None;
+    c.credentials_file = Some(creds.clone());
+    assert_eq!(NatsSink::new(&c, "n").unwrap_err().kind, SinkErrorKind::Local);
+    std::fs::write(&creds, "not a creds file").unwrap();
+    let mut s = NatsSink::new(&c, "n").unwrap();
+    let e = s.send(&lines("n", 1..=1)).await.unwrap_err();
+    assert_eq!(e.kind, SinkErrorKind::Misconfigured, "{e}");
+    assert!(e.message.contains("credentials_file"), "{e}");
 }

@@ -53,6 +53,8 @@ pub struct NatsSink {
     cfg: NatsSinkConfig,
     subject: Subject,
     timeout: Duration,
+    /// Auth token read from `token_file` (never printed).
+    token: Option<String>,
     conn: Option<Conn>,
 }
 
@@ -72,7 +74,7 @@ impl NatsSink {
     /// A sink for `cfg` shipping the records of `node` to `<subject_prefix>.<node>`.
     /// Does not connect: the first `resume` or `send` does. Errors
     /// ([`SinkErrorKind::Misconfigured`]) on a node name or prefix that cannot form a
-    /// subject, and on `credentials_file`, which needs async-nats's `nkeys` feature.
+    /// subject, and on a `credentials_file` or `token_file` that cannot be read.
     pub fn new(cfg: &NatsSinkConfig, node: &str) -> Result<NatsSink, SinkError> {
         let valid_token = |t: &str| {
             !t.is_empty()
@@ -97,22 +99,37 @@ impl NatsSink {
             ));
         }
         if let Some(path) = &cfg.credentials_file {
-            // `.creds` authentication signs the server's nonce with the file's nkey, which
-            // async-nats only does when built with its `nkeys` feature (off in this build).
-            return Err(SinkError::new(
-                SinkErrorKind::Misconfigured,
-                format!(
-                    "credentials_file {}: NATS .creds authentication is not built into this binary (async-nats `nkeys` feature)",
-                    path.display()
-                ),
-            ));
+            // Parsed at connect (async-nats reads it then); a missing file is a local error now.
+            std::fs::metadata(path).map_err(|e| {
+                SinkError::new(
+                    SinkErrorKind::Local,
+                    format!("credentials_file {}: {e}", path.display()),
+                )
+            })?;
         }
+        let token = match &cfg.token_file {
+            None => None,
+            Some(path) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    SinkError::new(SinkErrorKind::Local, format!("token_file {}: {e}", path.display()))
+                })?;
+                let t = t.trim().to_owned();
+                if t.is_empty() {
+                    return Err(SinkError::new(
+                        SinkErrorKind::Misconfigured,
+                        format!("token_file {} is empty", path.display()),
+                    ));
+                }
+                Some(t)
+            }
+        };
         Ok(NatsSink {
             name: cfg.name.clone().unwrap_or_else(|| "nats".into()),
             node: node.to_owned(),
             subject: Subject::from(format!("{}.{node}", cfg.subject_prefix)),
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
             cfg: cfg.clone(),
+            token,
             conn: None,
         })
     }
@@ -134,7 +151,20 @@ impl NatsSink {
 
     async fn connect(&self) -> Result<Conn, SinkError> {
         let url = &self.cfg.url;
-        let opts = ConnectOptions::new()
+        let base = match &self.cfg.credentials_file {
+            None => ConnectOptions::new(),
+            Some(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| {
+                SinkError::new(
+                    SinkErrorKind::Misconfigured,
+                    format!("credentials_file {}: {e}", path.display()),
+                )
+            })?,
+        };
+        let base = match &self.token {
+            Some(t) => base.token(t.clone()),
+            None => base,
+        };
+        let opts = base
             .name(format!("waping-audit {}/{}", self.node, self.name))
             .connection_timeout(self.timeout)
             .request_timeout(Some(self.timeout));
