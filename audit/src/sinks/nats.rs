@@ -111,7 +111,10 @@ impl NatsSink {
             None => None,
             Some(path) => {
                 let t = std::fs::read_to_string(path).map_err(|e| {
-                    SinkError::new(SinkErrorKind::Local, format!("token_file {}: {e}", path.display()))
+                    SinkError::new(
+                        SinkErrorKind::Local,
+                        format!("token_file {}: {e}", path.display()),
+                    )
                 })?;
                 let t = t.trim().to_owned();
                 if t.is_empty() {
