@@ -328,6 +328,37 @@ impl Gateway {
         Ok(())
     }
 
+    /// The systemd watchdog's health probe: the journal writer answers a flush (it is
+    /// committing). A wedged disk or writer thread makes it hang, which the watchdog bounds.
+    pub fn health_probe(
+        &self,
+    ) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static {
+        let d = self.durable.clone();
+        move || {
+            let d = d.clone();
+            Box::pin(async move { d.journal.flush().await.is_ok() })
+        }
+    }
+
+    /// One line for systemd's `STATUS=`: tenants, sessions, retries and the audit log.
+    pub fn status_line(&self) -> String {
+        let lag = self
+            .audit_pipeline
+            .sink_lag()
+            .into_iter()
+            .map(|(_, l)| l)
+            .max()
+            .unwrap_or(0);
+        format!(
+            "{} workspaces, {} device sessions, {} messages waiting to retry; audit seq {}, slowest sink {} behind",
+            self.control.registry.len(),
+            self.sessions.len(),
+            self.durable.retry.len(),
+            self.audit_pipeline.head(),
+            lag
+        )
+    }
+
     /// Starts draining: no new connections, GOODBYE to clients, reports flushed.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);

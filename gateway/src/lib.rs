@@ -23,6 +23,7 @@ pub mod pacing;
 pub mod retry;
 pub mod server;
 pub mod session;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;
 pub mod workspace;

@@ -332,12 +332,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         gw.quic_addr, gw.fingerprint
     );
     println!("runtime info: {}", gw.state_dir.join("runtime.json").display());
+    // The journal is replayed and every listener bound: tell systemd (Type=notify).
+    use waping_gateway::systemd;
+    systemd::ready(&gw.status_line());
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(period) = systemd::watchdog_period() {
+        tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+        tokio::spawn(systemd::watchdog(period, gw.health_probe(), systemd::ping, stop.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut status = tokio::time::interval(std::time::Duration::from_secs(10));
+    status.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = status.tick() => systemd::status(&gw.status_line()),
+        }
     }
     tracing::info!("shutdown requested; draining");
+    systemd::stopping();
+    stop.cancel();
     gw.shutdown();
     gw.wait().await;
     tracing::info!("stopped");

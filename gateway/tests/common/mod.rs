@@ -116,9 +116,14 @@ impl Gateway {
     /// Starts the binary again on the same config and state directory (after [`Gateway::kill9`]
     /// or [`Gateway::terminate`]).
     pub fn respawn(&mut self) {
+        self.respawn_env(&[]);
+    }
+
+    /// [`Gateway::respawn`] with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn respawn_env(&mut self, env: &[(&str, &str)]) {
         // A killed gateway leaves its runtime.json behind; wait for the new one.
         let _ = std::fs::remove_file(self.state_dir().join("runtime.json"));
-        let (child, info) = spawn(&self.dir);
+        let (child, info) = spawn_env(&self.dir, env);
         self.child = child;
         self.addr = info["quic"].as_str().unwrap().parse().unwrap();
         self.http = info["http"].as_str().unwrap().parse().unwrap();
@@ -176,10 +181,15 @@ impl Gateway {
 
 /// Spawns the binary on `dir/gateway.toml` and waits for its runtime.json.
 fn spawn(dir: &tempfile::TempDir) -> (Child, serde_json::Value) {
+    spawn_env(dir, &[])
+}
+
+fn spawn_env(dir: &tempfile::TempDir, env: &[(&str, &str)]) -> (Child, serde_json::Value) {
     let cfg_path = dir.path().join("gateway.toml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_waping-gateway"))
         .args(["run", "--config"])
         .arg(&cfg_path)
+        .envs(env.iter().copied())
         .env("RUST_LOG", std::env::var("IT_LOG").unwrap_or("warn".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
