@@ -332,7 +332,8 @@ impl Gateway {
     /// committing). A wedged disk or writer thread makes it hang, which the watchdog bounds.
     pub fn health_probe(
         &self,
-    ) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static {
+    ) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static
+    {
         let d = self.durable.clone();
         move || {
             let d = d.clone();

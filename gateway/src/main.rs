@@ -338,7 +338,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(period) = systemd::watchdog_period() {
         tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
-        tokio::spawn(systemd::watchdog(period, gw.health_probe(), systemd::ping, stop.clone()));
+        tokio::spawn(systemd::watchdog(
+            period,
+            gw.health_probe(),
+            systemd::ping,
+            stop.clone(),
+        ));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut status = tokio::time::interval(std::time::Duration::from_secs(10));
