@@ -74,7 +74,9 @@ fn every_route_enforces_the_role_matrix() {
         let body = matches!(route.method, "POST" | "PUT").then(|| json!({"bogus": true}));
         let r = gw.api(route.method, &fill(route.path), &gw.admin_token, body);
         match route.access {
-            Access::Admin => assert_ne!(r.status, 403, "{} {}: {}", route.method, route.path, r.body),
+            Access::Admin | Access::Public => {
+                assert_ne!(r.status, 403, "{} {}: {}", route.method, route.path, r.body)
+            }
             _ => assert_eq!(r.status, 403, "{} {}: {}", route.method, route.path, r.body),
         }
     }
@@ -507,4 +509,35 @@ fn roles_and_limits_change_at_once_within_their_bounds() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn health_and_readiness_answer_without_credentials() {
+    let gw = Gateway::start_full(&[W], "", false, UNLIMITED);
+    let r = http_raw(gw.http, "GET", "/healthz", None, None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "ok");
+    let r = http_raw(gw.http, "GET", "/readyz", None, None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["ready"], true, "{v}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["journal", "state_dir", "audit", "retry_queue"]);
+    assert!(!r.body.contains("acme"), "readiness names no tenant: {}", r.body);
+    // A state directory that cannot be written makes the node not ready, and says why. (A
+    // directory where the probe file goes fails the write even for root, unlike a chmod.)
+    let probe = gw.state_dir().join(".readyz-probe");
+    std::fs::create_dir(&probe).unwrap();
+    let r = http_raw(gw.http, "GET", "/readyz", None, None, &[]);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["ready"], false);
+    assert!(r.body.contains("state directory not writable"), "{}", r.body);
+    std::fs::remove_dir(&probe).unwrap();
+    let r = http_raw(gw.http, "GET", "/readyz", None, None, &[]);
+    assert_eq!(r.status, 200, "ready again: {}", r.body);
 }

@@ -174,6 +174,14 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         covered.insert((m.to_string(), p.to_string()));
     };
 
+    // Health routes are public and name no tenant.
+    for p in ["/healthz", "/readyz"] {
+        let r = gw.api("GET", p, &a, None);
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        no_leak(p, &r);
+        cover("GET", p);
+    }
+
     // Reads that B's data must not show up in.
     for (m, p) in [
         ("GET", "/v1/workspace"),

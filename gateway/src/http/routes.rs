@@ -29,7 +29,7 @@ use crate::session::DeviceCommand;
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone (none today; kept for health routes of the operations issue).
+    /// Anyone, without credentials: `/healthz` and `/readyz` only.
     Public,
     /// The node administrator only.
     Admin,
@@ -57,6 +57,8 @@ use Permission as P;
 
 /// The access table: every route of the API.
 pub const ROUTES: &[Route] = &[
+    r("GET", "/healthz", Access::Public),
+    r("GET", "/readyz", Access::Public),
     r("GET", "/v1/admin/workspaces", Admin),
     r("POST", "/v1/admin/workspaces", Admin),
     r("GET", "/v1/admin/workspaces/{workspace}", Admin),
@@ -104,6 +106,8 @@ pub fn access(method: &Method, path: &str) -> Option<&'static Route> {
 /// Every handler, by path.
 pub fn router() -> Router<Arc<Api>> {
     Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route(
             "/v1/admin/workspaces",
             get(list_workspaces).post(create_workspace),
@@ -177,6 +181,96 @@ fn no_store(mut r: Response) -> Response {
         axum::http::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+// ----- health ----------------------------------------------------------------------------
+
+/// Liveness: the process serves requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Readiness and the check behind each answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Whether every check passed.
+    pub ready: bool,
+    /// Each check.
+    pub checks: Vec<ReadinessCheck>,
+}
+
+/// One readiness check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessCheck {
+    /// `journal`, `state_dir`, `audit` or `retry_queue`.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why not, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The process is alive and its HTTP workers answer. No credentials.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok".into() })
+}
+
+/// Ready for traffic: the journal commits (a flush answers within 2 s; it was replayed
+/// before the listeners opened), the state directory is writable, the audit log takes
+/// records, and the retry queue has room. 503 with the failing checks otherwise.
+/// No credentials; nothing about tenants is shown.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let c = &api.control;
+    let mut checks = Vec::new();
+    let mut check = |name: &str, r: Result<(), String>| {
+        checks.push(ReadinessCheck {
+            name: name.into(),
+            ok: r.is_ok(),
+            detail: r.err(),
+        });
+    };
+    let journal =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), c.durable.journal.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the journal did not commit within 2 s".into()),
+        };
+    check("journal", journal);
+    let dir = c.cfg.server.resolved_state_dir();
+    let writable = tokio::task::spawn_blocking(move || {
+        let probe = dir.join(".readyz-probe");
+        std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| format!("state directory not writable: {e}")));
+    check("state_dir", writable);
+    check("audit", c.audit.auditor().check().map_err(|e| e.to_string()));
+    let (len, cap) = (c.durable.retry.len(), c.durable.retry.capacity());
+    check(
+        "retry_queue",
+        if len < cap {
+            Ok(())
+        } else {
+            Err(format!(
+                "retry queue full ({len} of {cap}): the upstream is failing"
+            ))
+        },
+    );
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(Readiness { ready, checks })).into_response()
 }
 
 // ----- workspaces ------------------------------------------------------------------------
@@ -1190,6 +1284,8 @@ async fn get_deletion(
 /// The handlers' OpenAPI paths (used by [`super::openapi`]).
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(paths(
+    healthz,
+    readyz,
     list_workspaces,
     create_workspace,
     get_workspace_admin,
