@@ -63,7 +63,12 @@ async fn no_plaintext_reaches_the_state_directory() {
         gw.admin_token.clone(),
     ];
     for k in [&owner, &sender, &config_key] {
-        needles.push(k.rsplit('_').next().unwrap().to_string());
+        // The secret is everything after `wpk_<id>_`; it is base64url and may itself hold
+        // `_`, so splitting from the right could leave a one-letter "secret" that any binary
+        // file contains by chance (this test once failed on the needle "I").
+        let secret = k.splitn(3, '_').nth(2).unwrap().to_string();
+        assert!(secret.len() >= 40, "{k}");
+        needles.push(secret);
     }
     let mut states = std::collections::HashMap::new();
     let run = std::process::id();
