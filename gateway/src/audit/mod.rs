@@ -172,18 +172,6 @@ impl AuditHub {
         settle(receipts).await;
     }
 
-    /// Emits `ev` and waits until it is durable (async callers).
-    pub async fn record(&self, mut ev: Event) -> Result<(), Error> {
-        let ctx = current();
-        if ev.request_id.is_none() {
-            ev.request_id = ctx.request_id;
-        }
-        if ev.source.is_none() {
-            ev.source = ctx.source;
-        }
-        self.auditor.record(ev).await.map(|_| ()).map_err(unavailable)
-    }
-
     /// Counts one occurrence of an aggregated event.
     pub fn note(
         &self,

@@ -1166,13 +1166,13 @@ async fn purge_dead_letter(
         .map_err(|e| Error::Internal(e.to_string()))?;
     api.control
         .audit
-        .record(dead_letter_event(
+        .emit_durable(dead_letter_event(
             &p,
             waping_audit::Action::DeadLetterPurge,
             &d,
             id,
         ))
-        .await?;
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1215,13 +1215,13 @@ async fn replay_dead_letter(
     }
     api.control
         .audit
-        .record(dead_letter_event(
+        .emit_durable(dead_letter_event(
             &p,
             waping_audit::Action::DeadLetterReplay,
             &d,
             id,
         ))
-        .await?;
+        .await;
     Ok(accepted(SendResult {
         id: id.to_string(),
         duplicate: false,
