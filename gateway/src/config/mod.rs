@@ -66,6 +66,13 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Extra DNS names for the self-signed certificate (it always covers `localhost`).
     pub tls_names: Vec<String>,
+    /// Client certificates on the QUIC listener (mutual TLS): `none` (default; API keys alone
+    /// authenticate), `optional` (a presented certificate must chain to `client_ca`) or
+    /// `required` (no certificate, no handshake). API keys are checked either way: the
+    /// certificate proves the machine, the key the tenant. Reloaded on SIGHUP.
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs that sign client certificates; required unless `client_auth = "none"`.
+    pub client_ca: Option<PathBuf>,
     /// Connections beyond this are refused at the QUIC handshake. Default 10 000; 1..=1 000 000.
     pub max_connections: u32,
     /// Bidirectional streams a client may open. Default 16; 1..=256. quinn reserves memory per
@@ -93,6 +100,8 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_names: Vec::new(),
+            client_auth: ClientAuth::None,
+            client_ca: None,
             max_connections: 10_000,
             max_streams: 16,
             max_in_flight: 4096,
@@ -124,6 +133,19 @@ impl ServerConfig {
     }
 }
 
+/// Client-certificate requirement of the QUIC listener (`server.client_auth`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates asked for.
+    #[default]
+    None,
+    /// Asked for; a connection without one is allowed, one with a bad one is not.
+    Optional,
+    /// Every connection must present a certificate chaining to `server.client_ca`.
+    Required,
+}
+
 /// Prometheus exporter.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +154,12 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// TCP address of `/metrics`. Default `127.0.0.1:9400`; loopback because metrics reveal traffic volumes.
     pub listen: SocketAddr,
+    /// Also count the send pipeline per workspace (a `workspace` label). Default false: label
+    /// cardinality grows with tenants, so the operator opts in.
+    pub per_workspace: bool,
+    /// With `per_workspace`, the most workspaces that get their own label value; the rest are
+    /// counted under `workspace="_other"`. Default 100; 1..=10 000. Bounds the series count.
+    pub per_workspace_max: u32,
 }
 
 impl Default for MetricsConfig {
@@ -139,6 +167,8 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+            per_workspace: false,
+            per_workspace_max: 100,
         }
     }
 }
@@ -670,6 +700,15 @@ impl Config {
         // --- [upstream.sim] fault injection (owner: sim) ---
         sim.validate_faults(&mut p);
         // --- end ---
+        if s.client_auth != ClientAuth::None && s.client_ca.is_none() {
+            p.push("server.client_ca: required when server.client_auth is not \"none\"".into());
+        }
+        range!(
+            "metrics.per_workspace_max",
+            self.metrics.per_workspace_max.into(),
+            1,
+            10_000
+        );
         match (&s.tls_cert, &s.tls_key) {
             (Some(_), None) => p.push("server.tls_key: required when server.tls_cert is set".into()),
             (None, Some(_)) => p.push("server.tls_cert: required when server.tls_key is set".into()),
