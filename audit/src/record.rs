@@ -299,6 +299,21 @@ pub enum Detail {
         /// Changed field names.
         fields: Vec<String>,
     },
+    /// A configuration reload (action `config.reload`): what took effect, what waits for a
+    /// restart, and why a refused reload was refused. Setting names only, never values.
+    Reload {
+        /// SHA-256 of the file that was read (hex), so the record names the exact version.
+        config_sha256: String,
+        /// Settings that changed and took effect without a restart.
+        #[serde(default)]
+        applied: Vec<String>,
+        /// Settings that changed in the file but take effect only after a restart.
+        #[serde(default)]
+        restart_required: Vec<String>,
+        /// Why the reload was refused (validation problems, at most 20); empty on success.
+        #[serde(default)]
+        problems: Vec<String>,
+    },
     /// A signed digest over the chain head (action `audit.digest`).
     Digest(DigestDetail),
     /// Records lost under the `discard_oldest` policy, inclusive range.

@@ -59,6 +59,44 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Handshake deadline. Default 10 s.
     pub connect_timeout: Duration,
+    /// Client certificate for gateways that require one (`server.client_auth`); `None`
+    /// presents none.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+}
+
+impl ClientIdentity {
+    fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        ClientError,
+    > {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientError::Config(format!("{}: {e}", p.display())));
+        let pem = read(&self.cert)?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Config(format!("{}: {e}", self.cert.display())))?;
+        if certs.is_empty() {
+            return Err(ClientError::Config(format!("{}: no certificate", self.cert.display())));
+        }
+        let pem = read(&self.key)?;
+        let key = rustls_pemfile::private_key(&mut pem.as_slice())
+            .map_err(|e| ClientError::Config(format!("{}: {e}", self.key.display())))?
+            .ok_or_else(|| ClientError::Config(format!("{}: no private key", self.key.display())))?;
+        Ok((certs, key))
+    }
 }
 
 /// Client-side failures, by cause.
@@ -248,16 +286,24 @@ impl rustls::client::danger::ServerCertVerifier for PinVerifier {
     }
 }
 
-fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
+fn tls_config(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<rustls::ClientConfig, ClientError> {
     let provider = crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?;
+    let identity = identity.map(ClientIdentity::load).transpose()?;
+    let finish = |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| match &identity {
+        Some((certs, key)) => b
+            .with_client_auth_cert(certs.clone(), key.clone_key())
+            .map_err(|e| ClientError::Config(format!("client certificate: {e}"))),
+        None => Ok(b.with_no_client_auth()),
+    };
     let mut cfg = match trust {
-        Trust::Pin(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider }))
-            .with_no_client_auth(),
+        Trust::Pin(pin) => finish(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider })),
+        )?,
         Trust::CaFile(path) => {
             let pem =
                 std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
@@ -266,7 +312,7 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
                 let cert = cert.map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
                 roots.add(cert).map_err(|e| ClientError::Config(e.to_string()))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            finish(builder.with_root_certificates(roots))?
         }
     };
     cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -302,7 +348,7 @@ fn client_endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
         ([0, 0, 0, 0], 0).into()
     };
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&cfg.trust)?)
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&cfg.trust, cfg.identity.as_ref())?)
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let mut qcfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();

@@ -58,6 +58,7 @@ pub struct Gateway {
     audit_stop: tokio_util::sync::CancellationToken,
     audit_aggregator: tokio::task::JoinHandle<()>,
     audit_pipeline: waping_audit::Pipeline,
+    reload: crate::reload::ReloadState,
 }
 
 /// Installs the Prometheus recorder once per process; later calls (tests
@@ -237,10 +238,10 @@ impl Gateway {
         resume(recovered, &registry, &sessions, &durable, &metrics);
         tokio::spawn(housekeeping(durable.clone()));
 
-        let tls = crate::tls::load_or_create(&cfg.server, &state_dir)?;
-        let server_cfg = crate::tls::quic_server_config(&tls, &cfg.server)?;
-        let endpoint = server::bind(cfg.server.listen, server_cfg)
+        let prepared = crate::tls::prepare(&cfg.server, &state_dir)?;
+        let endpoint = server::bind(cfg.server.listen, prepared.quic.clone())
             .with_context(|| format!("binding QUIC on udp {}", cfg.server.listen))?;
+        let https_tls = Arc::new(arc_swap::ArcSwap::new(prepared.https.clone()));
         let quic_addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(
@@ -251,14 +252,14 @@ impl Gateway {
             metrics.clone(),
             shutdown_rx.clone(),
         ));
-        let serve = tokio::spawn(server::serve(endpoint, shared));
+        let serve = tokio::spawn(server::serve(endpoint.clone(), shared));
         let (http_addr, http) = if cfg.api.enabled {
             let listener = tokio::net::TcpListener::bind(cfg.api.listen)
                 .await
                 .with_context(|| format!("binding the HTTP API on tcp {}", cfg.api.listen))?;
             let addr = listener.local_addr()?;
             let tls = match cfg.api.scheme {
-                crate::control::config::Scheme::Https => Some(crate::tls::https_server_config(&tls)?),
+                crate::control::config::Scheme::Https => Some(https_tls.clone()),
                 crate::control::config::Scheme::Http => None,
             };
             let api = crate::http::Api::new(control.clone(), metrics.clone(), durable.clock);
@@ -278,8 +279,8 @@ impl Gateway {
             metrics_addr,
             http_addr,
             control,
-            fingerprint: tls.fingerprint_string(),
-            cert_path: tls.cert_path.clone(),
+            fingerprint: prepared.material.fingerprint_string(),
+            cert_path: prepared.material.cert_path.clone(),
             state_dir: state_dir.clone(),
             shutdown,
             serve,
@@ -292,6 +293,12 @@ impl Gateway {
             audit_stop,
             audit_aggregator,
             audit_pipeline,
+            reload: crate::reload::ReloadState::new(
+                cfg.clone(),
+                endpoint,
+                https_tls,
+                &prepared,
+            ),
         };
         gw.write_runtime_file()?;
         tracing::info!(
@@ -300,7 +307,7 @@ impl Gateway {
             http = ?http_addr,
             fingerprint = %gw.fingerprint,
             cert = %gw.cert_path.display(),
-            created_cert = tls.created,
+            created_cert = prepared.material.created,
             workspaces = registry.len(),
             devices = gw.sessions.len(),
             upstream = upstream.name(),
@@ -309,23 +316,41 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// `state_dir/runtime.json`: bound addresses and fingerprint, for tools and tests.
-    fn write_runtime_file(&self) -> anyhow::Result<()> {
-        let v = format!(
-            "{{\"pid\":{},\"quic\":\"{}\",\"metrics\":{},\"http\":{},\"fingerprint\":\"{}\",\"cert\":{:?}}}\n",
-            std::process::id(),
-            self.quic_addr,
-            self.metrics_addr
-                .map_or("null".to_string(), |a| format!("\"{a}\"")),
-            self.http_addr.map_or("null".to_string(), |a| format!("\"{a}\"")),
-            self.fingerprint,
-            self.cert_path.display().to_string(),
-        );
+    /// `state_dir/runtime.json`: bound addresses, the certificate in use and the last
+    /// reload, for tools and tests. Rewritten (atomically) after every reload.
+    pub(crate) fn write_runtime_file(&self) -> anyhow::Result<()> {
+        let (fingerprint, cert) = self.reload.certificate();
+        let v = serde_json::json!({
+            "pid": std::process::id(),
+            "quic": self.quic_addr.to_string(),
+            "metrics": self.metrics_addr.map(|a| a.to_string()),
+            "http": self.http_addr.map(|a| a.to_string()),
+            "fingerprint": fingerprint,
+            "cert": cert.display().to_string(),
+            "reload": self.reload.summary(),
+        });
+        let v = format!("{v}\n");
         let path = self.state_dir.join("runtime.json");
         let tmp = self.state_dir.join("runtime.json.tmp");
         std::fs::write(&tmp, v)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
+    }
+
+    /// Re-reads the configuration (`path`, or the embedded defaults) and applies what can
+    /// change live; see [`crate::reload`]. Never fails: a refused reload changes nothing and
+    /// says why in the outcome, the log and the audit log.
+    pub async fn reload(&self, path: Option<&std::path::Path>) -> crate::reload::Outcome {
+        let out = crate::reload::run(&self.reload, &self.control, &self.state_dir, path).await;
+        if let Err(e) = self.write_runtime_file() {
+            tracing::warn!(error = %e, "runtime.json not updated after the reload");
+        }
+        out
+    }
+
+    /// Installs how the binary applies `log.level` on reload.
+    pub fn set_log_hook(&self, hook: crate::reload::LogHook) {
+        self.reload.set_log_hook(hook);
     }
 
     /// The systemd watchdog's health probe: the journal writer answers a flush (it is
@@ -595,6 +620,8 @@ async fn housekeeping(durable: Arc<Durable>) {
         durable.idem.expire(crate::unix_ms());
         let st = durable.journal.stats();
         counter!("waping_journal_syncs_total").increment(st.syncs.saturating_sub(last.syncs));
+        crate::metrics::record_journal_syncs(&last.sync_latency, &st.sync_latency);
+        crate::metrics::record_process_memory();
         counter!("waping_journal_records_total").increment(st.records.saturating_sub(last.records));
         counter!("waping_journal_bytes_total").increment(st.bytes.saturating_sub(last.bytes));
         counter!("waping_journal_overloaded_total").increment(st.overloaded.saturating_sub(last.overloaded));

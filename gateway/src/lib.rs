@@ -20,6 +20,7 @@ pub mod limiter;
 pub mod link;
 pub mod metrics;
 pub mod pacing;
+pub mod reload;
 pub mod retry;
 pub mod server;
 pub mod session;

@@ -113,16 +113,30 @@ enum DeadOp {
     },
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Installs the log subscriber and returns how a reload changes its level: `RUST_LOG`, when
+/// set, wins over `log.level` at start and on every reload.
+fn init_logging(cfg: &Config) -> waping_gateway::reload::LogHook {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
     }
+    Box::new(move |level: &str| {
+        if from_env {
+            return Ok(false);
+        }
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())?;
+        Ok(true)
+    })
 }
 
 fn main() -> ExitCode {
@@ -239,7 +253,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&cfg);
+            let log_hook = init_logging(&cfg);
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -247,7 +261,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(cfg)) {
+            match rt.block_on(run(cfg, config, log_hook)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "gateway failed");
@@ -317,7 +331,11 @@ fn rotate_master_key(
     Ok(msg)
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    path: Option<PathBuf>,
+    log_hook: waping_gateway::reload::LogHook,
+) -> anyhow::Result<()> {
     if cfg.workspaces.is_empty() {
         tracing::warn!(
             "no workspaces in the configuration file: only workspaces created through the HTTP API \
@@ -327,6 +345,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let gw = waping_gateway::Gateway::start(cfg).await?;
+    gw.set_log_hook(log_hook);
     println!(
         "waping-gateway listening on udp {} (certificate {})",
         gw.quic_addr, gw.fingerprint
@@ -346,6 +365,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         ));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut status = tokio::time::interval(std::time::Duration::from_secs(10));
     status.tick().await;
     loop {
@@ -353,6 +373,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = status.tick() => systemd::status(&gw.status_line()),
+            _ = hup.recv() => {
+                systemd::reloading();
+                // The outcome is logged (and audited) by the reload itself.
+                let _ = gw.reload(path.as_deref()).await;
+                systemd::ready(&gw.status_line());
+            }
         }
     }
     tracing::info!("shutdown requested; draining");

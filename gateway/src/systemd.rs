@@ -1,5 +1,6 @@
 //! systemd integration: `READY=1` once the journal is replayed and the listeners are
-//! bound, `STATUS=` lines with counts, `STOPPING=1` on drain, and `WATCHDOG=1` pings that
+//! bound, `STATUS=` lines with counts, `RELOADING=1` then `READY=1` around a SIGHUP reload,
+//! `STOPPING=1` on drain, and `WATCHDOG=1` pings that
 //! stop when the node is not healthy.
 //!
 //! The `sd-notify` crate speaks the protocol (a datagram to `$NOTIFY_SOCKET`); without
@@ -32,6 +33,15 @@ pub fn ready(status: &str) {
 /// A human-readable status line (`systemctl status` shows it).
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
+}
+
+/// A reload (SIGHUP) started. `MONOTONIC_USEC` lets `Type=notify-reload` units match it
+/// to their signal; plain `Type=notify` units show the state while it lasts.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(t) => send(&[NotifyState::Reloading, t, NotifyState::Status("reloading the configuration")]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
 }
 
 /// The gateway is draining and will exit.

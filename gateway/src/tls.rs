@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::config::ServerConfig;
+use crate::config::{ClientAuth, ServerConfig};
 
 /// Loaded certificate chain and key.
 #[derive(Debug)]
@@ -105,12 +105,96 @@ pub fn load_or_create(cfg: &ServerConfig, state_dir: &Path) -> anyhow::Result<Tl
     })
 }
 
-/// The quinn server configuration: TLS 1.3, ALPN `waping/1`, stream and idle limits.
+/// The client-certificate verifier for `server.client_auth`, or `None` for no client auth.
+fn client_verifier(
+    cfg: &ServerConfig,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+    if cfg.client_auth == ClientAuth::None {
+        return Ok(None);
+    }
+    let Some(path) = &cfg.client_ca else {
+        bail!("server.client_ca: required when server.client_auth is not \"none\"");
+    };
+    let pem = std::fs::read(path).with_context(|| format!("server.client_ca: reading {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let c = c.with_context(|| format!("server.client_ca: parsing {}", path.display()))?;
+        roots
+            .add(c)
+            .with_context(|| format!("server.client_ca: a certificate in {} is not a usable CA", path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("server.client_ca: {} holds no certificate", path.display());
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = match cfg.client_auth {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        _ => builder,
+    };
+    Ok(Some(builder.build().context("server.client_ca: building the verifier")?))
+}
+
+/// Fingerprint (`sha256:<hex>`) of every CA in `server.client_ca`, to tell whether a reload
+/// changed the trust; empty without client auth.
+pub fn client_trust_id(cfg: &ServerConfig) -> String {
+    match (&cfg.client_auth, &cfg.client_ca) {
+        (ClientAuth::None, _) | (_, None) => String::new(),
+        (mode, Some(p)) => {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            format!("{mode:?}:sha256:{}", hex::encode(Sha256::digest(&bytes)))
+        }
+    }
+}
+
+/// TLS configuration built from files, ready to swap in; see [`prepare`].
+pub struct Prepared {
+    /// The certificate and key.
+    pub material: TlsMaterial,
+    /// For `quinn::Endpoint::set_server_config`.
+    pub quic: quinn::ServerConfig,
+    /// For the HTTPS acceptor.
+    pub https: Arc<rustls::ServerConfig>,
+    /// What [`client_trust_id`] returned for it.
+    pub client_trust: String,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("fingerprint", &self.material.fingerprint_string())
+            .field("client_trust", &self.client_trust)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the certificate, key and client CAs and builds both listeners' TLS configurations.
+/// Used at start and on every reload: a reload swaps them in only if all of this succeeded.
+pub fn prepare(cfg: &ServerConfig, state_dir: &Path) -> anyhow::Result<Prepared> {
+    let material = load_or_create(cfg, state_dir)?;
+    let quic = quic_server_config(&material, cfg)?;
+    let https = https_server_config(&material)?;
+    Ok(Prepared {
+        material,
+        quic,
+        https,
+        client_trust: client_trust_id(cfg),
+    })
+}
+
+/// The quinn server configuration: TLS 1.3, ALPN `waping/1`, client certificates per
+/// `server.client_auth`, stream and idle limits.
 pub fn quic_server_config(mat: &TlsMaterial, cfg: &ServerConfig) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let verifier = client_verifier(cfg, &provider)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(mat.certs.clone(), mat.key.clone_key())
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![waping_protocol::limits::ALPN.to_vec()];

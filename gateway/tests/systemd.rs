@@ -1,5 +1,5 @@
 //! The binary speaks systemd's notification protocol: `READY=1` with a status once it
-//! serves, `WATCHDOG=1` at half of `WATCHDOG_USEC` while its journal commits, `STOPPING=1`
+//! serves, `RELOADING=1` then `READY=1` around a SIGHUP reload, `WATCHDOG=1` at half of `WATCHDOG_USEC` while its journal commits, `STOPPING=1`
 //! on SIGTERM. The test plays the service manager with a datagram socket.
 
 mod common;
@@ -41,6 +41,24 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
         "{ready}"
     );
     assert!(got[0].contains("READY=1"), "READY comes before any ping: {got:?}");
+
+    // SIGHUP: RELOADING=1 with the monotonic time (what `Type=notify-reload` matches), then
+    // READY=1 again once the reload is done.
+    let r = gw.reload_with(|t| t);
+    assert_eq!(r["last_result"], "applied", "{r}");
+    let (mut reloading, mut ready_again) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready_again {
+        assert!(Instant::now() < deadline, "no RELOADING/READY pair: reloading={reloading}");
+        let n = sock.recv(&mut buf).expect("a notification");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.contains("RELOADING=1") {
+            assert!(m.contains("MONOTONIC_USEC="), "{m}");
+            reloading = true;
+        } else if reloading && m.contains("READY=1") {
+            ready_again = true;
+        }
+    }
 
     assert_eq!(gw.terminate(), Some(0));
     let mut stopping = false;

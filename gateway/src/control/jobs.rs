@@ -247,7 +247,7 @@ pub(crate) fn request(
                     "target: must repeat the workspace id to confirm its deletion".into(),
                 ));
             }
-            if control.cfg.workspaces.iter().any(|w| w.id == req.target) {
+            if control.config().workspaces.iter().any(|w| w.id == req.target) {
                 return Err(Error::Conflict(
                     "this workspace is defined in the configuration file; remove it there and restart first"
                         .into(),

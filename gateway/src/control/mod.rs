@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod jobs;
+pub mod reload;
 pub mod retention;
 pub mod roles;
 pub mod sealing;
@@ -350,8 +351,8 @@ pub struct Control {
     pub vault: Arc<waping_vault::Vault>,
     /// Device store (session records, WhatsApp credentials).
     pub device_store: Arc<waping_store::Store>,
-    /// The configuration the node started with (defaults for new objects).
-    pub cfg: Arc<Config>,
+    /// The configuration in force (defaults for new objects); SIGHUP swaps it.
+    cfg: arc_swap::ArcSwap<Config>,
     /// Node-admin token, if configured.
     pub admin: Option<AdminToken>,
     /// Failed-authentication throttle, per source address.
@@ -429,7 +430,7 @@ impl Control {
             device_store,
             throttle: throttle::AuthThrottle::new(cfg.api.auth_failures_per_minute),
             audit,
-            cfg,
+            cfg: arc_swap::ArcSwap::new(cfg),
             admin,
             store,
             limiter,
@@ -472,7 +473,22 @@ impl Control {
         Ok(control)
     }
 
+    /// The configuration in force: the file as last loaded (at start or by a SIGHUP reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+
     fn register_workspace(&self, rec: &WorkspaceRecord) -> Result<Arc<Workspace>, Error> {
+        self.register_workspace_as(rec, None)
+    }
+
+    /// Registers a workspace; a configuration entry, when given, supplies its device pacing
+    /// overrides (an API workspace uses the node's).
+    fn register_workspace_as(
+        &self,
+        rec: &WorkspaceRecord,
+        from_file: Option<&crate::config::WorkspaceConfig>,
+    ) -> Result<Arc<Workspace>, Error> {
         self.audit.set_full_numbers(&rec.id, rec.audit_full_numbers);
         let quota = Quota::per_second(rec.rate_per_second, rec.burst)
             .map_err(|e| Error::Invalid(format!("rate_per_second/burst: {e}")))?;
@@ -491,9 +507,10 @@ impl Control {
             keys: Vec::new(),
             audit_full_numbers: rec.audit_full_numbers,
         };
-        let (_, _, device_rate) = self.cfg.workspace_limits(&wcfg);
+        let wcfg = from_file.cloned().unwrap_or(wcfg);
+        let (_, _, device_rate) = self.config().workspace_limits(&wcfg);
         let pacing = self
-            .cfg
+            .config()
             .workspace_pacing(&wcfg)
             .map_err(|e| Error::Internal(format!("pacing: {e}")))?;
         self.vault
@@ -583,8 +600,8 @@ impl Control {
         if self.meta.contains_key(&req.id) || self.jobs.deleting(&req.id) {
             return Err(Error::Conflict(format!("workspace {:?} already exists", req.id)));
         }
-        let rate = req.rate_per_second.unwrap_or(self.cfg.limits.rate_per_second);
-        let burst = req.burst.unwrap_or(self.cfg.limits.burst);
+        let rate = req.rate_per_second.unwrap_or(self.config().limits.rate_per_second);
+        let burst = req.burst.unwrap_or(self.config().limits.burst);
         for (name, v) in [("rate_per_second", rate), ("burst", burst)] {
             if !(1..=10_000_000).contains(&v) {
                 return Err(Error::Invalid(format!(
@@ -592,8 +609,8 @@ impl Control {
                 )));
             }
         }
-        let quotas = req.quotas.unwrap_or(self.cfg.quotas);
-        let retention = req.retention.unwrap_or(self.cfg.retention);
+        let quotas = req.quotas.unwrap_or(self.config().quotas);
+        let retention = req.retention.unwrap_or(self.config().retention);
         let mut problems = quotas.problems("quotas");
         problems.extend(retention.problems("retention"));
         if !problems.is_empty() {
@@ -762,7 +779,7 @@ impl Control {
 
     /// A workspace's retention windows (the node's defaults if it has no record).
     pub fn retention_of(&self, ws: &str) -> Retention {
-        self.meta.get(ws).map_or(self.cfg.retention, |m| m.retention)
+        self.meta.get(ws).map_or(self.config().retention, |m| m.retention)
     }
 
     /// Retention of every live workspace (for the sweeper).
@@ -877,7 +894,7 @@ impl Control {
         let quota = self
             .meta
             .get(&*workspace.id)
-            .map_or(self.cfg.quotas, |m| m.quotas);
+            .map_or(self.config().quotas, |m| m.quotas);
         if self.key_ids_of(&workspace.id).len() as u32 >= quota.max_keys {
             return Err(Error::Quota(format!(
                 "the workspace has its maximum of {} keys",
@@ -1053,7 +1070,7 @@ impl Control {
         if self.sessions.get(ws.idx, &Text::from(id)).is_some() || self.jobs.deleting_device(&ws.id, id) {
             return Err(Error::Conflict(format!("device {id:?} already exists")));
         }
-        let quota = self.meta.get(&*ws.id).map_or(self.cfg.quotas, |m| m.quotas);
+        let quota = self.meta.get(&*ws.id).map_or(self.config().quotas, |m| m.quotas);
         if self.sessions.devices_of(ws.idx).len() as u32 >= quota.max_devices {
             return Err(Error::Quota(format!(
                 "the workspace has its maximum of {} devices",
@@ -1128,7 +1145,7 @@ impl Control {
 
     /// Whether a device was defined in the configuration file.
     pub fn device_from_config(&self, ws: &str, device: &str) -> bool {
-        self.cfg
+        self.config()
             .workspaces
             .iter()
             .any(|w| w.id == ws && w.devices.iter().any(|d| d == device))

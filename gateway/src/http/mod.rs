@@ -54,7 +54,7 @@ impl Api {
         metrics: Arc<crate::metrics::Metrics>,
         clock: crate::limiter::MonotonicClock,
     ) -> Arc<Api> {
-        let cfg = control.cfg.api.clone();
+        let cfg = control.config().api.clone();
         Arc::new(Api {
             per_key: Gcra::new(cfg.key_rate_per_second, 1000, cfg.key_burst),
             per_source: Gcra::new(cfg.source_rate_per_second, 1000, cfg.source_burst),
@@ -466,16 +466,17 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 /// Serves `router` on `listener` (TLS when `tls` is set) until `shutdown` flips, then lets
-/// requests in progress finish (bounded by `drain`).
+/// requests in progress finish (bounded by `drain`). Each connection takes the TLS
+/// configuration current when it arrives, so a reload's certificate is served to new
+/// connections while open ones keep theirs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     router: Router,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) {
     use hyper_util::rt::TokioIo;
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -491,7 +492,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let mut shutdown = shutdown.clone();
         tracker.spawn(async move {
             let svc = tower::ServiceExt::map_request(router, move |mut r: Request<hyper::body::Incoming>| {

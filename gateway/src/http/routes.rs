@@ -243,7 +243,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
             Err(_) => Err("the journal did not commit within 2 s".into()),
         };
     check("journal", journal);
-    let dir = c.cfg.server.resolved_state_dir();
+    let dir = c.config().server.resolved_state_dir();
     let writable = tokio::task::spawn_blocking(move || {
         let probe = dir.join(".readyz-probe");
         std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))

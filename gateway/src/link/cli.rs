@@ -43,6 +43,12 @@ pub struct Target {
     /// key comes from the WAPING_API_KEY environment variable; never from the command line.
     #[arg(long, env = "WAPING_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a gateway with `server.client_auth` set; with `--client-key`.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--client-cert`.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// `waping-gateway device …`.
@@ -420,6 +426,13 @@ fn client_config(t: &Target) -> Result<ClientConfig, Fail> {
         api_key: api_key(t.key_file.as_deref(), &t.workspace).map_err(usage)?,
         client_name: format!("waping-gateway-cli/{}", env!("CARGO_PKG_VERSION")),
         connect_timeout: Duration::from_secs(10),
+        identity: match (&t.client_cert, &t.client_key) {
+            (Some(cert), Some(key)) => Some(waping_client::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -62,10 +62,25 @@ impl Gateway {
 
     /// Like [`Gateway::start_upstream`] with extra `[api]` settings (TOML lines).
     pub fn start_full(workspaces: &[Ws], upstream: &str, metrics: bool, api_extra: &str) -> Gateway {
+        Gateway::start_config(workspaces, upstream, metrics, "", api_extra)
+    }
+
+    /// Like [`Gateway::start_upstream`] with metrics on and extra `[metrics]` settings (TOML lines).
+    pub fn start_metrics(workspaces: &[Ws], upstream: &str, metrics_extra: &str) -> Gateway {
+        Gateway::start_config(workspaces, upstream, true, metrics_extra, "")
+    }
+
+    fn start_config(
+        workspaces: &[Ws],
+        upstream: &str,
+        metrics: bool,
+        metrics_extra: &str,
+        api_extra: &str,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nhandshake_timeout_ms = 2000\ndrain_timeout_ms = 2000\n\
-             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n[limits]\ndevice_rate_per_second = 0\n\
+             [metrics]\nenabled = {metrics}\nlisten = \"127.0.0.1:0\"\n{metrics_extra}\n[limits]\ndevice_rate_per_second = 0\n\
              [api]\nlisten = \"127.0.0.1:0\"\nscheme = \"http\"\nadmin_token_file = {:?}\n{api_extra}\n[security]\nmaster_key_file = {:?}\n{upstream}\n",
             dir.path().join("state").display().to_string(),
             dir.path().join("admin-token").display().to_string(),
@@ -150,6 +165,7 @@ impl Gateway {
             api_key: key.to_string(),
             client_name: "it".into(),
             connect_timeout: Duration::from_secs(10),
+            identity: None,
         }
     }
 
@@ -161,6 +177,43 @@ impl Gateway {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The configuration file the gateway runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// The gateway's current runtime.json.
+    pub fn runtime(&self) -> serde_json::Value {
+        let t = std::fs::read_to_string(self.state_dir().join("runtime.json")).expect("runtime.json");
+        serde_json::from_str(&t).expect("runtime.json is JSON")
+    }
+
+    /// Rewrites the configuration file with `edit`, sends SIGHUP and waits until the gateway
+    /// has finished that reload; returns runtime.json's `reload` summary.
+    pub fn reload_with(&self, edit: impl FnOnce(String) -> String) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.config_path()).expect("read config");
+        std::fs::write(self.config_path(), edit(text)).expect("write config");
+        let before = self.runtime()["reload"]["attempts"].as_u64().unwrap_or(0);
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // runtime.json is replaced atomically, but tolerate a read between processes.
+            if let Some(r) = std::fs::read_to_string(self.state_dir().join("runtime.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                && r["reload"]["attempts"].as_u64().unwrap_or(0) > before
+            {
+                return r["reload"].clone();
+            }
+            assert!(Instant::now() < deadline, "the gateway did not finish the reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit status code.

@@ -117,6 +117,7 @@ pub fn client_config(addr: SocketAddr, trust: &Trust, key: &str, i: usize) -> Cl
         api_key: key.to_string(),
         client_name: format!("waping-loadtest/{i}"),
         connect_timeout: Duration::from_secs(10),
+        identity: None,
     }
 }
 
