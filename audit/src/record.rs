@@ -299,6 +299,12 @@ pub enum Detail {
         /// Changed field names.
         fields: Vec<String>,
     },
+    /// The client certificate a QUIC connection presented (action `auth.success`, with
+    /// `server.client_auth` on): which machine connected, beside which key it used.
+    ClientCert {
+        /// SHA-256 of the leaf certificate's DER, hex (`sha256:…`).
+        sha256: String,
+    },
     /// A configuration reload (action `config.reload`): what took effect, what waits for a
     /// restart, and why a refused reload was refused. Setting names only, never values.
     Reload {
@@ -433,6 +439,14 @@ impl Event {
     /// Sets the source address.
     pub fn source(mut self, ip: IpAddr) -> Event {
         self.source = Some(ip);
+        self
+    }
+
+    /// Sets the detail when there is one.
+    pub fn detail_opt(mut self, d: Option<Detail>) -> Event {
+        if d.is_some() {
+            self.detail = d;
+        }
         self
     }
 

@@ -209,10 +209,14 @@ async fn a_swapped_certificate_is_seen_by_new_clients_while_old_connections_keep
     let mut old_conn = gw.connect("slow").await;
     let mut old_stream = old_conn.take_control().unwrap();
 
-    // Renewal in place: same paths, new files, then SIGHUP.
+    // Renewal in place: same paths, new files, then SIGHUP. Half-way (new key, old
+    // certificate) a reload is refused: the pair does not match.
     let (cert, key, fp) = self_signed();
     assert_ne!(fp, gw.pin);
     std::fs::write(tls_dir.join("key.pem"), &key).unwrap();
+    let r = gw.reload_with(|t| t);
+    assert_eq!(r["last_result"], "rejected", "a mismatched key was taken: {r}");
+    assert_eq!(gw.runtime()["fingerprint"], gw.pin.as_str());
     std::fs::write(tls_dir.join("cert.pem"), &cert).unwrap();
     let r = gw.reload_with(|t| t);
     assert_eq!(r["last_result"], "applied", "{r}");
@@ -314,6 +318,21 @@ async fn client_certificates_can_be_required_by_reload_without_dropping_open_con
     assert_eq!(burst(&mut ok_stream, 1..=1).await.0, 1);
     // Opened before the rule: still served.
     assert_eq!(burst(&mut before_stream, 2..=2).await.0, 1);
+    // The audit log names the machine: its certificate's fingerprint on auth.success.
+    let leaf = std::fs::read(&good.cert).unwrap();
+    let der = rustls_pemfile::certs(&mut leaf.as_slice()).next().unwrap().unwrap();
+    let want = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(der.as_ref())))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !audit_records(&gw, "auth.success")
+        .iter()
+        .any(|r| r["detail"]["type"] == "client_cert" && r["detail"]["sha256"] == want.as_str())
+    {
+        assert!(std::time::Instant::now() < deadline, "no auth.success with the client certificate");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The API key is still checked: a certificate alone is not a credential.
     let mut wrong_key = with(Some(&good));
     wrong_key.api_key = waping_gateway::auth::generate_key().key;

@@ -128,6 +128,17 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     endpoint.close(u32::from(ErrorCode::SHUTTING_DOWN.0).into(), b"shutting down");
 }
 
+/// `sha256:<hex>` of the client certificate the connection presented (mutual TLS), if any.
+fn client_cert_sha256(conn: &quinn::Connection) -> Option<String> {
+    use sha2::Digest as _;
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let leaf = certs.first()?;
+    Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(leaf.as_ref()))))
+}
+
 async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> anyhow::Result<()> {
     let conn = incoming.await?;
     let peer = conn.remote_address();
@@ -234,7 +245,8 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> an
             )
             .workspace(&*ws.id)
             .target("connection", conn_id.to_string())
-            .source(peer.ip()),
+            .source(peer.ip())
+            .detail_opt(client_cert_sha256(&conn).map(|sha256| waping_audit::Detail::ClientCert { sha256 })),
         )
         .await;
     state.auth_ok();
