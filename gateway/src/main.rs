@@ -142,8 +142,9 @@ fn init_logging(cfg: &Config) -> waping_gateway::reload::LogHook {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok(c) => {
+        Cmd::CheckConfig { config } => match Config::load_report(config.as_deref()) {
+            Ok(r) => {
+                let c = &r.config;
                 println!(
                     "configuration OK: {} workspace(s), {} device(s), {} key(s), QUIC on udp {}",
                     c.workspaces.len(),
@@ -151,7 +152,22 @@ fn main() -> ExitCode {
                     c.workspaces.iter().map(|w| w.keys.len()).sum::<usize>(),
                     c.server.listen
                 );
+                if !r.env_overrides.is_empty() {
+                    println!(
+                        "{} environment override(s) applied: {}",
+                        r.env_overrides.len(),
+                        r.env_overrides.join(", ")
+                    );
+                }
                 ExitCode::SUCCESS
+            }
+            Err(waping_gateway::config::ConfigError::Invalid { file, problems }) => {
+                // One problem per line (`file:line:column: path: message`), then a count.
+                for p in &problems {
+                    eprintln!("{}", p.render(&file));
+                }
+                eprintln!("{} problem(s) in {file}", problems.len());
+                ExitCode::from(2)
             }
             Err(e) => {
                 eprintln!("{e}");

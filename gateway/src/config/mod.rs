@@ -1,15 +1,18 @@
 //! Configuration: TOML, every field defaulted, unknown fields refused.
 //!
-//! Loading happens in two passes. Deserialisation (serde, `deny_unknown_fields`)
-//! stops at the first type error and names its path; then [`Config::validate`]
-//! checks every semantic rule and reports *all* violations at once, each with
-//! its path, so an operator fixes a file in one round.
+//! Precedence: `WAPING__<SECTION>__<FIELD>` environment variables over the file over the
+//! defaults (see `docs/configuration.md`). Loading reports *every* problem at once, each with
+//! its key path and where it comes from (`file:line:column` or `env WAPING__…`), so an operator
+//! fixes a file in one round: syntax errors all together; otherwise every structural error
+//! (unknown key, wrong type, bad enum value, missing required key; see `load.rs`) and then every
+//! semantic rule [`Config::validate`] checks.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod load;
 #[cfg(test)]
 mod tests;
 
@@ -557,7 +560,54 @@ fn default_key_role() -> crate::control::roles::Role {
     crate::control::roles::Role::Owner
 }
 
-/// Everything wrong with a file, each with its path.
+/// Where a problem is: a position in the file, or the environment variable that set the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// 1-based line and column (in characters) of the entry's key, of an array element, or of
+    /// the table header for a missing key.
+    Line {
+        /// Line, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+    },
+    /// The value came from this override (`WAPING__…`).
+    Env {
+        /// Variable name as given.
+        var: String,
+    },
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path of the entry (`workspaces[0].keys[1].hash`); empty for a TOML syntax error.
+    /// Array indices count entries as written in the file.
+    pub path: String,
+    /// Where the entry is; `None` for a value that is not in the file (a default).
+    pub location: Option<Location>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Problem {
+    /// One line, compiler style: `gateway.toml:12:1: limits.burst: 0 is outside 1..=10000000`,
+    /// `env WAPING__LIMITS__BURST: limits.burst: …`, or `gateway.toml: path: …` without a line.
+    pub fn render(&self, file: &str) -> String {
+        let at = match &self.location {
+            Some(Location::Line { line, column }) => format!("{file}:{line}:{column}"),
+            Some(Location::Env { var }) => format!("env {var}"),
+            None => file.to_string(),
+        };
+        if self.path.is_empty() {
+            format!("{at}: {}", self.message)
+        } else {
+            format!("{at}: {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -568,63 +618,121 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
-    /// TOML syntax or type error (the first one; serde stops there).
-    #[error("{file}: at `{path}`: {message}")]
-    Parse {
-        /// File.
-        file: String,
-        /// Dotted path of the bad value.
-        path: String,
-        /// What was wrong.
-        message: String,
-    },
-    /// Semantic errors, all of them.
-    #[error("{file}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// Everything wrong with the file and the overrides, one problem per line.
+    #[error("{}", .problems.iter().map(|p| p.render(file)).collect::<Vec<_>>().join("\n"))]
     Invalid {
-        /// File.
+        /// File (`<defaults>` without one).
         file: String,
-        /// Each problem, prefixed by its path.
-        problems: Vec<String>,
+        /// Every problem: syntax errors alone if there are any, else structural then semantic
+        /// ones, in file order, then those set by environment variables, then unlocated ones.
+        problems: Vec<Problem>,
     },
 }
 
+/// A loaded configuration and the environment overrides that went into it.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// The configuration.
+    pub config: Config,
+    /// Names of the applied `WAPING__…` variables, sorted.
+    pub env_overrides: Vec<String>,
+}
+
+/// The process environment's `WAPING__…` variables (non-UTF-8 values lossily converted; a
+/// non-UTF-8 name cannot be a valid override and is skipped).
+fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        load::is_override(&k).then(|| (k, v.to_string_lossy().into_owned()))
+    })
+}
+
 impl Config {
-    /// Loads and validates a file; `None` means embedded defaults.
+    /// Loads and validates a file, `None` meaning the embedded defaults, with the process's
+    /// `WAPING__…` environment overrides applied to either.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            None => {
-                let c = Config::default();
-                c.validate("<defaults>")?;
-                Ok(c)
-            }
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+        Config::load_report(path).map(|r| r.config)
+    }
+
+    /// Like [`Config::load`], also naming the environment overrides applied.
+    pub fn load_report(path: Option<&Path>) -> Result<LoadReport, ConfigError> {
+        let (text, file) = match path {
+            // The defaults are the empty file (a test keeps the two equal), so overrides and
+            // problems work the same with and without one.
+            None => (String::new(), "<defaults>".to_string()),
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
                     path: p.into(),
                     source,
-                })?;
-                Config::parse(&text, &p.display().to_string())
-            }
+                })?,
+                p.display().to_string(),
+            ),
+        };
+        Config::parse_report(&text, &file, process_env())
+    }
+
+    /// Parses and validates TOML text with the process's environment overrides applied; `file`
+    /// names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, file, process_env())
+    }
+
+    /// [`Config::parse`] with the environment given (only `WAPING__…` names are used).
+    pub(crate) fn parse_with_env(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_report(text, file, env).map(|r| r.config)
+    }
+
+    fn parse_report(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<LoadReport, ConfigError> {
+        load::load(text, env)
+            .map(|(config, env_overrides)| LoadReport {
+                config,
+                env_overrides,
+            })
+            .map_err(|problems| ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
+    }
+
+    /// Checks every semantic rule and returns all violations together (unlocated: this sees the
+    /// values, not the file they came from; [`Config::load`] locates them).
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let problems: Vec<Problem> = self
+            .semantic_problems()
+            .into_iter()
+            .map(|line| match line.split_once(": ") {
+                Some((path, message)) => Problem {
+                    path: path.into(),
+                    location: None,
+                    message: message.into(),
+                },
+                None => Problem {
+                    path: String::new(),
+                    location: None,
+                    message: line,
+                },
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
         }
     }
 
-    /// Parses and validates TOML text; `file` names it in errors.
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
-            file: file.into(),
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
-            file: file.into(),
-            path: e.path().to_string(),
-            message: e.inner().message().to_string(),
-        })?;
-        cfg.validate(file)?;
-        Ok(cfg)
-    }
-
-    /// Checks every semantic rule and returns all violations together.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    /// Every semantic rule broken, each as `"path: message"`.
+    fn semantic_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         fn check(p: &mut Vec<String>, path: &str, v: u64, lo: u64, hi: u64) {
             if v < lo || v > hi {
@@ -807,14 +915,7 @@ impl Config {
         }
         p.extend(node_pacing);
         // --- end [pacing] ---
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                file: file.into(),
-                problems: p,
-            })
-        }
+        p
     }
 
     // --- [pacing] (account safety, issue 4) ---
