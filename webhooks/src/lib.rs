@@ -1,0 +1,3 @@
+//! Webhook delivery primitives: signing, SSRF guard, schedule, circuit breaker, client.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
