@@ -117,12 +117,16 @@ pub fn admit(node: Node<'_>, ws: &Workspace, req: Request) -> Result<Admitted, N
     if let Err(NotAdmitted::Refused(f)) = &r {
         // Only the limit codes are recorded (the hub ignores the rest); counted, not one record each.
         audit.note_rejection(&ws.id, f.code);
+        // The node's `rejected` is counted by the caller (it also refuses before admission);
+        // the workspace's here, once for both protocols.
+        ws.count_rejected(f.code);
     }
     r
 }
 
 fn admit_inner(node: Node<'_>, ws: &Workspace, req: Request) -> Result<Admitted, NotAdmitted> {
     node.metrics.received.increment(1);
+    ws.count_received();
     if let Err(e) = validate::send(&req.idempotency_key, &req.device, &req.recipient, &req.body) {
         return refused(e.code, 0, e.message);
     }

@@ -45,12 +45,69 @@ impl fmt::Debug for Lsn {
     }
 }
 
+/// Upper bounds, in nanoseconds and inclusive, of the buckets of [`SyncLatency`]: 50 µs
+/// (a fast NVMe fdatasync) to 1 s (a disk that is failing or saturated). A sync slower than
+/// the last bound is counted in the overflow bucket, the last of [`SyncLatency::counts`].
+pub const SYNC_LATENCY_BOUNDS_NS: [u64; 14] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// Buckets of [`SyncLatency`]: one per bound, and the overflow above the last.
+pub const SYNC_LATENCY_BUCKETS: usize = SYNC_LATENCY_BOUNDS_NS.len() + 1;
+
+/// How long the writer's syncs took (one per group commit; `fdatasync`, `fsync`, or nothing
+/// with [`crate::SyncMode::None`]), as a histogram cumulative since open.
+///
+/// Buckets are disjoint (not cumulative like Prometheus's `le`): `counts[i]` counts syncs that
+/// took more than `SYNC_LATENCY_BOUNDS_NS[i - 1]` and at most `SYNC_LATENCY_BOUNDS_NS[i]`.
+/// Each bucket also keeps the sum of its durations, so an exporter can replay a delta with
+/// values that fall in the right bucket and add up to the right total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncLatency {
+    /// Syncs per bucket.
+    pub counts: [u64; SYNC_LATENCY_BUCKETS],
+    /// Nanoseconds spent in the syncs of each bucket.
+    pub sum_ns: [u64; SYNC_LATENCY_BUCKETS],
+}
+
+impl SyncLatency {
+    /// Syncs measured ([`JournalStats::syncs`] is this count).
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Nanoseconds spent syncing in total.
+    pub fn total_ns(&self) -> u64 {
+        self.sum_ns.iter().sum()
+    }
+
+    /// The bucket a duration of `ns` nanoseconds falls in.
+    pub fn bucket_of(ns: u64) -> usize {
+        SYNC_LATENCY_BOUNDS_NS.partition_point(|&b| b < ns)
+    }
+}
+
 /// Counters, cumulative since open (except the gauges `queued_bytes`, `disk_bytes`,
 /// `retention_pending_segments`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalStats {
     /// Syncs (fdatasync calls) issued; one per group commit.
     pub syncs: u64,
+    /// How long those syncs took.
+    pub sync_latency: SyncLatency,
     /// Records written (including those carried forward by compaction).
     pub records: u64,
     /// Bytes written.
@@ -91,7 +148,10 @@ pub(crate) struct Shared {
     pub durable_lsn: AtomicU64,
     pub poisoned: AtomicBool,
     pub poison_msg: Mutex<String>,
-    pub syncs: AtomicU64,
+    /// [`SyncLatency`] as it is counted: written by the writer thread only, read by `stats`.
+    /// The number of syncs is their sum, so a snapshot's `syncs` and histogram always agree.
+    pub sync_counts: [AtomicU64; SYNC_LATENCY_BUCKETS],
+    pub sync_sum_ns: [AtomicU64; SYNC_LATENCY_BUCKETS],
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub appends: AtomicU64,
@@ -106,6 +166,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts one sync that took `took`: two relaxed adds, once per group commit.
+    pub(crate) fn record_sync(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let b = SyncLatency::bucket_of(ns);
+        self.sync_counts[b].fetch_add(1, Ordering::Relaxed);
+        self.sync_sum_ns[b].fetch_add(ns, Ordering::Relaxed);
+    }
+
     pub(crate) fn poison(&self, msg: String) {
         *self.poison_msg.lock().unwrap_or_else(|e| e.into_inner()) = msg;
         self.poisoned.store(true, Ordering::Release);
@@ -386,8 +454,13 @@ impl Journal {
     pub fn stats(&self) -> JournalStats {
         let s = &self.shared;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sync_latency = SyncLatency {
+            counts: std::array::from_fn(|i| g(&s.sync_counts[i])),
+            sum_ns: std::array::from_fn(|i| g(&s.sync_sum_ns[i])),
+        };
         JournalStats {
-            syncs: g(&s.syncs),
+            syncs: sync_latency.count(),
+            sync_latency,
             records: g(&s.records),
             bytes: g(&s.bytes),
             appends: g(&s.appends),

@@ -45,7 +45,10 @@ mod tests;
 pub use completion::Completion;
 pub use config::{Clock, JournalConfig, SyncMode};
 pub use error::{Fault, JournalError, OverloadReason, Result};
-pub use journal::{CompactionReport, Journal, JournalStats, Lsn, RetentionReport};
+pub use journal::{
+    CompactionReport, Journal, JournalStats, Lsn, RetentionReport, SYNC_LATENCY_BOUNDS_NS,
+    SYNC_LATENCY_BUCKETS, SyncLatency,
+};
 pub use record::{
     AcceptedMessage, Body, DecodeError, FRAME_HEADER, InboundMessage, MAX_RECORD_LEN, MessageId, Record,
 };

@@ -722,6 +722,49 @@ fn group_commit_batches_concurrent_appenders() {
 }
 
 #[test]
+fn every_sync_is_timed_in_the_latency_histogram() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let (j, _) = open(tmp.path(), cfg(&clock));
+    assert_eq!(j.stats().sync_latency, SyncLatency::default());
+    for i in 0..20 {
+        j.append(vec![accepted(i, T0)]).wait().unwrap();
+    }
+    j.flush().wait().unwrap();
+    let st = j.stats();
+    assert!(st.syncs >= 1, "{st:?}");
+    assert_eq!(st.sync_latency.count(), st.syncs, "{st:?}");
+    // A real fdatasync takes time; each bucket's sum lies within the bucket's bounds.
+    assert!(st.sync_latency.total_ns() > 0, "{st:?}");
+    for (b, (&n, &sum)) in st
+        .sync_latency
+        .counts
+        .iter()
+        .zip(&st.sync_latency.sum_ns)
+        .enumerate()
+    {
+        let hi = SYNC_LATENCY_BOUNDS_NS.get(b).copied().unwrap_or(u64::MAX);
+        let lo = if b == 0 { 0 } else { SYNC_LATENCY_BOUNDS_NS[b - 1] };
+        assert!(sum <= n.saturating_mul(hi), "bucket {b}: {n} syncs, {sum} ns");
+        assert!(n == 0 || sum > n * lo, "bucket {b}: {n} syncs, {sum} ns");
+    }
+}
+
+#[test]
+fn sync_latency_buckets_are_inclusive_upper_bounds() {
+    assert_eq!(SyncLatency::bucket_of(0), 0);
+    assert_eq!(SyncLatency::bucket_of(50_000), 0);
+    assert_eq!(SyncLatency::bucket_of(50_001), 1);
+    assert_eq!(
+        SyncLatency::bucket_of(1_000_000_000),
+        SYNC_LATENCY_BOUNDS_NS.len() - 1
+    );
+    assert_eq!(SyncLatency::bucket_of(1_000_000_001), SYNC_LATENCY_BUCKETS - 1);
+    assert_eq!(SyncLatency::bucket_of(u64::MAX), SYNC_LATENCY_BUCKETS - 1);
+    assert!(SYNC_LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
 fn dead_letters_list_inspect_replay_purge_across_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);

@@ -197,6 +197,10 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                             (*seq, true)
                         }
                         StreamReply::Rejected { seq, code, retry_after_ms, reason } => {
+                            // Refused after admission passed (the journal append failed, or
+                            // the original of a duplicate was not persisted): not yet counted
+                            // for the workspace.
+                            ctx.ws.count_rejected(*code);
                             reject(&ctx, &mut io, *seq, *code, *retry_after_ms, reason);
                             (*seq, true)
                         }
@@ -526,6 +530,8 @@ fn handle_send(
 ) {
     if !ctx.key.role.allows(Permission::MessagesSend) {
         ctx.shared.metrics.received.increment(1);
+        ctx.ws.count_received();
+        ctx.ws.count_rejected(ErrorCode::FORBIDDEN);
         return reject(
             ctx,
             io,
@@ -537,6 +543,8 @@ fn handle_send(
     }
     if pending.contains(&seq) {
         ctx.shared.metrics.received.increment(1);
+        ctx.ws.count_received();
+        ctx.ws.count_rejected(ErrorCode::DUPLICATE_SEQ);
         return reject(
             ctx,
             io,
@@ -550,6 +558,8 @@ fn handle_send(
     if ctx.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
         ctx.in_flight.fetch_sub(1, Ordering::AcqRel);
         ctx.shared.metrics.received.increment(1);
+        ctx.ws.count_received();
+        ctx.ws.count_rejected(ErrorCode::TOO_MANY_IN_FLIGHT);
         ctx.shared
             .control
             .audit

@@ -199,7 +199,11 @@ impl SessionHandle {
     /// Reserves a queue slot, so a message can be journaled first and queued after without
     /// a chance of finding the queue full in between. `None` if full or stopped.
     pub fn reserve(&self) -> Option<Permit> {
-        self.tx.clone().try_reserve_owned().ok().map(Permit)
+        let slot = self.tx.clone().try_reserve_owned().ok()?;
+        Some(Permit {
+            slot,
+            metrics: self.workspace.metrics.clone(),
+        })
     }
 
     /// Queues a message, waiting for room (recovery feeds a backlog through this).
@@ -221,12 +225,23 @@ impl SessionHandle {
 
 /// A reserved slot in a device's queue (from [`SessionHandle::reserve`]).
 #[derive(Debug)]
-pub struct Permit(mpsc::OwnedPermit<Box<Outbound>>);
+pub struct Permit {
+    slot: mpsc::OwnedPermit<Box<Outbound>>,
+    /// The workspace's per-workspace counters, if on.
+    metrics: Option<Arc<crate::metrics::WorkspaceMetrics>>,
+}
 
 impl Permit {
     /// Queues the message into the reserved slot.
+    ///
+    /// Both admission paths (QUIC and HTTP) call this exactly when the journal has confirmed
+    /// the message, right after counting it accepted, so it also counts the workspace's
+    /// `accepted` series (with per-workspace metrics on).
     pub fn send(self, m: Outbound) {
-        self.0.send(Box::new(m));
+        if let Some(w) = &self.metrics {
+            w.accepted.increment(1);
+        }
+        self.slot.send(Box::new(m));
     }
 }
 
@@ -408,13 +423,20 @@ impl SessionManager {
     }
 
     /// Messages waiting in each workspace's device queues (for the queued-messages quota).
+    ///
+    /// The control plane walks the sessions through this once a second, so it also publishes
+    /// the node's `waping_device_queue_messages` and `waping_upstream_in_flight` gauges: a
+    /// sample, where counting every enqueue would cost the hot path two shared atomics.
     pub fn queue_depths(&self) -> std::collections::HashMap<WorkspaceIdx, u64> {
         let mut m = std::collections::HashMap::new();
+        let mut total = 0;
         for e in self.sessions.iter() {
             let h = e.value();
             let depth = (h.tx.max_capacity() - h.tx.capacity()) as u64;
             *m.entry(e.key().0).or_insert(0) += depth;
+            total += depth;
         }
+        self.metrics.publish_session_load(total);
         m
     }
 
@@ -500,6 +522,8 @@ impl SessionTask {
         // Boxed as it came through the queue: 8 bytes of the idle future instead of 176.
         let mut held: Option<Box<Outbound>> = None;
         let mut inflight = FuturesUnordered::new();
+        // (held, in flight) as last added to the node's gauges.
+        let mut load = (0i64, 0i64);
         self.apply(
             &mut life,
             &mut record,
@@ -598,6 +622,12 @@ impl SessionTask {
                     None => std::future::pending().await,
                 }
             };
+            // What this device holds while it waits; only changes cost an atomic add.
+            let now_load = (i64::from(held.is_some()), inflight.len() as i64);
+            if now_load != load {
+                self.metrics.session_load(load, now_load);
+                load = now_load;
+            }
             let step = tokio::select! {
                 biased;
                 Some((m, started, r)) = inflight.next(), if !inflight.is_empty() => {
@@ -694,6 +724,7 @@ impl SessionTask {
                 break;
             }
         }
+        self.metrics.session_load(load, (0, 0));
         if save_pacing_at.is_some() {
             self.save_pacing(&pacer, &mut record).await;
         }
@@ -858,6 +889,7 @@ impl SessionTask {
             AfterFailure::Deferred(reply, report) => self.emit(reply.as_ref(), report),
             AfterFailure::Final(m, report) => {
                 self.metrics.failed(code);
+                self.ws.count_failed(code);
                 self.emit(m.reply.as_ref(), report);
             }
         }
@@ -1000,6 +1032,7 @@ impl SessionTask {
         let report = match r {
             Ok(ack) => {
                 self.metrics.delivered.increment(1);
+                self.ws.count_delivered();
                 if ack.already_sent {
                     self.metrics.already_sent.increment(1);
                 }
@@ -1027,6 +1060,7 @@ impl SessionTask {
                 }
                 AfterFailure::Final(m, report) => {
                     self.metrics.failed(report.code);
+                    self.ws.count_failed(report.code);
                     self.emit(m.reply.as_ref(), report);
                     return;
                 }

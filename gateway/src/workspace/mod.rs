@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::broadcast;
-use waping_protocol::EventKind;
+use waping_protocol::{ErrorCode, EventKind};
 
 use crate::limiter;
+use crate::metrics::{WorkspaceLabels, WorkspaceMetrics};
 
 /// Dense index of a workspace in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,12 +53,47 @@ pub struct Workspace {
     pub queued: AtomicU64,
     /// Quota on `queued` (0 = none until the control plane sets it).
     pub max_queued: AtomicU64,
+    /// The send pipeline counted under this workspace's `workspace` label (or the shared
+    /// `_other`); `None` unless `metrics.per_workspace` is on, and then counting costs nothing.
+    pub metrics: Option<Arc<WorkspaceMetrics>>,
 }
 
 impl Workspace {
     /// Whether the workspace was deleted.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Counts a SEND received (per-workspace metrics only; a branch when they are off).
+    #[inline]
+    pub fn count_received(&self) {
+        if let Some(m) = &self.metrics {
+            m.received.increment(1);
+        }
+    }
+
+    /// Counts a SEND refused with `code` (per-workspace metrics only).
+    #[inline]
+    pub fn count_rejected(&self, code: ErrorCode) {
+        if let Some(m) = &self.metrics {
+            m.rejected(code);
+        }
+    }
+
+    /// Counts a message the upstream confirmed (per-workspace metrics only).
+    #[inline]
+    pub fn count_delivered(&self) {
+        if let Some(m) = &self.metrics {
+            m.delivered.increment(1);
+        }
+    }
+
+    /// Counts an accepted message that failed with `code` (per-workspace metrics only).
+    #[inline]
+    pub fn count_failed(&self, code: ErrorCode) {
+        if let Some(m) = &self.metrics {
+            m.failed(code);
+        }
     }
 
     /// Publishes to live subscribers; free when nobody listens.
@@ -77,6 +113,8 @@ impl Workspace {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: arc_swap::ArcSwap<Inner>,
+    /// Per-workspace metric handles (`metrics.per_workspace`); `None`: not counted.
+    labels: Option<WorkspaceLabels>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -87,6 +125,17 @@ struct Inner {
 }
 
 impl Registry {
+    /// An empty registry whose workspaces count their send pipeline under a `workspace` label
+    /// when `per_workspace_max` is set (`metrics.per_workspace`): the first that many
+    /// workspaces added get their own label value, the rest share `_other`. `None` is
+    /// [`Registry::default`]: no per-workspace series.
+    pub fn with_workspace_metrics(per_workspace_max: Option<u32>) -> Registry {
+        Registry {
+            inner: Default::default(),
+            labels: per_workspace_max.map(WorkspaceLabels::new),
+        }
+    }
+
     /// Adds a workspace and returns it; an existing one with the same id is returned as is.
     pub fn add(
         &self,
@@ -95,6 +144,8 @@ impl Registry {
         device_rate_per_second: u32,
         pacing: Arc<crate::pacing::PacingPolicy>,
     ) -> Arc<Workspace> {
+        // Outside the retried closure; the same id always gets the same handles.
+        let metrics = self.labels.as_ref().map(|l| l.of(id));
         let mut made = None;
         self.inner.rcu(|cur| {
             let mut next = Inner::clone(cur);
@@ -114,6 +165,7 @@ impl Registry {
                 deleted: AtomicBool::new(false),
                 queued: AtomicU64::new(0),
                 max_queued: AtomicU64::new(0),
+                metrics: metrics.clone(),
             });
             next.by_id.insert(ws.id.clone(), idx);
             next.list.push(Some(ws.clone()));
@@ -179,5 +231,40 @@ impl Registry {
             .pop()
             .unwrap();
         self.add(id, cell, 0, Arc::new(crate::pacing::PacingPolicy::off()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_workspace_metrics_only_when_configured() {
+        let off = Registry::default();
+        assert!(off.add_for_tests("a").metrics.is_none());
+        // Counting without handles is a no-op, not a panic.
+        off.add_for_tests("a").count_rejected(ErrorCode::RATE_LIMITED);
+
+        let on = Registry::with_workspace_metrics(Some(1));
+        let a = on.add_for_tests("a");
+        let b = on.add_for_tests("b");
+        let c = on.add_for_tests("c");
+        assert_eq!(a.metrics.as_ref().unwrap().label(), "a");
+        assert_eq!(
+            b.metrics.as_ref().unwrap().label(),
+            crate::metrics::OTHER_WORKSPACES
+        );
+        assert!(Arc::ptr_eq(
+            b.metrics.as_ref().unwrap(),
+            c.metrics.as_ref().unwrap()
+        ));
+        // Deleted and created again, a workspace keeps its label value.
+        on.remove("a");
+        let a2 = on.add_for_tests("a");
+        assert!(!Arc::ptr_eq(&a, &a2));
+        assert!(Arc::ptr_eq(
+            a.metrics.as_ref().unwrap(),
+            a2.metrics.as_ref().unwrap()
+        ));
     }
 }
