@@ -69,7 +69,7 @@ fn install_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<SocketAddr
     let probe = std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
     let bound = probe.local_addr()?;
     drop(probe);
-    match metrics_exporter_prometheus::PrometheusBuilder::new()
+    match crate::metrics::prometheus_builder()
         .with_http_listener(bound)
         .install()
     {
@@ -138,7 +138,9 @@ impl Gateway {
         }
         // One batch so the map is copied once; fresh buckets start full whatever `now` is.
         let cells = limiter.upsert_many(quotas, Nanos::ZERO);
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::with_workspace_metrics(
+            cfg.metrics.per_workspace.then_some(cfg.metrics.per_workspace_max),
+        ));
         for (w, cell) in cfg.workspaces.iter().zip(cells) {
             let (_, _, device_rate) = cfg.workspace_limits(w);
             let pacing = cfg

@@ -279,7 +279,6 @@ async fn device_queue_and_in_flight_gauges_hold_the_backlog() {
 
 /// Needs `Gateway::start` to build its registry with `Registry::with_workspace_metrics`.
 #[tokio::test]
-#[ignore = "issue 7 wiring: Registry::with_workspace_metrics in Gateway::start"]
 async fn per_workspace_series_add_up_to_the_node_totals() {
     const ALPHA: Ws = Ws {
         id: "alpha",
@@ -375,7 +374,6 @@ async fn per_workspace_series_add_up_to_the_node_totals() {
 
 /// Needs the exporter built by `metrics::prometheus_builder` (else histograms are summaries).
 #[tokio::test]
-#[ignore = "issue 7 wiring: metrics::prometheus_builder in install_metrics"]
 async fn journal_sync_latency_is_a_histogram_with_the_documented_buckets() {
     const W: Ws = Ws {
         id: "w",
