@@ -83,13 +83,17 @@ impl ClientIdentity {
         ),
         ClientError,
     > {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientError::Config(format!("{}: {e}", p.display())));
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| ClientError::Config(format!("{}: {e}", p.display())));
         let pem = read(&self.cert)?;
         let certs = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ClientError::Config(format!("{}: {e}", self.cert.display())))?;
         if certs.is_empty() {
-            return Err(ClientError::Config(format!("{}: no certificate", self.cert.display())));
+            return Err(ClientError::Config(format!(
+                "{}: no certificate",
+                self.cert.display()
+            )));
         }
         let pem = read(&self.key)?;
         let key = rustls_pemfile::private_key(&mut pem.as_slice())
@@ -292,12 +296,13 @@ fn tls_config(trust: &Trust, identity: Option<&ClientIdentity>) -> Result<rustls
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let identity = identity.map(ClientIdentity::load).transpose()?;
-    let finish = |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| match &identity {
-        Some((certs, key)) => b
-            .with_client_auth_cert(certs.clone(), key.clone_key())
-            .map_err(|e| ClientError::Config(format!("client certificate: {e}"))),
-        None => Ok(b.with_no_client_auth()),
-    };
+    let finish =
+        |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| match &identity {
+            Some((certs, key)) => b
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| ClientError::Config(format!("client certificate: {e}"))),
+            None => Ok(b.with_no_client_auth()),
+        };
     let mut cfg = match trust {
         Trust::Pin(pin) => finish(
             builder
@@ -348,8 +353,9 @@ fn client_endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
         ([0, 0, 0, 0], 0).into()
     };
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&cfg.trust, cfg.identity.as_ref())?)
-        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&cfg.trust, cfg.identity.as_ref())?)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
     let mut qcfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(5)));

@@ -295,12 +295,7 @@ impl Gateway {
             audit_stop,
             audit_aggregator,
             audit_pipeline,
-            reload: crate::reload::ReloadState::new(
-                cfg.clone(),
-                endpoint,
-                https_tls,
-                &prepared,
-            ),
+            reload: crate::reload::ReloadState::new(cfg.clone(), endpoint, https_tls, &prepared),
         };
         gw.write_runtime_file()?;
         tracing::info!(

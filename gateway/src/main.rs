@@ -123,7 +123,11 @@ fn init_logging(cfg: &Config) -> waping_gateway::reload::LogHook {
     let registry = tracing_subscriber::registry().with(filter);
     match cfg.log.format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -149,8 +149,8 @@ fn load(path: Option<&Path>, state_dir: &Path) -> Result<Loaded, (String, Vec<St
             let text = std::fs::read_to_string(p)
                 .map_err(|e| (String::new(), vec![format!("{}: {e}", p.display())]))?;
             let sha = hex::encode(Sha256::digest(text.as_bytes()));
-            let cfg = Config::parse(&text, &p.display().to_string())
-                .map_err(|e| (sha.clone(), problems_of(&e)))?;
+            let cfg =
+                Config::parse(&text, &p.display().to_string()).map_err(|e| (sha.clone(), problems_of(&e)))?;
             (cfg, sha)
         }
         None => (
@@ -197,7 +197,11 @@ fn changed_paths(a: &toml::Value, b: &toml::Value, prefix: &str, out: &mut BTree
         (toml::Value::Table(ta), toml::Value::Table(tb)) => {
             let keys: BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
             for k in keys {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match (ta.get(k), tb.get(k)) {
                     (Some(x), Some(y)) => changed_paths(x, y, &path, out),
                     _ => {
@@ -414,7 +418,9 @@ mod tests {
     #[test]
     fn live_settings_are_not_restart_required() {
         let boot = Config::default();
-        let new = parse("[limits]\nrate_per_second = 5\nburst = 9\n[quotas]\nmax_devices = 3\n[log]\nlevel = \"warn\"\n");
+        let new = parse(
+            "[limits]\nrate_per_second = 5\nburst = 9\n[quotas]\nmax_devices = 3\n[log]\nlevel = \"warn\"\n",
+        );
         assert!(restart_only_changes(&boot, &new).is_empty());
         let eff = effective(&boot, &new);
         assert_eq!(eff.limits.burst, 9);

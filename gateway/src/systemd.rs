@@ -39,7 +39,11 @@ pub fn status(status: &str) {
 /// to their signal; plain `Type=notify` units show the state while it lasts.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(t) => send(&[NotifyState::Reloading, t, NotifyState::Status("reloading the configuration")]),
+        Ok(t) => send(&[
+            NotifyState::Reloading,
+            t,
+            NotifyState::Status("reloading the configuration"),
+        ]),
         Err(_) => send(&[NotifyState::Reloading]),
     }
 }

@@ -120,9 +120,12 @@ fn client_verifier(
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         let c = c.with_context(|| format!("server.client_ca: parsing {}", path.display()))?;
-        roots
-            .add(c)
-            .with_context(|| format!("server.client_ca: a certificate in {} is not a usable CA", path.display()))?;
+        roots.add(c).with_context(|| {
+            format!(
+                "server.client_ca: a certificate in {} is not a usable CA",
+                path.display()
+            )
+        })?;
     }
     if roots.is_empty() {
         bail!("server.client_ca: {} holds no certificate", path.display());
@@ -133,7 +136,11 @@ fn client_verifier(
         ClientAuth::Optional => builder.allow_unauthenticated(),
         _ => builder,
     };
-    Ok(Some(builder.build().context("server.client_ca: building the verifier")?))
+    Ok(Some(
+        builder
+            .build()
+            .context("server.client_ca: building the verifier")?,
+    ))
 }
 
 /// Fingerprint (`sha256:<hex>`) of every CA in `server.client_ca`, to tell whether a reload

@@ -52,7 +52,9 @@ async fn burst(s: &mut FrameStream, seqs: std::ops::RangeInclusive<u64>) -> (u64
 fn audit_records(gw: &Gateway, action: &str) -> Vec<serde_json::Value> {
     let dir = gw.state_dir().join("audit-log");
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return out;
+    };
     let mut files: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
     files.sort();
     for f in files {
@@ -74,7 +76,10 @@ fn wait_for_audit(gw: &Gateway, action: &str, n: usize) -> Vec<serde_json::Value
         if r.len() >= n {
             return r;
         }
-        assert!(std::time::Instant::now() < deadline, "{n} {action} record(s) not in the file sink: {r:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} {action} record(s) not in the file sink: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -91,15 +96,21 @@ async fn a_new_limit_reaches_a_live_connection_and_a_broken_file_changes_nothing
 
     // A broken file that would also raise the limit and drop the key: refused as a whole.
     let r = gw.reload_with(|t| {
-        t.replace("rate_per_second = 1\nburst = 3", "rate_per_second = 1000\nburst = 1000")
-            .replace("[[workspaces.keys]]", "bogus_setting = 1\n[[workspaces.keys]]")
-            .replace("hash = ", "hash_typo = ")
+        t.replace(
+            "rate_per_second = 1\nburst = 3",
+            "rate_per_second = 1000\nburst = 1000",
+        )
+        .replace("[[workspaces.keys]]", "bogus_setting = 1\n[[workspaces.keys]]")
+        .replace("hash = ", "hash_typo = ")
     });
     assert_eq!(r["last_result"], "rejected", "{r}");
     assert_eq!(r["rejected"], 1);
     // Still limited on the same connection: at most one token came back per second since.
     let (ok, limited) = burst(&mut s, 5..=14).await;
-    assert!(limited >= 5, "the refused reload raised the limit: {ok} accepted, {limited} limited");
+    assert!(
+        limited >= 5,
+        "the refused reload raised the limit: {ok} accepted, {limited} limited"
+    );
     // The key still works for a new connection.
     let mut again = gw.connect("slow").await;
     drop(again.take_control());
@@ -125,9 +136,16 @@ async fn a_new_limit_reaches_a_live_connection_and_a_broken_file_changes_nothing
             .replace("[server]\n", "[server]\nmax_connections = 500\n")
     });
     assert_eq!(r["last_result"], "applied", "{r}");
-    assert_eq!(r["restart_pending"], serde_json::json!(["server.max_connections"]));
+    assert_eq!(
+        r["restart_pending"],
+        serde_json::json!(["server.max_connections"])
+    );
     let (ok, limited) = burst(&mut s, 15..=44).await;
-    assert_eq!((ok, limited), (30, 0), "the new limit did not reach the live connection");
+    assert_eq!(
+        (ok, limited),
+        (30, 0),
+        "the new limit did not reach the live connection"
+    );
     let records = wait_for_audit(&gw, "config.reload", 2);
     let applied = &records[1];
     assert_eq!(applied["outcome"], "success", "{applied}");
@@ -137,9 +155,18 @@ async fn a_new_limit_reaches_a_live_connection_and_a_broken_file_changes_nothing
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert!(names.contains(&"workspaces[slow].rate_per_second/burst"), "{names:?}");
-    assert_eq!(applied["detail"]["restart_required"], serde_json::json!(["server.max_connections"]));
-    assert_eq!(applied["detail"]["config_sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        names.contains(&"workspaces[slow].rate_per_second/burst"),
+        "{names:?}"
+    );
+    assert_eq!(
+        applied["detail"]["restart_required"],
+        serde_json::json!(["server.max_connections"])
+    );
+    assert_eq!(
+        applied["detail"]["config_sha256"].as_str().map(str::len),
+        Some(64)
+    );
 }
 
 #[tokio::test]
@@ -152,15 +179,24 @@ async fn keys_follow_the_file_on_reload() {
     let k = waping_gateway::auth::generate_key();
     let r = gw.reload_with(|t| {
         let start = t.find("[[workspaces.keys]]").unwrap();
-        format!("{}[[workspaces.keys]]\nid = \"{}\"\nhash = \"{}\"\nrole = \"sender\"\n", &t[..start], k.id, k.hash)
+        format!(
+            "{}[[workspaces.keys]]\nid = \"{}\"\nhash = \"{}\"\nrole = \"sender\"\n",
+            &t[..start],
+            k.id,
+            k.hash
+        )
     });
     assert_eq!(r["last_result"], "applied", "{r}");
     tokio::time::timeout(Duration::from_secs(10), conn.quic().closed())
         .await
         .expect("the connection of the removed key was closed");
-    let err = Connection::connect(&gw.client_config(&old_key)).await.unwrap_err();
+    let err = Connection::connect(&gw.client_config(&old_key))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AUTH_FAILED));
-    let mut c = Connection::connect(&gw.client_config(&k.key)).await.expect("the new key works");
+    let mut c = Connection::connect(&gw.client_config(&k.key))
+        .await
+        .expect("the new key works");
     let mut s = c.take_control().unwrap();
     assert_eq!(burst(&mut s, 1..=1).await, (1, 0));
 }
@@ -199,7 +235,11 @@ async fn a_swapped_certificate_is_seen_by_new_clients_while_old_connections_keep
     let mut gw = Gateway::start(&[SLOW], "");
     // HTTPS for the API too (the harness starts plain HTTP on loopback).
     let cfg = std::fs::read_to_string(gw.config_path()).unwrap();
-    std::fs::write(gw.config_path(), cfg.replace("scheme = \"http\"", "scheme = \"https\"")).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        cfg.replace("scheme = \"http\"", "scheme = \"https\""),
+    )
+    .unwrap();
     gw.terminate();
     gw.respawn();
     let tls_dir = gw.state_dir().join("tls");
@@ -255,7 +295,10 @@ fn ca(name: &str) -> Ca {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(rcgen::DnType::CommonName, name);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
     let key = rcgen::KeyPair::generate().unwrap();
     Ca {
         cert: p.self_signed(&key).unwrap(),
@@ -313,14 +356,19 @@ async fn client_certificates_can_be_required_by_reload_without_dropping_open_con
         Connection::connect(&with(Some(&bad))).await.is_err(),
         "a certificate from another CA was accepted"
     );
-    let mut ok = Connection::connect(&with(Some(&good))).await.expect("trusted client certificate");
+    let mut ok = Connection::connect(&with(Some(&good)))
+        .await
+        .expect("trusted client certificate");
     let mut ok_stream = ok.take_control().unwrap();
     assert_eq!(burst(&mut ok_stream, 1..=1).await.0, 1);
     // Opened before the rule: still served.
     assert_eq!(burst(&mut before_stream, 2..=2).await.0, 1);
     // The audit log names the machine: its certificate's fingerprint on auth.success.
     let leaf = std::fs::read(&good.cert).unwrap();
-    let der = rustls_pemfile::certs(&mut leaf.as_slice()).next().unwrap().unwrap();
+    let der = rustls_pemfile::certs(&mut leaf.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
     let want = {
         use sha2::Digest as _;
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(der.as_ref())))
@@ -330,7 +378,10 @@ async fn client_certificates_can_be_required_by_reload_without_dropping_open_con
         .iter()
         .any(|r| r["detail"]["type"] == "client_cert" && r["detail"]["sha256"] == want.as_str())
     {
-        assert!(std::time::Instant::now() < deadline, "no auth.success with the client certificate");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no auth.success with the client certificate"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The API key is still checked: a certificate alone is not a credential.
@@ -342,7 +393,9 @@ async fn client_certificates_can_be_required_by_reload_without_dropping_open_con
     // `optional`: no certificate is fine again, a bad one still is not.
     let r = gw.reload_with(|t| t.replace("client_auth = \"required\"", "client_auth = \"optional\""));
     assert_eq!(r["last_result"], "applied", "{r}");
-    let mut plain = Connection::connect(&with(None)).await.expect("optional client auth");
+    let mut plain = Connection::connect(&with(None))
+        .await
+        .expect("optional client auth");
     drop(plain.take_control());
     assert!(Connection::connect(&with(Some(&bad))).await.is_err());
 }

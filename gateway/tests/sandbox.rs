@@ -131,7 +131,16 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
     }
 
     let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "--", "sh", "-c", SANDBOX, "sandbox"])
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            SANDBOX,
+            "sandbox",
+        ])
         .arg(host)
         .arg(env!("CARGO_BIN_EXE_waping-gateway"))
         .args(["run", "--config", "/mnt/config/waping-gateway.toml"])
@@ -152,9 +161,14 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
             break v;
         }
         if let Ok(Some(st)) = child.try_wait() {
-            panic!("the gateway exited inside the sandbox: {st} (97 = the sandbox let it write the project tree)");
+            panic!(
+                "the gateway exited inside the sandbox: {st} (97 = the sandbox let it write the project tree)"
+            );
         }
-        assert!(Instant::now() < deadline, "no runtime.json from the sandboxed gateway");
+        assert!(
+            Instant::now() < deadline,
+            "no runtime.json from the sandboxed gateway"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!probe.exists(), "the sandbox let root write {}", probe.display());
@@ -172,7 +186,9 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
         connect_timeout: Duration::from_secs(10),
         identity: None,
     };
-    let mut conn = Connection::connect(&cfg).await.expect("connect to the sandboxed gateway");
+    let mut conn = Connection::connect(&cfg)
+        .await
+        .expect("connect to the sandboxed gateway");
     let mut s = conn.take_control().unwrap();
     for seq in 1..=5 {
         s.writer.queue(&send(seq)).unwrap();
@@ -207,7 +223,13 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(&cfg_path, text.replace("burst = 100", "burst = 200")).unwrap();
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r: serde_json::Value = std::fs::read_to_string(&runtime_path)
@@ -224,7 +246,13 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
     drop(conn);
 
     // SIGTERM: drains and exits 0, having written its audit file sink.
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -237,7 +265,12 @@ async fn the_daemon_works_inside_the_units_file_system_sandbox() {
     let audit_dir = host.join("logs/audit");
     let lines: usize = std::fs::read_dir(&audit_dir)
         .unwrap_or_else(|e| panic!("{}: {e}", audit_dir.display()))
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default().lines().count())
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
         .sum();
     assert!(lines >= 4, "audit file sink in $LOGS_DIRECTORY has {lines} lines");
     // Put the test directory back in the test user's hands so it can be removed.

@@ -49,7 +49,10 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     let (mut reloading, mut ready_again) = (false, false);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready_again {
-        assert!(Instant::now() < deadline, "no RELOADING/READY pair: reloading={reloading}");
+        assert!(
+            Instant::now() < deadline,
+            "no RELOADING/READY pair: reloading={reloading}"
+        );
         let n = sock.recv(&mut buf).expect("a notification");
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();
         if m.contains("RELOADING=1") {

@@ -600,7 +600,9 @@ impl Control {
         if self.meta.contains_key(&req.id) || self.jobs.deleting(&req.id) {
             return Err(Error::Conflict(format!("workspace {:?} already exists", req.id)));
         }
-        let rate = req.rate_per_second.unwrap_or(self.config().limits.rate_per_second);
+        let rate = req
+            .rate_per_second
+            .unwrap_or(self.config().limits.rate_per_second);
         let burst = req.burst.unwrap_or(self.config().limits.burst);
         for (name, v) in [("rate_per_second", rate), ("burst", burst)] {
             if !(1..=10_000_000).contains(&v) {

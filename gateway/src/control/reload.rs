@@ -98,7 +98,8 @@ impl Control {
                 Some(o) => {
                     let (orate, oburst, _) = old.workspace_limits(o);
                     if (orate, oburst) != (rate, burst) {
-                        plan.applied.insert(format!("workspaces[{}].rate_per_second/burst", w.id));
+                        plan.applied
+                            .insert(format!("workspaces[{}].rate_per_second/burst", w.id));
                         plan.retune.push(((*w).clone(), quota));
                     }
                     for d in &w.devices {
@@ -170,7 +171,10 @@ impl Control {
         }
         // Node defaults that only matter for workspaces made from now on, or are read live.
         for (name, changed) in [
-            ("limits.rate_per_second", old.limits.rate_per_second != new.limits.rate_per_second),
+            (
+                "limits.rate_per_second",
+                old.limits.rate_per_second != new.limits.rate_per_second,
+            ),
             ("limits.burst", old.limits.burst != new.limits.burst),
             ("quotas", old.quotas != new.quotas),
             ("retention", old.retention != new.retention),
@@ -245,7 +249,10 @@ impl Control {
         }
         for (ws_id, k) in &plan.keys {
             let Some(ws) = self.registry.by_id(ws_id) else {
-                errors.push(format!("workspace {ws_id}: not registered; key {} not added", k.id));
+                errors.push(format!(
+                    "workspace {ws_id}: not registered; key {} not added",
+                    k.id
+                ));
                 continue;
             };
             match LiveKey::new(&k.id, &k.hash, ws, k.role, None) {

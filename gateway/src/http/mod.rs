@@ -492,7 +492,9 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
-        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let mut shutdown = shutdown.clone();
         tracker.spawn(async move {
             let svc = tower::ServiceExt::map_request(router, move |mut r: Request<hyper::body::Incoming>| {

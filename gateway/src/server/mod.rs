@@ -136,7 +136,10 @@ fn client_cert_sha256(conn: &quinn::Connection) -> Option<String> {
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
     let leaf = certs.first()?;
-    Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(leaf.as_ref()))))
+    Some(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(leaf.as_ref()))
+    ))
 }
 
 async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> anyhow::Result<()> {
