@@ -43,11 +43,15 @@ pub enum Permission {
     AuditRead = 1 << 14,
     /// Subscribe to live events (reports, inbound messages, device state).
     EventsSubscribe = 1 << 15,
+    /// Create, read, change, rotate the secret of and delete webhook endpoints, and replay
+    /// their failed deliveries. Admin and up: an endpoint URL decides where the workspace's
+    /// messages go.
+    WebhooksManage = 1 << 16,
 }
 
 impl Permission {
     /// Every permission, for docs and tests.
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::WorkspaceRead,
         Permission::KeysRead,
         Permission::KeysWrite,
@@ -64,6 +68,7 @@ impl Permission {
         Permission::WorkspaceDelete,
         Permission::AuditRead,
         Permission::EventsSubscribe,
+        Permission::WebhooksManage,
     ];
 
     /// Stable name (`devices.write`), as used in error bodies and the README matrix.
@@ -85,6 +90,7 @@ impl Permission {
             Permission::WorkspaceDelete => "workspace.delete",
             Permission::AuditRead => "audit.read",
             Permission::EventsSubscribe => "events.subscribe",
+            Permission::WebhooksManage => "webhooks.manage",
         }
     }
 
@@ -152,7 +158,11 @@ impl Role {
             | P::EventsSubscribe.bit();
         const OPERATOR: u32 =
             READ | P::DevicesWrite.bit() | P::MessagesSend.bit() | P::DeadLettersWrite.bit();
-        const ADMIN: u32 = OPERATOR | P::KeysWrite.bit() | P::SettingsWrite.bit() | P::DeletionsWrite.bit();
+        const ADMIN: u32 = OPERATOR
+            | P::KeysWrite.bit()
+            | P::SettingsWrite.bit()
+            | P::DeletionsWrite.bit()
+            | P::WebhooksManage.bit();
         match self {
             Role::Owner => ADMIN | P::WorkspaceDelete.bit() | P::AuditRead.bit(),
             Role::Admin => ADMIN,
