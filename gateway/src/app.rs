@@ -59,6 +59,7 @@ pub struct Gateway {
     audit_aggregator: tokio::task::JoinHandle<()>,
     audit_pipeline: waping_audit::Pipeline,
     reload: crate::reload::ReloadState,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// Installs the Prometheus recorder once per process; later calls (tests
@@ -118,6 +119,8 @@ impl Gateway {
                 .context("opening the keyring (encryption at rest)")?,
         );
         let sealer = crate::control::sealing::VaultSealer(vault.clone());
+        // Events owed to webhook endpoints, sealed like the journal.
+        let webhooks = crate::webhooks::Webhooks::open(&cfg.webhooks, &state_dir, Arc::new(sealer.clone()))?;
         for w in &cfg.workspaces {
             vault
                 .ensure_workspace(&w.id)
@@ -141,6 +144,7 @@ impl Gateway {
         let registry = Arc::new(Registry::with_workspace_metrics(
             cfg.metrics.per_workspace.then_some(cfg.metrics.per_workspace_max),
         ));
+        registry.set_sink(webhooks.clone());
         for (w, cell) in cfg.workspaces.iter().zip(cells) {
             let (_, _, device_rate) = cfg.workspace_limits(w);
             let pacing = cfg
@@ -235,6 +239,7 @@ impl Gateway {
             audit.clone(),
         )?;
 
+        webhooks.start(&control);
         let (scheduler_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let scheduler = tokio::spawn(run_retries(queue, durable.clone(), stop_rx));
         resume(recovered, &registry, &sessions, &durable, &metrics);
@@ -295,6 +300,7 @@ impl Gateway {
             audit_stop,
             audit_aggregator,
             audit_pipeline,
+            webhooks,
             reload: crate::reload::ReloadState::new(cfg.clone(), endpoint, https_tls, &prepared),
         };
         gw.write_runtime_file()?;
@@ -401,6 +407,7 @@ impl Gateway {
         let _ = self.scheduler_stop.send(());
         let _ = self.scheduler.await;
         self.sessions.close_all();
+        self.webhooks.shutdown();
         if let Err(e) = self.durable.journal.flush().await {
             tracing::error!(error = %e, "final journal flush failed");
         }

@@ -27,6 +27,7 @@ pub mod session;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
+pub mod webhooks;
 pub mod workspace;
 
 pub use app::Gateway;

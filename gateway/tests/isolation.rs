@@ -39,6 +39,7 @@ struct BObjects {
     dead_id: String,
     job_id: String,
     recipient: String,
+    webhook_id: String,
 }
 
 fn key_id(key: &str) -> String {
@@ -113,7 +114,17 @@ fn setup() -> (Gateway, String, String, BObjects) {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let job_id = r.json()["id"].as_str().unwrap().to_string();
+    // A webhook endpoint of B (a type that never fires here, so nothing is delivered).
+    let r = gw.api(
+        "POST",
+        "/v1/webhooks",
+        &b,
+        Some(json!({"url": "https://hooks.example.com/b", "event_types": ["webhook.endpoint_disabled"]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let webhook_id = r.json()["webhook"]["id"].as_str().unwrap().to_string();
     let objs = BObjects {
+        webhook_id,
         key_id: key_id(&b),
         api_device: "b2".into(),
         message_id,
@@ -405,6 +416,46 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         "A's retention change reached B"
     );
     cover("PUT", "/v1/retention");
+
+    // Webhooks: B's endpoint answers A exactly like an endpoint that exists nowhere.
+    for (m, p, body) in [
+        ("GET", "/v1/webhooks/{id}", None),
+        ("PATCH", "/v1/webhooks/{id}", Some(json!({"enabled": false}))),
+        ("POST", "/v1/webhooks/{id}/rotate-secret", Some(json!({}))),
+        ("GET", "/v1/webhooks/{id}/dead", None),
+        ("POST", "/v1/webhooks/{id}/dead/replay", Some(json!({}))),
+        ("DELETE", "/v1/webhooks/{id}", None),
+    ] {
+        same(
+            p,
+            m,
+            &fill(p, "", &o.webhook_id),
+            &fill(p, "", "whe_00000000000000ff"),
+            body,
+        );
+        cover(m, p);
+    }
+    let r = gw.api("GET", "/v1/webhooks", &a, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json().as_array().map(Vec::len),
+        Some(0),
+        "A lists B's endpoint: {}",
+        r.body
+    );
+    cover("GET", "/v1/webhooks");
+    let r = gw.api(
+        "POST",
+        "/v1/webhooks",
+        &a,
+        Some(json!({"url": "https://hooks.example.com/a"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    no_leak("POST /v1/webhooks", &r);
+    cover("POST", "/v1/webhooks");
+    let r = gw.api("GET", &format!("/v1/webhooks/{}", o.webhook_id), &b, None);
+    assert_eq!(r.status, 200, "B's endpoint survived A's attempts: {}", r.body);
+    assert_eq!(r.json()["enabled"], true);
 
     // Creating a device named like B's is A's own device, not a conflict that would reveal B's.
     let r = gw.api("POST", "/v1/devices", &a, Some(json!({"id": "b2"})));

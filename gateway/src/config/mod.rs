@@ -50,6 +50,8 @@ pub struct Config {
     pub retention: crate::control::config::Retention,
     /// Tamper-evident audit log: spool, digests, aggregation, sinks.
     pub audit: waping_audit::AuditConfig,
+    /// Webhook deliveries: SSRF policy, timeouts, retry schedule (endpoints via the API).
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// Tenants and their API keys.
     pub workspaces: Vec<WorkspaceConfig>,
 }
@@ -895,6 +897,7 @@ impl Config {
         p.extend(self.quotas.problems("quotas"));
         p.extend(self.retention.problems("retention"));
         p.extend(self.audit.problems("audit"));
+        p.extend(self.webhooks.problems("webhooks"));
         if let Err(e) = crate::retry::RetryPolicy::from_config(&self.retry) {
             p.extend(e.problems);
         }

@@ -14,6 +14,7 @@ pub mod roles;
 pub mod sealing;
 pub mod store;
 pub mod throttle;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -364,6 +365,7 @@ pub struct Control {
     meta: DashMap<String, WorkspaceRecord>,
     config_keys: DashMap<String, ()>,
     jobs: jobs::Jobs,
+    webhook_rt: std::sync::OnceLock<Arc<dyn webhooks::WebhookRuntime>>,
 }
 
 impl Control {
@@ -437,6 +439,7 @@ impl Control {
             meta,
             config_keys,
             jobs: jobs::Jobs::default(),
+            webhook_rt: std::sync::OnceLock::new(),
         });
         // Workspaces created through the API (and configuration workspaces since removed
         // from the file: their data stays, now managed through the API).

@@ -35,6 +35,8 @@ pub enum Kind {
     Device,
     /// Deletion jobs.
     Job,
+    /// Webhook endpoints (secrets sealed).
+    Webhook,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Key => "key/",
             Kind::Device => "dev/",
             Kind::Job => "job/",
+            Kind::Webhook => "whk/",
         }
     }
 }

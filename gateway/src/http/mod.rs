@@ -10,6 +10,7 @@
 
 pub mod openapi;
 pub mod routes;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

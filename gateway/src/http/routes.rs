@@ -94,6 +94,14 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/deletions", Key(P::DeletionsWrite)),
     r("POST", "/v1/deletions", Key(P::DeletionsWrite)),
     r("GET", "/v1/deletions/{id}", Key(P::DeletionsWrite)),
+    r("GET", "/v1/webhooks", Key(P::WebhooksManage)),
+    r("POST", "/v1/webhooks", Key(P::WebhooksManage)),
+    r("GET", "/v1/webhooks/{id}", Key(P::WebhooksManage)),
+    r("PATCH", "/v1/webhooks/{id}", Key(P::WebhooksManage)),
+    r("DELETE", "/v1/webhooks/{id}", Key(P::WebhooksManage)),
+    r("POST", "/v1/webhooks/{id}/rotate-secret", Key(P::WebhooksManage)),
+    r("GET", "/v1/webhooks/{id}/dead", Key(P::WebhooksManage)),
+    r("POST", "/v1/webhooks/{id}/dead/replay", Key(P::WebhooksManage)),
 ];
 
 /// The access rule of a matched route, if listed.
@@ -145,14 +153,33 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
         .route("/v1/deletions", get(list_deletions).post(create_deletion))
         .route("/v1/deletions/{id}", get(get_deletion))
+        .route(
+            "/v1/webhooks",
+            get(super::webhooks::list_webhooks).post(super::webhooks::create_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(super::webhooks::get_webhook)
+                .patch(super::webhooks::update_webhook)
+                .delete(super::webhooks::delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(super::webhooks::rotate_webhook_secret),
+        )
+        .route("/v1/webhooks/{id}/dead", get(super::webhooks::list_dead))
+        .route(
+            "/v1/webhooks/{id}/dead/replay",
+            post(super::webhooks::replay_dead),
+        )
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs a control-plane change off the async workers: each is an fsynced write to
 /// `control.redb` (and sometimes the keyring), milliseconds a request may wait but a runtime
 /// worker should not.
-async fn on_control<T: Send + 'static>(
+pub(crate) async fn on_control<T: Send + 'static>(
     api: &Api,
     f: impl FnOnce(&Arc<crate::control::Control>) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
@@ -166,7 +193,7 @@ async fn on_control<T: Send + 'static>(
     result
 }
 
-fn created<T: Serialize>(v: T) -> Response {
+pub(crate) fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
 }
 
@@ -175,7 +202,7 @@ fn accepted<T: Serialize>(v: T) -> Response {
 }
 
 /// Secrets are shown once; nothing may cache them.
-fn no_store(mut r: Response) -> Response {
+pub(crate) fn no_store(mut r: Response) -> Response {
     r.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
@@ -1320,6 +1347,14 @@ async fn get_deletion(
     replay_dead_letter,
     create_deletion,
     list_deletions,
-    get_deletion
+    get_deletion,
+    super::webhooks::create_webhook,
+    super::webhooks::list_webhooks,
+    super::webhooks::get_webhook,
+    super::webhooks::update_webhook,
+    super::webhooks::delete_webhook,
+    super::webhooks::rotate_webhook_secret,
+    super::webhooks::list_dead,
+    super::webhooks::replay_dead
 ))]
 pub struct Paths;

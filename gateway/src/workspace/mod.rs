@@ -56,7 +56,19 @@ pub struct Workspace {
     /// The send pipeline counted under this workspace's `workspace` label (or the shared
     /// `_other`); `None` unless `metrics.per_workspace` is on, and then counting costs nothing.
     pub metrics: Option<Arc<WorkspaceMetrics>>,
+    /// Where events also go for webhooks (set once for the node; empty in unit tests).
+    sink: SinkCell,
 }
+
+/// Receives every workspace event besides the live subscribers: the webhook runtime, which
+/// stores those an endpoint wants.
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    /// One event of `ws`, observed at `at_ms`.
+    fn offer(&self, ws: &Workspace, at_ms: u64, kind: &EventKind);
+}
+
+/// The node's event sink, shared by the registry and every workspace.
+pub type SinkCell = Arc<std::sync::OnceLock<Arc<dyn EventSink>>>;
 
 impl Workspace {
     /// Whether the workspace was deleted.
@@ -96,11 +108,16 @@ impl Workspace {
         }
     }
 
-    /// Publishes to live subscribers; free when nobody listens.
+    /// Publishes to live subscribers and offers the event to the webhook runtime; free when
+    /// nobody listens and no endpoint wants it.
     pub fn publish(&self, kind: EventKind) {
+        let now = crate::unix_ms();
+        if let Some(sink) = self.sink.get() {
+            sink.offer(self, now, &kind);
+        }
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(Arc::new(WsEvent {
-                timestamp_ms: crate::unix_ms(),
+                timestamp_ms: now,
                 kind,
             }));
         }
@@ -115,6 +132,7 @@ pub struct Registry {
     inner: arc_swap::ArcSwap<Inner>,
     /// Per-workspace metric handles (`metrics.per_workspace`); `None`: not counted.
     labels: Option<WorkspaceLabels>,
+    sink: SinkCell,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -133,6 +151,7 @@ impl Registry {
         Registry {
             inner: Default::default(),
             labels: per_workspace_max.map(WorkspaceLabels::new),
+            sink: SinkCell::default(),
         }
     }
 
@@ -166,6 +185,7 @@ impl Registry {
                 queued: AtomicU64::new(0),
                 max_queued: AtomicU64::new(0),
                 metrics: metrics.clone(),
+                sink: self.sink.clone(),
             });
             next.by_id.insert(ws.id.clone(), idx);
             next.list.push(Some(ws.clone()));
@@ -173,6 +193,11 @@ impl Registry {
             next
         });
         made.expect("rcu ran at least once")
+    }
+
+    /// Sets where every workspace's events also go (once; later calls are ignored).
+    pub fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        let _ = self.sink.set(sink);
     }
 
     /// Removes a workspace (it is being deleted): it is marked deleted, so keys and

@@ -1,0 +1,833 @@
+//! Webhook delivery: events owed to endpoints are made durable in the event store, then one
+//! worker per endpoint delivers them (signed, retried, dead-lettered).
+//!
+//! - **Producing.** Every workspace event (`Workspace::publish`) is offered to
+//!   [`Webhooks`]; if an enabled endpoint of the workspace wants its type, the event is
+//!   queued for the event store with the endpoints it is owed to, in the same transaction
+//!   (`waping_events::EventStore::append`). Inbound messages take the awaited path
+//!   ([`Webhooks::publish_durable`]) so WhatsApp is acknowledged only once the event is on
+//!   disk. An event no endpoint wants costs one map lookup.
+//! - **Delivering.** A worker per endpoint reads its due rows in event order, resolves the
+//!   URL through the SSRF guard (once per batch, connecting only to the checked addresses),
+//!   asks the endpoint's circuit breaker, signs (Standard Webhooks), posts, classifies the
+//!   answer and records the outcome: delivered, retry at the schedule's next time (honouring
+//!   `Retry-After`), dead, or endpoint disabled (410). At most `max_concurrency` requests are
+//!   in flight per endpoint, so a slow endpoint delays nobody else. With `ordered`, a device's
+//!   next event waits until its previous one is finished.
+//! - **Crash.** Rows are deleted only after a 2xx; a `kill -9` between the answer and the
+//!   record resends the event with the same `webhook-id`, which receivers deduplicate on.
+
+pub mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use metrics::{counter, gauge};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use waping_events::{self as m, DeadSelector, Event, EventData, EventStore, EventType, NewEvent, Outcome};
+use waping_protocol::EventKind;
+use waping_webhooks::{Breaker, Plan, Policy, Schedule, Secret, Signer, TlsClient};
+
+use crate::control::Control;
+use crate::control::webhooks::{DeadDelivery, WebhookRecord, WebhookRuntime, endpoint_id};
+use crate::workspace::Workspace;
+pub use config::WebhooksConfig;
+
+/// Events queued for the event store before producers are told to slow down (inbound) or
+/// the event is counted as dropped (the send pipeline never waits on webhooks).
+const QUEUE: usize = 65_536;
+/// Most events per append.
+const BATCH: usize = 1024;
+/// Rows a worker looks at per round.
+const WINDOW: usize = 256;
+
+/// One endpoint at run time.
+#[derive(Debug)]
+struct Endpoint {
+    num: u64,
+    rec: ArcSwap<WebhookRecord>,
+    secrets: ArcSwap<Vec<Secret>>,
+    types: ArcSwap<HashSet<String>>,
+    wake: Notify,
+    stop: CancellationToken,
+    breaker: Mutex<Breaker>,
+}
+
+struct Queued {
+    event: Event,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The webhook runtime: the event store, the endpoint index and the delivery workers.
+pub struct Webhooks {
+    store: EventStore,
+    cfg: WebhooksConfig,
+    policy: Policy,
+    schedule: Schedule,
+    tls: TlsClient,
+    endpoints: DashMap<u64, Arc<Endpoint>>,
+    /// Enabled endpoints per workspace: what `publish` consults on every event.
+    index: ArcSwap<HashMap<String, Vec<Arc<Endpoint>>>>,
+    queue: mpsc::Sender<Queued>,
+    queue_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    control: OnceLock<Weak<Control>>,
+    stop: CancellationToken,
+    me: Weak<Webhooks>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// Opens `state_dir/events.redb` and prepares the runtime; nothing runs until
+    /// [`Webhooks::start`].
+    pub fn open(
+        cfg: &WebhooksConfig,
+        state_dir: &std::path::Path,
+        sealer: Arc<dyn waping_journal::RecordSealer>,
+    ) -> anyhow::Result<Arc<Webhooks>> {
+        use anyhow::Context as _;
+        let path = state_dir.join("events.redb");
+        let store = EventStore::open(
+            &path,
+            waping_events::StoreOptions {
+                sealer: Some(sealer),
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("opening the event store {}", path.display()))?;
+        let tls = match &cfg.extra_ca_file {
+            Some(p) => TlsClient::with_extra_ca(p)
+                .with_context(|| format!("webhooks.extra_ca_file {}", p.display()))?,
+            None => TlsClient::new().context("webhook TLS client")?,
+        };
+        let schedule = cfg
+            .schedule()
+            .map_err(|e| anyhow::anyhow!("webhooks.retry_schedule_s: {e}"))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok(Arc::new_cyclic(|me| Webhooks {
+            me: me.clone(),
+            store,
+            policy: cfg.policy(),
+            cfg: cfg.clone(),
+            schedule,
+            tls,
+            endpoints: DashMap::new(),
+            index: ArcSwap::from_pointee(HashMap::new()),
+            queue: tx,
+            queue_rx: Mutex::new(Some(rx)),
+            control: OnceLock::new(),
+            stop: CancellationToken::new(),
+        }))
+    }
+
+    /// Loads every endpoint from the control plane and starts the writer, the workers and
+    /// the retention sweep.
+    pub fn start(self: &Arc<Self>, control: &Arc<Control>) {
+        let _ = self.control.set(Arc::downgrade(control));
+        control.set_webhook_runtime(self.clone());
+        for (rec, secrets) in control.webhook_records() {
+            self.upsert(&rec, secrets);
+        }
+        if let Some(rx) = self.queue_rx.lock().expect("queue lock").take() {
+            tokio::spawn(self.clone().writer(rx));
+        }
+        tokio::spawn(self.clone().sweeper());
+    }
+
+    /// Stops the workers (deliveries in flight are not recorded and are resent after start).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Endpoints of `ws` that want `t`.
+    fn matching(&self, ws: &str, t: EventType) -> Vec<u64> {
+        let idx = self.index.load();
+        match idx.get(ws) {
+            None => Vec::new(),
+            Some(eps) => eps
+                .iter()
+                .filter(|e| {
+                    let types = e.types.load();
+                    types.is_empty() || types.contains(t.as_str())
+                })
+                .map(|e| e.num)
+                .collect(),
+        }
+    }
+
+    /// Queues an event for the endpoints that want it, without waiting (the send pipeline
+    /// calls this). A full queue drops the event, counted and logged: the event store is
+    /// then far behind the node, and the pipeline must not stall on webhooks.
+    pub fn offer(&self, event: Event) {
+        if self.matching(&event.workspace, event.kind()).is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.try_send(Queued { event, done: None }) {
+            counter!("waping_events_dropped_total").increment(1);
+            if let mpsc::error::TrySendError::Full(q) = e {
+                tracing::error!(event = %q.event.id, "event queue full; event not stored for webhooks");
+            }
+        }
+    }
+
+    /// Queues an event and waits until it is durable (inbound messages: WhatsApp is
+    /// acknowledged after this). Returns at once when no endpoint wants it.
+    pub async fn publish_durable(&self, event: Event) -> Result<(), String> {
+        if self.matching(&event.workspace, event.kind()).is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Queued {
+                event,
+                done: Some(tx),
+            })
+            .await
+            .map_err(|_| "event writer stopped".to_string())?;
+        rx.await.map_err(|_| "event writer stopped".to_string())?
+    }
+
+    /// Drains the queue into the store in batches and wakes the endpoints owed something.
+    async fn writer(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>) {
+        let mut buf = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut buf, BATCH) => n,
+                _ = self.stop.cancelled() => 0,
+            };
+            if n == 0 {
+                return;
+            }
+            let mut batch = Vec::with_capacity(buf.len());
+            let mut waiters = Vec::new();
+            let mut woken: HashSet<u64> = HashSet::new();
+            for q in buf.drain(..) {
+                // Matched again here: an endpoint created or disabled meanwhile is honoured.
+                let endpoints = self.matching(&q.event.workspace, q.event.kind());
+                woken.extend(endpoints.iter().copied());
+                counter!("waping_events_appended_total", "type" => q.event.kind().as_str()).increment(1);
+                batch.push(NewEvent {
+                    event: q.event,
+                    endpoints,
+                });
+                if let Some(d) = q.done {
+                    waiters.push(d);
+                }
+            }
+            let result = self
+                .store
+                .append(batch)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                counter!("waping_events_append_errors_total").increment(1);
+                tracing::error!(error = %e, "appending events failed");
+            }
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+            for num in woken {
+                if let Some(ep) = self.endpoints.get(&num) {
+                    ep.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Once a minute: expire deliveries older than the store's limit, drop delivered events
+    /// past retention, and publish gauges.
+    async fn sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let now = crate::unix_ms();
+            let cutoff = now.saturating_sub(u64::from(self.cfg.event_retention_hours) * 3_600_000);
+            match self.store.sweep(cutoff, now).await {
+                Ok(r) => {
+                    counter!("waping_webhook_deliveries_total", "result" => "expired").increment(r.expired);
+                }
+                Err(e) => tracing::warn!(error = %e, "event store sweep failed"),
+            }
+            if let Ok(st) = self.store.stats() {
+                gauge!("waping_webhook_pending").set(st.pending as f64);
+                gauge!("waping_webhook_dead").set(st.dead as f64);
+                gauge!("waping_events_stored").set(st.events as f64);
+                gauge!("waping_events_store_bytes").set(st.file_bytes as f64);
+            }
+        }
+    }
+
+    fn rebuild_index(&self) {
+        let mut idx: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+        for e in self.endpoints.iter() {
+            let rec = e.rec.load();
+            if rec.enabled {
+                idx.entry(rec.workspace.clone())
+                    .or_default()
+                    .push(e.value().clone());
+            }
+        }
+        self.index.store(Arc::new(idx));
+    }
+
+    /// One endpoint's worker.
+    async fn worker(self: Arc<Self>, ep: Arc<Endpoint>) {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+        loop {
+            if ep.stop.is_cancelled() || self.stop.is_cancelled() {
+                return;
+            }
+            let now = crate::unix_ms();
+            let enabled = ep.rec.load().enabled;
+            let rows = if enabled {
+                match self.eligible(&ep, now) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "reading deliveries");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let allowed = !rows.is_empty() && ep.breaker.lock().expect("breaker").allow(now);
+            if !allowed {
+                // Sleep until the next due row, the breaker's cool-down, a new event or a change.
+                let mut wait = Duration::from_secs(60);
+                if enabled {
+                    if let Ok(Some(due)) = self.store.next_due(ep.num) {
+                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
+                    }
+                    if !rows.is_empty()
+                        && let Some(until) = ep.breaker.lock().expect("breaker").open_until()
+                    {
+                        wait = wait.max(Duration::from_millis(until.saturating_sub(now)));
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                    _ = ep.wake.notified() => {}
+                    _ = ep.stop.cancelled() => return,
+                    _ = self.stop.cancelled() => return,
+                }
+                continue;
+            }
+            let outcomes = self.deliver_round(&ep, rows, &mut rng).await;
+            if ep.stop.is_cancelled() || self.stop.is_cancelled() {
+                // Stopping mid-round: nothing recorded, everything is resent after start.
+                return;
+            }
+            if let Err(e) = self.store.record(outcomes).await {
+                tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "recording delivery outcomes");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    /// Rows to attempt now: due ones, and with `ordered` only the first pending row of each
+    /// device.
+    fn eligible(
+        &self,
+        ep: &Endpoint,
+        now: u64,
+    ) -> Result<Vec<waping_events::Pending>, waping_events::EventStoreError> {
+        let limit = (self.cfg.max_concurrency as usize).max(1);
+        if !ep.rec.load().ordered {
+            return self.store.due(ep.num, now, limit);
+        }
+        let mut seen: HashSet<Option<String>> = HashSet::new();
+        let mut out = Vec::new();
+        for p in self.store.pending(ep.num, 0, WINDOW)? {
+            let device = p.event.as_ref().ok().and_then(|e| e.device.clone());
+            if !seen.insert(device) {
+                continue;
+            }
+            if p.due_ms <= now {
+                out.push(p);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delivers `rows` concurrently and returns their outcomes.
+    async fn deliver_round(
+        &self,
+        ep: &Arc<Endpoint>,
+        rows: Vec<waping_events::Pending>,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Vec<Outcome> {
+        let rec = ep.rec.load_full();
+        let now = crate::unix_ms();
+        let mut outcomes = Vec::with_capacity(rows.len());
+        // Resolve once per round, through the SSRF guard; connect only to these addresses.
+        let url = match waping_webhooks::EndpointUrl::parse(&rec.url, &self.policy) {
+            Ok(u) => u,
+            Err(e) => {
+                return rows
+                    .into_iter()
+                    .map(|p| self.failed(ep, &p, now, format!("url: {e}"), false, rng))
+                    .collect();
+            }
+        };
+        let addrs = match tokio::time::timeout(
+            Duration::from_secs(10),
+            waping_webhooks::resolve_and_check(&url, &self.policy),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                let msg = format!("address: {e}");
+                return rows
+                    .into_iter()
+                    .map(|p| self.failed(ep, &p, now, msg.clone(), false, rng))
+                    .collect();
+            }
+            Err(_) => {
+                return rows
+                    .into_iter()
+                    .map(|p| self.failed(ep, &p, now, "address: resolution timed out".into(), false, rng))
+                    .collect();
+            }
+        };
+        let secrets = ep.secrets.load_full();
+        let signer = match Signer::new(secrets.iter().cloned().collect()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(endpoint = %rec.id, error = %e, "no usable signing secret");
+                return Vec::new();
+            }
+        };
+        let timeout = Duration::from_millis(self.cfg.request_timeout_ms);
+        let mut set = tokio::task::JoinSet::new();
+        let mut unreadable = Vec::new();
+        for p in rows {
+            let event = match &p.event {
+                Ok(e) => e.clone(),
+                Err(e) => {
+                    // Its workspace's key is gone, or the row is damaged: nothing to send, ever.
+                    unreadable.push(Outcome::Dead {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                        attempts: p.attempts,
+                        error: format!("event unreadable: {e}"),
+                        at_ms: now,
+                    });
+                    continue;
+                }
+            };
+            let body = event.to_json();
+            let ts = now / 1000;
+            let headers = match signer.sign(&event.id.to_string(), ts, body.as_bytes()) {
+                Ok(h) => h,
+                Err(e) => {
+                    unreadable.push(Outcome::Dead {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                        attempts: p.attempts,
+                        error: format!("signing: {e}"),
+                        at_ms: now,
+                    });
+                    continue;
+                }
+            };
+            let req = waping_webhooks::DeliveryRequest {
+                url: url.clone(),
+                headers,
+                body: body.into_bytes().into(),
+            };
+            let addrs = addrs.clone();
+            let tls = self.tls.clone();
+            set.spawn(async move {
+                let started = std::time::Instant::now();
+                let r = waping_webhooks::deliver(&req, &addrs, &tls, timeout).await;
+                (p, r, started.elapsed())
+            });
+        }
+        outcomes.extend(unreadable);
+        while let Some(joined) = set.join_next().await {
+            let Ok((p, r, took)) = joined else { continue };
+            metrics::histogram!("waping_webhook_request_seconds").record(took.as_secs_f64());
+            let now = crate::unix_ms();
+            let attempt = p.attempts + 1;
+            let (verdict, retry_after, error) = match &r {
+                Ok(resp) => (
+                    waping_webhooks::classify_status(resp.status),
+                    resp.retry_after,
+                    format!("HTTP {}", resp.status),
+                ),
+                Err(e) => (e.verdict(), None, e.to_string()),
+            };
+            let plan = self.schedule.plan(verdict, attempt, now, retry_after, rng);
+            {
+                let mut b = ep.breaker.lock().expect("breaker");
+                match verdict {
+                    waping_webhooks::Verdict::Delivered => b.on_success(now),
+                    waping_webhooks::Verdict::SlowDown => {
+                        b.on_failure(now, Some(retry_after.unwrap_or_default()))
+                    }
+                    waping_webhooks::Verdict::DisableEndpoint | waping_webhooks::Verdict::Permanent => {}
+                    waping_webhooks::Verdict::Retry => b.on_failure(now, None),
+                }
+            }
+            let outcome = match plan {
+                Plan::Done => {
+                    counter!("waping_webhook_deliveries_total", "result" => "delivered").increment(1);
+                    Outcome::Delivered {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                    }
+                }
+                Plan::RetryAt(due) => {
+                    counter!("waping_webhook_deliveries_total", "result" => "retry").increment(1);
+                    Outcome::Retry {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                        attempts: attempt,
+                        due_ms: due,
+                        error,
+                    }
+                }
+                Plan::GiveUp => {
+                    counter!("waping_webhook_deliveries_total", "result" => "dead").increment(1);
+                    Outcome::Dead {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                        attempts: attempt,
+                        error,
+                        at_ms: now,
+                    }
+                }
+                Plan::DisableEndpoint => {
+                    counter!("waping_webhook_deliveries_total", "result" => "disabled").increment(1);
+                    self.disable(&rec, "gone: the receiver answered 410");
+                    // The row stays pending: re-enabling the endpoint resumes from here.
+                    Outcome::Retry {
+                        endpoint: ep.num,
+                        seq: p.seq,
+                        attempts: attempt,
+                        due_ms: now,
+                        error,
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// An attempt that failed before a request was made (URL or address refused).
+    fn failed(
+        &self,
+        ep: &Endpoint,
+        p: &waping_events::Pending,
+        now: u64,
+        error: String,
+        _retryable: bool,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Outcome {
+        let attempt = p.attempts + 1;
+        match self
+            .schedule
+            .plan(waping_webhooks::Verdict::Retry, attempt, now, None, rng)
+        {
+            Plan::RetryAt(due) => Outcome::Retry {
+                endpoint: ep.num,
+                seq: p.seq,
+                attempts: attempt,
+                due_ms: due,
+                error,
+            },
+            _ => Outcome::Dead {
+                endpoint: ep.num,
+                seq: p.seq,
+                attempts: attempt,
+                error,
+                at_ms: now,
+            },
+        }
+    }
+
+    /// 410 Gone: the endpoint is disabled (recorded, audited) and the workspace told.
+    fn disable(&self, rec: &WebhookRecord, reason: &str) {
+        let Some(control) = self.control.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if control
+            .disable_webhook_by_gateway(&rec.workspace, &rec.id, reason)
+            .is_none()
+        {
+            return;
+        }
+        tracing::warn!(endpoint = %rec.id, workspace = %rec.workspace, "webhook endpoint disabled: {reason}");
+        let ev = Event::new(
+            rec.workspace.clone(),
+            None,
+            crate::unix_ms(),
+            EventData::WebhookEndpointDisabled(m::EndpointDisabled {
+                endpoint_id: rec.id.clone(),
+                reason: m::DisableReason::Gone,
+                http_status: Some(410),
+                detail: None,
+            }),
+        );
+        self.offer(ev);
+    }
+}
+
+impl WebhookRuntime for Webhooks {
+    fn upsert(&self, rec: &WebhookRecord, secrets: Vec<Secret>) {
+        let num = rec.num();
+        let types: HashSet<String> = rec.event_types.iter().cloned().collect();
+        match self.endpoints.get(&num).map(|e| e.value().clone()) {
+            Some(ep) => {
+                ep.rec.store(Arc::new(rec.clone()));
+                ep.secrets.store(Arc::new(secrets));
+                ep.types.store(Arc::new(types));
+                ep.wake.notify_one();
+            }
+            None => {
+                let ep = Arc::new(Endpoint {
+                    num,
+                    rec: ArcSwap::from_pointee(rec.clone()),
+                    secrets: ArcSwap::from_pointee(secrets),
+                    types: ArcSwap::from_pointee(types),
+                    wake: Notify::new(),
+                    stop: self.stop.child_token(),
+                    breaker: Mutex::new(Breaker::new(self.cfg.breaker())),
+                });
+                self.endpoints.insert(num, ep.clone());
+                if let Some(me) = self.self_arc() {
+                    tokio::spawn(me.worker(ep));
+                }
+            }
+        }
+        self.rebuild_index();
+    }
+
+    fn remove(&self, rec: &WebhookRecord) {
+        if let Some((_, ep)) = self.endpoints.remove(&rec.num()) {
+            ep.stop.cancel();
+        }
+        self.rebuild_index();
+        let store = self.store.clone();
+        let num = rec.num();
+        tokio::spawn(async move {
+            if let Err(e) = store.remove_endpoint(num).await {
+                tracing::error!(endpoint = %endpoint_id(num), error = %e, "removing a deleted endpoint's deliveries");
+            }
+        });
+    }
+
+    fn counts(&self, num: u64) -> (u64, u64) {
+        let pending = self.store.pending(num, 0, 1000).map_or(0, |v| v.len() as u64);
+        let dead = self.store.list_dead(num, 0, 1000).map_or(0, |v| v.len() as u64);
+        (pending, dead)
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn dead(&self, num: u64, limit: usize) -> Vec<DeadDelivery> {
+        self.store
+            .list_dead(num, 0, limit)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| DeadDelivery {
+                event_id: d
+                    .event
+                    .as_ref()
+                    .map_or_else(|_| String::new(), |e| e.id.to_string()),
+                event_type: d
+                    .event
+                    .as_ref()
+                    .map_or_else(|_| String::new(), |e| e.kind().as_str().to_string()),
+                seq: d.seq,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                at_ms: d.at_ms,
+            })
+            .collect()
+    }
+
+    fn replay(&self, num: u64, seq: Option<u64>) -> Result<u64, String> {
+        let which = seq.map_or(DeadSelector::All, DeadSelector::One);
+        let store = self.store.clone();
+        // Called from the control plane's blocking threads (`on_control`).
+        let n = tokio::runtime::Handle::current()
+            .block_on(store.replay_dead(num, which, crate::unix_ms()))
+            .map_err(|e| e.to_string())?;
+        if let Some(ep) = self.endpoints.get(&num) {
+            ep.wake.notify_one();
+        }
+        Ok(n)
+    }
+}
+
+impl Webhooks {
+    fn self_arc(&self) -> Option<Arc<Webhooks>> {
+        self.me.upgrade()
+    }
+}
+
+/// Converts a workspace event (the live-subscriber form) into the durable event model.
+pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
+    let ws_id = ws.id.to_string();
+    let dev = |d: &waping_protocol::Text| Some(d.as_str().to_string());
+    let data_for = |device: Option<String>, data: EventData| Event::new(ws_id.clone(), device, at_ms, data);
+    match kind {
+        EventKind::Inbound {
+            device_id,
+            from,
+            upstream_id,
+            body,
+        } => {
+            let mut e = data_for(
+                dev(device_id),
+                EventData::MessageReceived(m::MessageReceived {
+                    from: from.as_str().to_string(),
+                    upstream_id: upstream_id.as_str().to_string(),
+                    content: content(body),
+                }),
+            );
+            // A WhatsApp redelivery is the same event.
+            e.id = waping_events::EventId::for_inbound(&ws_id, device_id.as_str(), upstream_id.as_str());
+            vec![e]
+        }
+        EventKind::Report { device_id, report } => {
+            let failed = report.status == waping_protocol::DeliveryStatus::Failed;
+            vec![data_for(
+                dev(device_id),
+                EventData::MessageStatus(m::MessageStatus {
+                    message_id: report.message_id.to_string(),
+                    status: if failed {
+                        m::DeliveryStatus::Failed
+                    } else {
+                        m::DeliveryStatus::Sent
+                    },
+                    upstream_id: (!report.upstream_id.as_str().is_empty())
+                        .then(|| report.upstream_id.as_str().to_string()),
+                    error: failed.then(|| m::ErrorInfo {
+                        code: report.code.0,
+                        name: report.code.name().to_string(),
+                        detail: (!report.detail.as_str().is_empty())
+                            .then(|| report.detail.as_str().to_string()),
+                    }),
+                }),
+            )]
+        }
+        EventKind::Receipt {
+            device_id,
+            upstream_ids,
+            status,
+            ..
+        } => {
+            let st = match status {
+                waping_protocol::ReceiptStatus::Delivered => m::DeliveryStatus::Delivered,
+                _ => m::DeliveryStatus::Read,
+            };
+            upstream_ids
+                .iter()
+                .map(|u| {
+                    data_for(
+                        dev(device_id),
+                        EventData::MessageStatus(m::MessageStatus {
+                            // Receipts name WhatsApp's id; the gateway's own id is not known here.
+                            message_id: String::new(),
+                            status: st,
+                            upstream_id: Some(u.as_str().to_string()),
+                            error: None,
+                        }),
+                    )
+                })
+                .collect()
+        }
+        EventKind::DeviceState {
+            device_id,
+            state,
+            detail,
+        } => {
+            use waping_protocol::DeviceState as P;
+            let s = match state {
+                P::Unlinked => m::DeviceState::Unlinked,
+                P::Linking => m::DeviceState::Linking,
+                P::Connected => m::DeviceState::Connected,
+                P::Disconnected => m::DeviceState::Disconnected,
+                P::LoggedOut => m::DeviceState::LoggedOut,
+                P::Banned => m::DeviceState::Banned,
+                P::Disabled => m::DeviceState::Disabled,
+            };
+            vec![data_for(
+                dev(device_id),
+                EventData::DeviceState(m::DeviceStateChange {
+                    state: s,
+                    detail: (!detail.as_str().is_empty()).then(|| detail.as_str().to_string()),
+                    until_ms: None,
+                }),
+            )]
+        }
+        EventKind::LinkCode {
+            device_id,
+            kind,
+            code,
+            valid_for_ms,
+        } => vec![data_for(
+            dev(device_id),
+            EventData::DeviceLinkCode(m::LinkCode {
+                method: match kind {
+                    waping_protocol::LinkCodeKind::Qr => m::LinkMethod::Qr,
+                    waping_protocol::LinkCodeKind::PairingCode => m::LinkMethod::PairingCode,
+                },
+                code: code.as_str().to_string(),
+                expires_at_ms: at_ms + u64::from(*valid_for_ms),
+            }),
+        )],
+        EventKind::Lagged { .. } => Vec::new(),
+    }
+}
+
+fn content(b: &waping_protocol::Body) -> m::Content {
+    match b {
+        waping_protocol::Body::Text(t) => m::Content::Text(t.as_str().to_string()),
+        waping_protocol::Body::Media {
+            reference,
+            mime,
+            caption,
+        } => m::Content::Media(m::Media {
+            reference: reference.as_str().to_string(),
+            mime: mime.as_str().to_string(),
+            caption: (!caption.as_str().is_empty()).then(|| caption.as_str().to_string()),
+        }),
+    }
+}
+
+impl crate::workspace::EventSink for Webhooks {
+    fn offer(&self, ws: &Workspace, at_ms: u64, kind: &EventKind) {
+        // Cheap exit before any conversion: most workspaces have no endpoint.
+        if self.index.load().get(&*ws.id).is_none() {
+            return;
+        }
+        for e in to_event(ws, at_ms, kind) {
+            Webhooks::offer(self, e);
+        }
+    }
+}
