@@ -188,6 +188,11 @@ pub fn prometheus_builder() -> PrometheusBuilder {
         )
         // Only an empty bucket list is refused, and this one is a non-empty constant.
         .expect("sync latency buckets are not empty")
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_REQUEST_SECONDS.into()),
+            &WEBHOOK_REQUEST_BUCKETS,
+        )
+        .expect("webhook request buckets are not empty")
 }
 
 /// Replays the journal syncs counted since `prev` into [`JOURNAL_SYNC_SECONDS`].
@@ -432,11 +437,29 @@ pub const CATALOGUE: &[&str] = &[
     "waping_config_reload_timestamp_seconds",
     "waping_config_restart_pending",
     "waping_tls_reloads_total",
+    "waping_events_appended_total",
+    "waping_events_dropped_total",
+    "waping_events_append_errors_total",
+    "waping_events_stored",
+    "waping_events_store_bytes",
+    "waping_webhook_deliveries_total",
+    "waping_webhook_pending",
+    "waping_webhook_dead",
+    WEBHOOK_REQUEST_SECONDS,
 ];
 
 /// Catalogue entries of type histogram: exposed as `<name>_bucket`, `<name>_sum` and
 /// `<name>_count` (or, by an exporter without their buckets, as a summary).
-pub const HISTOGRAMS: &[&str] = &[JOURNAL_SYNC_SECONDS];
+pub const HISTOGRAMS: &[&str] = &[JOURNAL_SYNC_SECONDS, WEBHOOK_REQUEST_SECONDS];
+
+/// Duration of one webhook delivery attempt, connect to response headers (histogram).
+pub const WEBHOOK_REQUEST_SECONDS: &str = "waping_webhook_request_seconds";
+
+/// Bucket bounds of [`WEBHOOK_REQUEST_SECONDS`]: 5 ms (a receiver on the same network) to the
+/// longest allowed timeout (120 s).
+pub const WEBHOOK_REQUEST_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 120.0,
+];
 
 #[cfg(test)]
 mod tests {

@@ -465,7 +465,7 @@ impl Webhooks {
         outcomes.extend(unreadable);
         while let Some(joined) = set.join_next().await {
             let Ok((p, r, took)) = joined else { continue };
-            metrics::histogram!("waping_webhook_request_seconds").record(took.as_secs_f64());
+            metrics::histogram!(crate::metrics::WEBHOOK_REQUEST_SECONDS).record(took.as_secs_f64());
             let now = crate::unix_ms();
             let attempt = p.attempts + 1;
             let (verdict, retry_after, error) = match &r {
