@@ -177,7 +177,10 @@ impl Gateway {
                     &cfg.upstream.whatsapp,
                     device_store.clone(),
                     ev_tx,
-                    durable.clone(),
+                    Arc::new(crate::webhooks::DurableInbound {
+                        durable: durable.clone(),
+                        webhooks: webhooks.clone(),
+                    }),
                 )
                 .await
                 .context("starting the WhatsApp upstream")?,

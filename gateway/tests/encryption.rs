@@ -56,7 +56,21 @@ async fn no_plaintext_reaches_the_state_directory() {
         r.json()["key"].as_str().unwrap().to_string()
     };
     let config_key = gw.key("enc");
+    // A webhook endpoint: its signing secret is a credential, sealed like the rest (the URL
+    // does not resolve here, so the events owed to it stay in the event store too).
+    let hook_secret = {
+        let r = gw.api(
+            "POST",
+            "/v1/webhooks",
+            &owner,
+            Some(json!({"url": "https://hooks.invalid/enc"})),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["secret"].as_str().unwrap().to_string()
+    };
     let mut needles: Vec<String> = vec![
+        hook_secret.clone(),
+        hook_secret.trim_start_matches("whsec_").to_string(),
         owner.clone(),
         sender.clone(),
         config_key.clone(),

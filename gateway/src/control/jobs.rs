@@ -427,6 +427,8 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
             let w = ws.clone();
             tokio::task::spawn_blocking(move || store.delete_workspace_blocking(&w)).await??;
             job.removed.dead_letters = purge(control, &ws, None).await?;
+            // Webhook endpoints and the events stored for them (message contents).
+            control.delete_workspace_webhooks(&ws).await?;
             job.removed.data_key_destroyed = control.vault.shred(&ws)?;
             control.store().delete_prefix(Kind::Device, &[&ws])?;
             control.store().delete(Kind::Workspace, &[&ws])?;

@@ -201,6 +201,11 @@ pub trait WebhookRuntime: Send + Sync + std::fmt::Debug {
     fn dead(&self, num: u64, limit: usize) -> Vec<DeadDelivery>;
     /// Puts dead deliveries (one, or all) back to work; returns how many.
     fn replay(&self, num: u64, seq: Option<u64>) -> Result<u64, String>;
+    /// Removes every stored event of a workspace (it is being deleted); returns how many.
+    fn delete_workspace(
+        &self,
+        workspace: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
 }
 
 /// A delivery the gateway gave up.
@@ -605,6 +610,21 @@ impl Control {
             vec![format!("replayed:{n}")],
         );
         Ok(n)
+    }
+
+    /// A workspace is being deleted: its endpoints and every event stored for it go.
+    pub async fn delete_workspace_webhooks(&self, workspace: &str) -> anyhow::Result<u64> {
+        let recs: Vec<WebhookRecord> = self.store.list(Kind::Webhook, Some(workspace))?;
+        let rt = self.webhook_rt().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+        for r in &recs {
+            rt.remove(r);
+        }
+        self.store.delete_prefix(Kind::Webhook, &[workspace])?;
+        let events = rt
+            .delete_workspace(workspace)
+            .await
+            .map_err(|e| anyhow::anyhow!("events: {e}"))?;
+        Ok(events)
     }
 
     /// The gateway disables an endpoint (its receiver answered 410 Gone): recorded, and the

@@ -681,9 +681,31 @@ impl WebhookRuntime for Webhooks {
         }
         Ok(n)
     }
+
+    fn delete_workspace(
+        &self,
+        workspace: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
+        self.delete_events(workspace)
+    }
 }
 
 impl Webhooks {
+    fn delete_events(
+        &self,
+        workspace: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
+        let store = self.store.clone();
+        let ws = workspace.to_string();
+        Box::pin(async move {
+            store
+                .delete_workspace(&ws)
+                .await
+                .map(|r| r.events)
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn self_arc(&self) -> Option<Arc<Webhooks>> {
         self.me.upgrade()
     }
@@ -829,5 +851,50 @@ impl crate::workspace::EventSink for Webhooks {
         for e in to_event(ws, at_ms, kind) {
             Webhooks::offer(self, e);
         }
+    }
+}
+
+/// The inbound hook of the WhatsApp upstream: the message is journaled and, when an endpoint
+/// wants `message.received`, stored as an event, both durable before WhatsApp is
+/// acknowledged. A crash after the acknowledgement can then lose neither (WhatsApp would not
+/// send the message again).
+#[derive(Debug)]
+pub struct DurableInbound {
+    /// The journal.
+    pub durable: Arc<crate::durable::Durable>,
+    /// The webhook runtime.
+    pub webhooks: Arc<Webhooks>,
+}
+
+impl crate::upstream::InboundJournal for DurableInbound {
+    fn journal_inbound(
+        &self,
+        device: &crate::upstream::DeviceRef,
+        from: &waping_protocol::Text,
+        upstream_id: &waping_protocol::Text,
+        body: &waping_protocol::Body,
+    ) -> crate::upstream::BoxFuture<'static, Result<(), String>> {
+        let journaled = self.durable.journal_inbound(device, from, upstream_id, body);
+        let mut event = Event::new(
+            device.workspace.to_string(),
+            Some(device.device.as_str().to_string()),
+            crate::unix_ms(),
+            EventData::MessageReceived(m::MessageReceived {
+                from: from.as_str().to_string(),
+                upstream_id: upstream_id.as_str().to_string(),
+                content: content(body),
+            }),
+        );
+        // The same id as the live path's (`to_event`): whichever stores it first wins.
+        event.id = waping_events::EventId::for_inbound(
+            &device.workspace,
+            device.device.as_str(),
+            upstream_id.as_str(),
+        );
+        let webhooks = self.webhooks.clone();
+        Box::pin(async move {
+            journaled.await?;
+            webhooks.publish_durable(event).await
+        })
     }
 }
