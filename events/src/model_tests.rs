@@ -133,14 +133,14 @@ fn examples() -> Vec<(Event, &'static str)> {
                 ..device_event(
                     "0192f3a4b5c67d8e9f00112233445508",
                     EventData::WebhookEndpointDisabled(EndpointDisabled {
-                        endpoint_id: "ep_7".into(),
+                        endpoint_id: "whe_00000000000000a7".into(),
                         reason: DisableReason::Gone,
                         http_status: Some(410),
                         detail: None,
                     }),
                 )
             },
-            r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445508","type":"webhook.endpoint_disabled","version":1,"workspace":"acme","timestamp":"2026-11-26T15:04:05.123Z","data":{"endpoint_id":"ep_7","reason":"gone","http_status":410}}"#,
+            r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445508","type":"webhook.endpoint_disabled","version":1,"workspace":"acme","timestamp":"2026-11-26T15:04:05.123Z","data":{"endpoint_id":"whe_00000000000000a7","reason":"gone","http_status":410}}"#,
         ),
     ]
 }
@@ -248,7 +248,7 @@ fn optional_fields_round_trip_absent_and_present() {
 
 #[test]
 fn workspace_level_events_accept_a_null_device() {
-    let json = r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445508","type":"webhook.endpoint_disabled","version":1,"workspace":"acme","device":null,"timestamp":"2026-11-26T15:04:05.123Z","data":{"endpoint_id":"ep_7","reason":"failing"}}"#;
+    let json = r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445508","type":"webhook.endpoint_disabled","version":1,"workspace":"acme","device":null,"timestamp":"2026-11-26T15:04:05.123Z","data":{"endpoint_id":"whe_00000000000000a7","reason":"failing"}}"#;
     let e = Event::from_json(json).unwrap();
     assert_eq!(e.device, None);
     assert!(!e.to_json().contains("device"));
