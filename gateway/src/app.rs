@@ -243,6 +243,19 @@ impl Gateway {
         )?;
 
         webhooks.start(&control);
+        {
+            // Status events a crash may have lost between a REPORT and their commit.
+            let (w, j) = (webhooks.clone(), durable.journal.clone());
+            tokio::spawn(async move {
+                let n = w.replay_finished(&j, Duration::from_secs(900)).await;
+                if n > 0 {
+                    tracing::info!(
+                        events = n,
+                        "status events of recent finishes checked against the event store"
+                    );
+                }
+            });
+        }
         let (scheduler_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let scheduler = tokio::spawn(run_retries(queue, durable.clone(), stop_rx));
         resume(recovered, &registry, &sessions, &durable, &metrics);

@@ -535,6 +535,19 @@ impl Journal {
         self.request(|done| Request::Status { id, done })
     }
 
+    /// Messages that finished (sent, or failed and reported) at or after `since_ms`, at most
+    /// `limit`, newest first by chunk: what a consumer that may have missed finishes during
+    /// a crash (the webhook runtime's status events) replays at start. Answered from the
+    /// recently-finished status in memory, so bounded by `status_capacity` and
+    /// `status_retention` like [`Journal::message_status`].
+    pub fn finished_since(&self, since_ms: u64, limit: usize) -> Completion<Vec<MessageStatus>> {
+        self.request(|done| Request::FinishedSince {
+            since_ms,
+            limit,
+            done,
+        })
+    }
+
     /// Purges up to `limit` dead letters that died before `cutoff_ms` (unix ms), of
     /// `workspace` or of all workspaces; returns how many (retention sweeps: call again
     /// while it returns `limit`). Writes `DeadPurged` records like [`Journal::purge_dead`].

@@ -314,6 +314,21 @@ impl Recent {
         }
     }
 
+    /// Entries that finished at or after `since_ms` (and are within the retention), newest
+    /// chunks first, at most `limit`. Chunks older than `since_ms` are skipped whole.
+    pub(crate) fn since(&self, since_ms: u64, now_ms: u64, limit: usize) -> Vec<&Finished> {
+        let keep = |f: &&Finished| f.finished_at_ms >= since_ms && !self.expired(f.finished_at_ms, now_ms);
+        let mut out: Vec<&Finished> = self.open.iter().filter(keep).collect();
+        for c in self.sealed.iter().rev() {
+            if out.len() >= limit || c.newest_ms < since_ms {
+                break;
+            }
+            out.extend(c.entries.iter().filter(keep));
+        }
+        out.truncate(limit);
+        out
+    }
+
     /// The newest entry for `id` within the retention.
     pub(crate) fn get(&self, id: &MessageId, now_ms: u64) -> Option<&Finished> {
         let found = self.open.iter().rev().find(|f| f.id == *id).or_else(|| {
@@ -530,6 +545,35 @@ impl Index {
             finished_at_ms: at_ms.max(m.updated_at_ms),
             state,
         });
+    }
+
+    /// Messages that finished (sent or failed, not purged) at or after `since_ms`, at most
+    /// `limit`, from the recently-finished status kept in memory.
+    pub(crate) fn finished_since(&self, since_ms: u64, now_ms: u64, limit: usize) -> Vec<MessageStatus> {
+        self.recent
+            .since(since_ms, now_ms, limit)
+            .into_iter()
+            .filter_map(|f| {
+                let state = match &f.state {
+                    FinishedState::Sent(u) => StatusState::Sent {
+                        upstream_id: u.clone(),
+                    },
+                    FinishedState::Failed(code) => StatusState::Failed { code: *code },
+                    FinishedState::Purged => return None,
+                };
+                let o = self.origins.get(f.origin);
+                Some(MessageStatus {
+                    id: f.id,
+                    workspace: self.origins.workspace(o.ws).to_owned(),
+                    device: o.device.to_string(),
+                    submitted_by: o.submitted_by.to_string(),
+                    accepted_at_ms: f.accepted_at_ms,
+                    state,
+                    attempts: f.attempts,
+                    updated_at_ms: f.finished_at_ms,
+                })
+            })
+            .collect()
     }
 
     /// The status of `id`: live in the index, or recently finished.

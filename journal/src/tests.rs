@@ -1124,6 +1124,74 @@ fn message_status_follows_every_state_and_is_rebuilt_after_restart() {
 }
 
 #[test]
+fn finished_since_lists_recent_finishes_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let cfg = || JournalConfig {
+        status_capacity: 1000,
+        status_retention: Duration::from_secs(3600),
+        ..fast_cfg(&clock)
+    };
+    {
+        let (j, _) = open(tmp.path(), cfg());
+        for i in 0..6 {
+            let finish = if i % 2 == 0 {
+                Record::Sent {
+                    id: id(i),
+                    upstream_id: format!("up-{i}"),
+                    at_ms: T0 + i * 1000,
+                }
+            } else {
+                Record::Failed {
+                    id: id(i),
+                    code: 5000 + i as u16,
+                    at_ms: T0 + i * 1000,
+                }
+            };
+            j.append(vec![accepted(i, T0), finish]).wait().unwrap();
+        }
+        // Still in flight: never listed.
+        j.append(vec![accepted(9, T0)]).wait().unwrap();
+        j.close().unwrap();
+    }
+    // After a restart the same finishes are listed, rebuilt from the segments.
+    let (j, _) = open(tmp.path(), cfg());
+    let mut got: Vec<(MessageId, StatusState)> = j
+        .finished_since(T0 + 2000, 100)
+        .wait()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id, s.state))
+        .collect();
+    got.sort_by_key(|(i, _)| *i);
+    assert_eq!(
+        got,
+        [
+            (
+                id(2),
+                StatusState::Sent {
+                    upstream_id: "up-2".into()
+                }
+            ),
+            (id(3), StatusState::Failed { code: 5003 }),
+            (
+                id(4),
+                StatusState::Sent {
+                    upstream_id: "up-4".into()
+                }
+            ),
+            (id(5), StatusState::Failed { code: 5005 }),
+        ]
+    );
+    assert_eq!(
+        j.finished_since(T0, 2).wait().unwrap().len(),
+        2,
+        "the limit holds"
+    );
+    assert!(j.finished_since(T0 + 6000, 100).wait().unwrap().is_empty());
+}
+
+#[test]
 fn finished_statuses_are_bounded_by_capacity_and_retention() {
     let tmp = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);

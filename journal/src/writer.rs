@@ -56,6 +56,11 @@ pub(crate) enum Request {
         id: MessageId,
         done: Completer<Option<MessageStatus>>,
     },
+    FinishedSince {
+        since_ms: u64,
+        limit: usize,
+        done: Completer<Vec<MessageStatus>>,
+    },
     DeadPurgeOlder {
         workspace: Option<String>,
         cutoff_ms: u64,
@@ -238,6 +243,7 @@ impl Writer {
                 Request::DeadPurge { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeAll(done) => done.complete(Err(e)),
                 Request::Status { done, .. } => done.complete(Err(e)),
+                Request::FinishedSince { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeOlder { done, .. } => done.complete(Err(e)),
                 Request::DeadPurgeWhere { done, .. } => done.complete(Err(e)),
                 Request::Compact(done) => done.complete(Err(e)),
@@ -290,6 +296,16 @@ impl Writer {
             Request::Status { id, done } => {
                 let st = self.index.status(id, self.cfg.clock.now_ms());
                 self.after_sync(done, Ok(st));
+            }
+            Request::FinishedSince {
+                since_ms,
+                limit,
+                done,
+            } => {
+                let v = self
+                    .index
+                    .finished_since(since_ms, self.cfg.clock.now_ms(), limit);
+                self.after_sync(done, Ok(v));
             }
             Request::DeadPurgeOlder {
                 workspace,

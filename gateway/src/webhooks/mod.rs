@@ -149,8 +149,9 @@ impl Webhooks {
         self.stop.cancel();
     }
 
-    /// Endpoints of `ws` that want `t`.
-    fn matching(&self, ws: &str, t: EventType) -> Vec<u64> {
+    /// Endpoints of `ws` that want `t` and existed at `at_ms` (an endpoint gets no events
+    /// from before its creation, also when a restart replays them).
+    fn matching(&self, ws: &str, t: EventType, at_ms: u64) -> Vec<u64> {
         let idx = self.index.load();
         match idx.get(ws) {
             None => Vec::new(),
@@ -158,18 +159,97 @@ impl Webhooks {
                 .iter()
                 .filter(|e| {
                     let types = e.types.load();
-                    types.is_empty() || types.contains(t.as_str())
+                    (types.is_empty() || types.contains(t.as_str()))
+                        && e.rec.load().created_at_ms <= at_ms.saturating_add(1000)
                 })
                 .map(|e| e.num)
                 .collect(),
         }
     }
 
+    /// Replays into the event store the `message.status` of messages that finished in the
+    /// last `window`, from the journal: a crash between a REPORT and the commit of its status
+    /// event would otherwise lose the event. Status events have ids derived from the message
+    /// and the status, so the ones already stored are skipped.
+    pub async fn replay_finished(&self, journal: &waping_journal::Journal, window: Duration) -> usize {
+        let since = crate::unix_ms().saturating_sub(window.as_millis() as u64);
+        let finished = match journal.finished_since(since, 200_000).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing finished messages for status events");
+                return 0;
+            }
+        };
+        let mut waits = Vec::new();
+        for st in finished {
+            let (status, upstream_id, error) = match st.state {
+                waping_journal::StatusState::Sent { upstream_id } => (
+                    m::DeliveryStatus::Sent,
+                    (!upstream_id.is_empty()).then_some(upstream_id),
+                    None,
+                ),
+                waping_journal::StatusState::Failed { code } => {
+                    let c = waping_protocol::ErrorCode(code);
+                    (
+                        m::DeliveryStatus::Failed,
+                        None,
+                        Some(m::ErrorInfo {
+                            code,
+                            name: c.name().to_string(),
+                            detail: None,
+                        }),
+                    )
+                }
+                _ => continue,
+            };
+            if self
+                .matching(&st.workspace, EventType::MessageStatus, st.updated_at_ms)
+                .is_empty()
+            {
+                continue;
+            }
+            let message_id = MessageIdHex(st.id.0).to_string();
+            let mut e = Event::new(
+                st.workspace.clone(),
+                Some(st.device.clone()),
+                st.updated_at_ms,
+                EventData::MessageStatus(m::MessageStatus {
+                    message_id: message_id.clone(),
+                    status,
+                    upstream_id,
+                    error,
+                }),
+            );
+            e.id = status_event_id(&message_id, status);
+            let (tx, rx) = oneshot::channel();
+            if self
+                .queue
+                .send(Queued {
+                    event: e,
+                    done: Some(tx),
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+            waits.push(rx);
+        }
+        let n = waits.len();
+        for w in waits {
+            let _ = w.await;
+        }
+        n
+    }
+
     /// Queues an event for the endpoints that want it, without waiting (the send pipeline
     /// calls this). A full queue drops the event, counted and logged: the event store is
     /// then far behind the node, and the pipeline must not stall on webhooks.
     pub fn offer(&self, event: Event) {
-        if self.matching(&event.workspace, event.kind()).is_empty() {
+        if self
+            .matching(&event.workspace, event.kind(), event.at_ms)
+            .is_empty()
+        {
             return;
         }
         if let Err(e) = self.queue.try_send(Queued { event, done: None }) {
@@ -183,7 +263,10 @@ impl Webhooks {
     /// Queues an event and waits until it is durable (inbound messages: WhatsApp is
     /// acknowledged after this). Returns at once when no endpoint wants it.
     pub async fn publish_durable(&self, event: Event) -> Result<(), String> {
-        if self.matching(&event.workspace, event.kind()).is_empty() {
+        if self
+            .matching(&event.workspace, event.kind(), event.at_ms)
+            .is_empty()
+        {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -213,7 +296,7 @@ impl Webhooks {
             let mut woken: HashSet<u64> = HashSet::new();
             for q in buf.drain(..) {
                 // Matched again here: an endpoint created or disabled meanwhile is honoured.
-                let endpoints = self.matching(&q.event.workspace, q.event.kind());
+                let endpoints = self.matching(&q.event.workspace, q.event.kind(), q.event.at_ms);
                 woken.extend(endpoints.iter().copied());
                 counter!("waping_events_appended_total", "type" => q.event.kind().as_str()).increment(1);
                 batch.push(NewEvent {
@@ -737,15 +820,17 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
         }
         EventKind::Report { device_id, report } => {
             let failed = report.status == waping_protocol::DeliveryStatus::Failed;
-            vec![data_for(
+            let status = if failed {
+                m::DeliveryStatus::Failed
+            } else {
+                m::DeliveryStatus::Sent
+            };
+            let message_id = report.message_id.to_string();
+            let mut e = data_for(
                 dev(device_id),
                 EventData::MessageStatus(m::MessageStatus {
-                    message_id: report.message_id.to_string(),
-                    status: if failed {
-                        m::DeliveryStatus::Failed
-                    } else {
-                        m::DeliveryStatus::Sent
-                    },
+                    message_id: message_id.clone(),
+                    status,
                     upstream_id: (!report.upstream_id.as_str().is_empty())
                         .then(|| report.upstream_id.as_str().to_string()),
                     error: failed.then(|| m::ErrorInfo {
@@ -755,7 +840,10 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
                             .then(|| report.detail.as_str().to_string()),
                     }),
                 }),
-            )]
+            );
+            // The same id as the start-up replay from the journal (`replay_finished`).
+            e.id = status_event_id(&message_id, status);
+            vec![e]
         }
         EventKind::Receipt {
             device_id,
@@ -770,7 +858,7 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
             upstream_ids
                 .iter()
                 .map(|u| {
-                    data_for(
+                    let mut e = data_for(
                         dev(device_id),
                         EventData::MessageStatus(m::MessageStatus {
                             // Receipts name WhatsApp's id; the gateway's own id is not known here.
@@ -779,7 +867,16 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
                             upstream_id: Some(u.as_str().to_string()),
                             error: None,
                         }),
-                    )
+                    );
+                    // A receipt WhatsApp repeats is the same event.
+                    e.id = waping_events::EventId::derived(&[
+                        b"receipt",
+                        ws_id.as_bytes(),
+                        device_id.as_str().as_bytes(),
+                        u.as_str().as_bytes(),
+                        format!("{st:?}").as_bytes(),
+                    ]);
+                    e
                 })
                 .collect()
         }
@@ -824,6 +921,28 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
             }),
         )],
         EventKind::Lagged { .. } => Vec::new(),
+    }
+}
+
+/// The id of a message's `message.status` event for `status`: the same whether it comes from
+/// the live REPORT or from the start-up replay, so the store keeps one.
+fn status_event_id(message_id: &str, status: m::DeliveryStatus) -> waping_events::EventId {
+    waping_events::EventId::derived(&[
+        b"message.status",
+        message_id.as_bytes(),
+        format!("{status:?}").as_bytes(),
+    ])
+}
+
+/// Lowercase hex of a message id, as the API and REPORTs print it.
+struct MessageIdHex([u8; 16]);
+
+impl std::fmt::Display for MessageIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
