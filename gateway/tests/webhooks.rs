@@ -452,3 +452,53 @@ fn the_ssrf_guard_refuses_internal_urls_and_plain_http() {
     let r = gw.api("DELETE", &format!("/v1/webhooks/{id}"), &admin, None);
     assert_eq!(r.status, 204);
 }
+
+#[tokio::test]
+async fn dead_letters_arrive_and_a_rotation_signs_with_both_secrets() {
+    let rx = Receiver::start(ok());
+    let gw = Gateway::start_upstream(
+        &[W],
+        &format!("[upstream.sim]\ntransient_failure_rate = 1.0\n[retry]\nmax_attempts = 1\n{WEBHOOKS}"),
+        false,
+    );
+    let admin = gw.admin_key("hooks", "admin");
+    let (id, old) = create(
+        &gw,
+        &admin,
+        json!({"url": rx.url("/dead"), "event_types": ["message.dead_lettered"]}),
+    );
+    let r = gw.api(
+        "POST",
+        &format!("/v1/webhooks/{id}/rotate-secret"),
+        &admin,
+        Some(json!({"overlap_s": 600})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new = r.json()["secret"].as_str().unwrap().to_string();
+    let ids = send(&gw, "dl", 5).await;
+    wait_until("5 dead-letter events", Duration::from_secs(30), || {
+        rx.distinct().len() >= 5
+    });
+    let got: BTreeSet<String> = rx
+        .distinct()
+        .values()
+        .map(|v| {
+            assert_eq!(v["type"], "message.dead_lettered", "{v}");
+            assert_eq!(v["data"]["attempts"], 1, "{v}");
+            assert!(v["data"]["error"]["name"].is_string(), "{v}");
+            v["data"]["message_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(got, ids);
+    // During the overlap every request carries both signatures; either secret verifies it.
+    for g in rx.requests() {
+        assert_eq!(
+            g.headers["webhook-signature"].split(' ').count(),
+            2,
+            "{:?}",
+            g.headers
+        );
+        verify(&old, &g);
+        verify(&new, &g);
+    }
+}

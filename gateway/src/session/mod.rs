@@ -1097,6 +1097,14 @@ impl SessionTask {
                     last_detail: detail.clone(),
                     at_ms: now_ms,
                 }]);
+                self.ws.dead_lettered(
+                    self.device.device.as_str(),
+                    &m.id,
+                    m.attempts,
+                    code,
+                    &detail,
+                    now_ms,
+                );
             }
             let r = report(&m, DeliveryStatus::Failed, code, now_ms, String::new(), detail);
             (m, r)

@@ -971,6 +971,10 @@ impl crate::workspace::EventSink for Webhooks {
             Webhooks::offer(self, e);
         }
     }
+
+    fn offer_event(&self, event: Event) {
+        Webhooks::offer(self, event);
+    }
 }
 
 /// The inbound hook of the WhatsApp upstream: the message is journaled and, when an endpoint

@@ -65,6 +65,8 @@ pub struct Workspace {
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// One event of `ws`, observed at `at_ms`.
     fn offer(&self, ws: &Workspace, at_ms: u64, kind: &EventKind);
+    /// An event with no live-subscriber form (a dead letter).
+    fn offer_event(&self, event: waping_events::Event);
 }
 
 /// The node's event sink, shared by the registry and every workspace.
@@ -106,6 +108,42 @@ impl Workspace {
         if let Some(m) = &self.metrics {
             m.failed(code);
         }
+    }
+
+    /// A message of this workspace became a dead letter: a `message.dead_lettered` event for
+    /// the endpoints that want it.
+    pub fn dead_lettered(
+        &self,
+        device: &str,
+        message_id: &waping_protocol::MessageId,
+        attempts: u32,
+        code: ErrorCode,
+        detail: &str,
+        at_ms: u64,
+    ) {
+        let Some(sink) = self.sink.get() else { return };
+        let message_id = message_id.to_string();
+        let mut e = waping_events::Event::new(
+            self.id.to_string(),
+            Some(device.to_string()),
+            at_ms,
+            waping_events::EventData::MessageDeadLettered(waping_events::DeadLettered {
+                message_id: message_id.clone(),
+                attempts,
+                error: waping_events::ErrorInfo {
+                    code: code.0,
+                    name: code.name().to_string(),
+                    detail: (!detail.is_empty()).then(|| detail.chars().take(500).collect()),
+                },
+            }),
+        );
+        // The same death is the same event; a replayed dead letter that dies again is a new one.
+        e.id = waping_events::EventId::derived(&[
+            b"message.dead_lettered",
+            message_id.as_bytes(),
+            &attempts.to_le_bytes(),
+        ]);
+        sink.offer_event(e);
     }
 
     /// Publishes to live subscribers and offers the event to the webhook runtime; free when
