@@ -77,6 +77,8 @@ pub struct Webhooks {
     control: OnceLock<Weak<Control>>,
     stop: CancellationToken,
     me: Weak<Webhooks>,
+    dropped: std::sync::atomic::AtomicU64,
+    dropped_logged_s: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -116,6 +118,8 @@ impl Webhooks {
         let (tx, rx) = mpsc::channel(QUEUE);
         Ok(Arc::new_cyclic(|me| Webhooks {
             me: me.clone(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+            dropped_logged_s: std::sync::atomic::AtomicU64::new(0),
             store,
             policy: cfg.policy(),
             cfg: cfg.clone(),
@@ -252,10 +256,28 @@ impl Webhooks {
         {
             return;
         }
-        if let Err(e) = self.queue.try_send(Queued { event, done: None }) {
+        if self.queue.try_send(Queued { event, done: None }).is_err() {
             counter!("waping_events_dropped_total").increment(1);
-            if let mpsc::error::TrySendError::Full(q) = e {
-                tracing::error!(event = %q.event.id, "event queue full; event not stored for webhooks");
+            // One line per second at most: at full load drops come by the tens of thousands
+            // per second, and a line each cost 3-7 % of the node's CPU (BENCHMARKS.md).
+            let n = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let now_s = crate::unix_ms() / 1000;
+            let last = self.dropped_logged_s.load(std::sync::atomic::Ordering::Relaxed);
+            if now_s > last
+                && self
+                    .dropped_logged_s
+                    .compare_exchange(
+                        last,
+                        now_s,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::error!(
+                    dropped_total = n,
+                    "event queue full: events not stored for webhooks (the event store is behind; see waping_events_dropped_total)"
+                );
             }
         }
     }
@@ -927,11 +949,21 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
 /// The id of a message's `message.status` event for `status`: the same whether it comes from
 /// the live REPORT or from the start-up replay, so the store keeps one.
 fn status_event_id(message_id: &str, status: m::DeliveryStatus) -> waping_events::EventId {
-    waping_events::EventId::derived(&[
+    let hashed = waping_events::EventId::derived(&[
         b"message.status",
         message_id.as_bytes(),
         format!("{status:?}").as_bytes(),
-    ])
+    ]);
+    // Keep the message id's time prefix (its first 6 bytes are its creation time, as in a
+    // UUIDv7): ids then arrive in nearly ascending order, which the store's id index inserts
+    // at about twice the rate of random ones (BENCHMARKS.md, "Webhooks (issue 8)").
+    let mut bytes = *hashed.as_bytes();
+    if let Ok(raw) = hex::decode(message_id)
+        && raw.len() == 16
+    {
+        bytes[..6].copy_from_slice(&raw[..6]);
+    }
+    waping_events::EventId::from_bytes(bytes)
 }
 
 /// Lowercase hex of a message id, as the API and REPORTs print it.
