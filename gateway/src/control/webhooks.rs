@@ -206,6 +206,18 @@ pub trait WebhookRuntime: Send + Sync + std::fmt::Debug {
         &self,
         workspace: &str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
+    /// Owes `event` to the endpoint `num` whatever its type filter (an automation's
+    /// "call a webhook" action), durably: resolves once the event and its delivery are on
+    /// disk, with the event's sequence number. Errors: unknown or disabled endpoint, or one
+    /// of another workspace, or the store failed.
+    fn deliver_to(
+        &self,
+        num: u64,
+        event: waping_events::Event,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
+    /// The node's event log: what live subscribers read with `read_after` from their cursor
+    /// and wait on with `watch_head`.
+    fn event_store(&self) -> waping_events::EventStore;
 }
 
 /// A delivery the gateway gave up.
@@ -239,6 +251,11 @@ impl Control {
     /// Installs the delivery runtime (once, at start).
     pub fn set_webhook_runtime(&self, rt: Arc<dyn WebhookRuntime>) {
         let _ = self.webhook_rt.set(rt);
+    }
+
+    /// The webhook runtime, once started (live subscriptions and automations use it).
+    pub fn webhook_runtime(&self) -> Option<&Arc<dyn WebhookRuntime>> {
+        self.webhook_rt.get()
     }
 
     fn webhook_rt(&self) -> Result<&Arc<dyn WebhookRuntime>, Error> {

@@ -41,6 +41,11 @@ pub struct WebhooksConfig {
     /// First cool-down of an open breaker, doubling while failures go on (to 10 min).
     /// Default 30 000 ms; 100..=3 600 000. While open, the endpoint gets one probe at a time.
     pub breaker_cooldown_ms: u64,
+    /// Store every event of every workspace, not only those an endpoint wants. Default true:
+    /// live subscribers (WebSocket, QUIC) resume from a cursor after a disconnect they did
+    /// not plan, which needs the events they missed on disk. False stores only what
+    /// endpoints (and automations) are owed, and subscribers then resume only over those.
+    pub log_all_events: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -56,6 +61,7 @@ impl Default for WebhooksConfig {
             event_retention_hours: 72,
             breaker_failures: 5,
             breaker_cooldown_ms: 30_000,
+            log_all_events: true,
         }
     }
 }

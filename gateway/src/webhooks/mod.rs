@@ -250,9 +250,10 @@ impl Webhooks {
     /// calls this). A full queue drops the event, counted and logged: the event store is
     /// then far behind the node, and the pipeline must not stall on webhooks.
     pub fn offer(&self, event: Event) {
-        if self
-            .matching(&event.workspace, event.kind(), event.at_ms)
-            .is_empty()
+        if !self.cfg.log_all_events
+            && self
+                .matching(&event.workspace, event.kind(), event.at_ms)
+                .is_empty()
         {
             return;
         }
@@ -285,9 +286,10 @@ impl Webhooks {
     /// Queues an event and waits until it is durable (inbound messages: WhatsApp is
     /// acknowledged after this). Returns at once when no endpoint wants it.
     pub async fn publish_durable(&self, event: Event) -> Result<(), String> {
-        if self
-            .matching(&event.workspace, event.kind(), event.at_ms)
-            .is_empty()
+        if !self.cfg.log_all_events
+            && self
+                .matching(&event.workspace, event.kind(), event.at_ms)
+                .is_empty()
         {
             return Ok(());
         }
@@ -792,6 +794,43 @@ impl WebhookRuntime for Webhooks {
         workspace: &str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
         self.delete_events(workspace)
+    }
+
+    fn deliver_to(
+        &self,
+        num: u64,
+        event: Event,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
+        let ep = self.endpoints.get(&num).map(|e| e.clone());
+        let store = self.store.clone();
+        Box::pin(async move {
+            let Some(ep) = ep else {
+                return Err(format!("endpoint {} does not exist", endpoint_id(num)));
+            };
+            let rec = ep.rec.load();
+            if rec.workspace != event.workspace {
+                return Err(format!("endpoint {} does not exist", endpoint_id(num)));
+            }
+            if !rec.enabled {
+                return Err(format!("endpoint {} is disabled", endpoint_id(num)));
+            }
+            let appended = store
+                .append(vec![NewEvent {
+                    event,
+                    endpoints: vec![num],
+                }])
+                .await
+                .map_err(|e| e.to_string())?;
+            ep.wake.notify_one();
+            appended
+                .first()
+                .map(|a| a.seq)
+                .ok_or_else(|| "nothing appended".to_string())
+        })
+    }
+
+    fn event_store(&self) -> EventStore {
+        self.store.clone()
     }
 }
 
