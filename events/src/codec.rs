@@ -1,137 +1,258 @@
 //! Byte layouts of the store's values (keys are redb tuples; see the `store` module).
 //!
-//! Event row: `format (1) | at_ms (8, BE) | id (16) | workspace len (2, BE) | workspace |
-//! device len (2, BE; 0 = none) | device | type len (1) | type | payload`.
-//! `format` 1: the payload is the `data` JSON in plain text; 2: it is what
-//! [`waping_journal::RecordSealer::seal`] made of that JSON, with [`aad`] (the sequence number and
-//! every byte before the payload) bound to it.
+//! **Log row** (one per appended chunk of one workspace's events, key `(workspace, last_seq)`):
+//! `format (1) | first_seq (8, BE) | count (4, BE) | min_at_ms (8, BE) | max_at_ms (8, BE) |
+//! body`. The body is the events one after the other, each `at_ms (8) | id (16) |
+//! type len (1) | type | device len (2; 0 = none) | device | data len (4) | data JSON`;
+//! sequence numbers are `first_seq, first_seq + 1, …` in body order. `format` 1: the body is
+//! plain; 2: it is what [`waping_journal::RecordSealer::seal`] made of it, with [`aad`] (the
+//! workspace and the 29 header bytes) bound to it. One seal and one B-tree insert per chunk
+//! instead of per event is what lets the store keep up with the node's status events
+//! (docs/design/0018-webhooks.md, "The event log").
 //!
-//! Pending delivery: `attempts (4, BE) | due_ms (8, BE) | since_ms (8, BE) | error (UTF-8,
-//! rest)`; dead delivery: `attempts (4, BE) | at_ms (8, BE) | error (UTF-8, rest)`.
+//! **Batch index** value (key `last_seq`): `first_seq (8) | min_at_ms (8) | max_at_ms (8) |
+//! workspace`.
+//!
+//! **Cursor** value: `seq (8) | workspace`.
+//!
+//! **Owed delivery**: `attempts (4) | due_ms (8) | since_ms (8) | device len (2) | device |
+//! error (UTF-8, rest)`; **dead delivery**: `attempts (4) | at_ms (8) | error (UTF-8, rest)`.
 
-use crate::model::{Event, EventId, EventType};
+use crate::model::{Event, EventData, EventId, EventType};
 
-/// Row format byte: plaintext payload (a store without a sealer).
+/// Row format byte: plaintext body (a store without a sealer).
 pub(crate) const FORMAT_PLAIN: u8 = 1;
-/// Row format byte: payload sealed by the store's `RecordSealer`.
+/// Row format byte: body sealed by the store's `RecordSealer`.
 pub(crate) const FORMAT_SEALED: u8 = 2;
+/// Length of a log row's plain header.
+pub(crate) const ROW_HEADER: usize = 1 + 8 + 4 + 8 + 8;
 
 /// Longest `last_error` kept with a delivery, in bytes (longer texts are cut at a character
 /// boundary): a worker's error text is a hint for operators, not a log.
 pub const MAX_ERROR_BYTES: usize = 256;
 
-/// The plain part of an event row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header<'a> {
+/// The plain header of a log row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowHeader {
     pub(crate) format: u8,
+    pub(crate) first_seq: u64,
+    pub(crate) count: u32,
+    pub(crate) min_at_ms: u64,
+    pub(crate) max_at_ms: u64,
+}
+
+impl RowHeader {
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count) - 1
+    }
+
+    pub(crate) fn encode(&self) -> [u8; ROW_HEADER] {
+        let mut out = [0u8; ROW_HEADER];
+        out[0] = self.format;
+        out[1..9].copy_from_slice(&self.first_seq.to_be_bytes());
+        out[9..13].copy_from_slice(&self.count.to_be_bytes());
+        out[13..21].copy_from_slice(&self.min_at_ms.to_be_bytes());
+        out[21..29].copy_from_slice(&self.max_at_ms.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(row: &[u8]) -> Result<RowHeader, String> {
+        if row.len() < ROW_HEADER {
+            return Err(format!("log row of {} bytes (header is {ROW_HEADER})", row.len()));
+        }
+        let format = row[0];
+        if format != FORMAT_PLAIN && format != FORMAT_SEALED {
+            return Err(format!("unknown log row format {format}"));
+        }
+        let h = RowHeader {
+            format,
+            first_seq: be64(&row[1..9]),
+            count: u32::from_be_bytes(row[9..13].try_into().expect("4 bytes")),
+            min_at_ms: be64(&row[13..21]),
+            max_at_ms: be64(&row[21..29]),
+        };
+        if h.count == 0 || h.first_seq == 0 || h.first_seq.checked_add(u64::from(h.count)).is_none() {
+            return Err(format!(
+                "log row header: first_seq {} count {}",
+                h.first_seq, h.count
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// Appends one event to a body being built. `data` is the event's `data` JSON.
+pub(crate) fn push_event(body: &mut Vec<u8>, event: &Event, data: &[u8]) {
+    let kind = event.kind().as_str().as_bytes();
+    let dev = event.device.as_deref().unwrap_or("").as_bytes();
+    body.reserve(8 + 16 + 1 + kind.len() + 2 + dev.len() + 4 + data.len());
+    body.extend_from_slice(&event.at_ms.to_be_bytes());
+    body.extend_from_slice(event.id.as_bytes());
+    body.push(kind.len() as u8);
+    body.extend_from_slice(kind);
+    body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
+    body.extend_from_slice(dev);
+    body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    body.extend_from_slice(data);
+}
+
+/// One event of a body, not yet parsed further than its plain fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawEvent<'a> {
     pub(crate) at_ms: u64,
     pub(crate) id: EventId,
-    pub(crate) workspace: &'a str,
-    pub(crate) device: Option<&'a str>,
     pub(crate) kind: EventType,
-    /// Bytes of the row before the payload (also the end of the associated data).
-    pub(crate) len: usize,
+    pub(crate) device: Option<&'a str>,
+    pub(crate) data: &'a [u8],
 }
 
-/// The plain header of `event` (format byte first), ready for the payload to be appended.
-pub(crate) fn encode_header(format: u8, event: &Event) -> Vec<u8> {
-    let ws = event.workspace.as_bytes();
-    let dev = event.device.as_deref().unwrap_or("").as_bytes();
-    let kind = event.kind().as_str().as_bytes();
-    let mut out = Vec::with_capacity(1 + 8 + 16 + 2 + ws.len() + 2 + dev.len() + 1 + kind.len());
-    out.push(format);
-    out.extend_from_slice(&event.at_ms.to_be_bytes());
-    out.extend_from_slice(event.id.as_bytes());
-    // Ids are bounded by MAX_ID_BYTES (255) by Event::validate, so u16 lengths cannot overflow.
-    out.extend_from_slice(&(ws.len() as u16).to_be_bytes());
-    out.extend_from_slice(ws);
-    out.extend_from_slice(&(dev.len() as u16).to_be_bytes());
-    out.extend_from_slice(dev);
-    out.push(kind.len() as u8);
-    out.extend_from_slice(kind);
-    out
-}
-
-/// Reads the plain header of an event row.
-pub(crate) fn decode_header(row: &[u8]) -> Result<Header<'_>, String> {
-    let mut r = Reader { buf: row, pos: 0 };
-    let format = r.take(1)?[0];
-    if format != FORMAT_PLAIN && format != FORMAT_SEALED {
-        return Err(format!("unknown event row format {format}"));
+impl RawEvent<'_> {
+    /// The full event (parses the `data` JSON).
+    pub(crate) fn to_event(self, workspace: &str) -> Result<Event, String> {
+        let data = EventData::from_json_slice(self.kind, self.data).map_err(|e| e.to_string())?;
+        Ok(Event {
+            id: self.id,
+            workspace: workspace.to_owned(),
+            device: self.device.map(str::to_owned),
+            at_ms: self.at_ms,
+            data,
+        })
     }
-    let at_ms = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
-    let id = EventId::from_bytes(r.take(16)?.try_into().expect("16 bytes"));
-    let ws_len = usize::from(u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes")));
-    let workspace = r.str(ws_len)?;
-    let dev_len = usize::from(u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes")));
-    let device = if dev_len == 0 { None } else { Some(r.str(dev_len)?) };
-    let kind_len = usize::from(r.take(1)?[0]);
-    let kind = EventType::parse(r.str(kind_len)?).map_err(|e| e.to_string())?;
-    Ok(Header {
-        format,
-        at_ms,
-        id,
-        workspace,
-        device,
-        kind,
-        len: r.pos,
-    })
 }
 
-/// Associated data sealed with an event's payload: a domain tag, the sequence number and the
-/// row's plain header, so a payload copied to another row (or a header edited) fails to open.
-pub(crate) fn aad(seq: u64, header: &[u8]) -> Vec<u8> {
-    const TAG: &[u8] = b"waping-events/row\0";
-    let mut out = Vec::with_capacity(TAG.len() + 8 + header.len());
+/// Splits a plain body into its events; exactly `count` of them or an error.
+pub(crate) fn split_body(body: &[u8], count: u32) -> Result<Vec<RawEvent<'_>>, String> {
+    let mut r = Reader { buf: body, pos: 0 };
+    let mut out = Vec::with_capacity(count as usize);
+    while r.pos < body.len() {
+        let at_ms = be64(r.take(8)?);
+        let id = EventId::from_bytes(r.take(16)?.try_into().expect("16 bytes"));
+        let kind_len = usize::from(r.take(1)?[0]);
+        let kind = EventType::parse(r.str(kind_len)?).map_err(|e| e.to_string())?;
+        let dev_len = usize::from(u16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes")));
+        let device = if dev_len == 0 { None } else { Some(r.str(dev_len)?) };
+        let data_len = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
+        let data = r.take(data_len)?;
+        out.push(RawEvent {
+            at_ms,
+            id,
+            kind,
+            device,
+            data,
+        });
+    }
+    if out.len() != count as usize {
+        return Err(format!("log row holds {} events, header says {count}", out.len()));
+    }
+    Ok(out)
+}
+
+/// Additional data bound to a sealed body: the workspace (a row moved to another workspace's
+/// key does not open) and the row header (nor does one given other sequence numbers).
+pub(crate) fn aad(workspace: &str, header: &[u8]) -> Vec<u8> {
+    const TAG: &[u8] = b"waping-events/log\0";
+    let mut out = Vec::with_capacity(TAG.len() + 2 + workspace.len() + header.len());
     out.extend_from_slice(TAG);
-    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(workspace.len() as u16).to_be_bytes());
+    out.extend_from_slice(workspace.as_bytes());
     out.extend_from_slice(header);
     out
 }
 
-/// A pending delivery value.
+/// Batch index value.
+pub(crate) fn encode_batch(first_seq: u64, min_at_ms: u64, max_at_ms: u64, workspace: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + workspace.len());
+    out.extend_from_slice(&first_seq.to_be_bytes());
+    out.extend_from_slice(&min_at_ms.to_be_bytes());
+    out.extend_from_slice(&max_at_ms.to_be_bytes());
+    out.extend_from_slice(workspace.as_bytes());
+    out
+}
+
+/// A batch index entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PendingSlot {
+pub(crate) struct BatchEntry {
+    pub(crate) first_seq: u64,
+    pub(crate) min_at_ms: u64,
+    pub(crate) max_at_ms: u64,
+    pub(crate) workspace: String,
+}
+
+pub(crate) fn decode_batch(v: &[u8]) -> Result<BatchEntry, String> {
+    if v.len() < 24 {
+        return Err(format!("batch index value of {} bytes", v.len()));
+    }
+    Ok(BatchEntry {
+        first_seq: be64(&v[..8]),
+        min_at_ms: be64(&v[8..16]),
+        max_at_ms: be64(&v[16..24]),
+        workspace: utf8(&v[24..])?,
+    })
+}
+
+pub(crate) fn encode_cursor(seq: u64, workspace: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + workspace.len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(workspace.as_bytes());
+    out
+}
+
+pub(crate) fn decode_cursor(v: &[u8]) -> Result<(u64, String), String> {
+    if v.len() < 8 {
+        return Err(format!("cursor value of {} bytes", v.len()));
+    }
+    Ok((be64(&v[..8]), utf8(&v[8..])?))
+}
+
+/// A delivery owed outside the endpoint's cursor (retrying, queued behind a retrying event of
+/// its device, replayed, or owed whatever the endpoint's filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwedSlot {
     pub(crate) attempts: u32,
-    /// When the next attempt is due, unix ms.
     pub(crate) due_ms: u64,
-    /// When this delivery started (the event's time, or the replay's): its age for expiry.
     pub(crate) since_ms: u64,
+    pub(crate) device: String,
     pub(crate) error: String,
 }
 
-/// A dead delivery value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeadSlot {
-    pub(crate) attempts: u32,
-    /// When it was given up, unix ms.
-    pub(crate) at_ms: u64,
-    pub(crate) error: String,
-}
-
-pub(crate) fn encode_pending(attempts: u32, due_ms: u64, since_ms: u64, error: &str) -> Vec<u8> {
+pub(crate) fn encode_owed(attempts: u32, due_ms: u64, since_ms: u64, device: &str, error: &str) -> Vec<u8> {
     let error = truncate(error, MAX_ERROR_BYTES);
-    let mut out = Vec::with_capacity(20 + error.len());
+    let device = truncate(device, 1024);
+    let mut out = Vec::with_capacity(22 + device.len() + error.len());
     out.extend_from_slice(&attempts.to_be_bytes());
     out.extend_from_slice(&due_ms.to_be_bytes());
     out.extend_from_slice(&since_ms.to_be_bytes());
+    out.extend_from_slice(&(device.len() as u16).to_be_bytes());
+    out.extend_from_slice(device.as_bytes());
     out.extend_from_slice(error.as_bytes());
     out
 }
 
-pub(crate) fn decode_pending(v: &[u8]) -> Result<PendingSlot, String> {
-    if v.len() < 20 {
+pub(crate) fn decode_owed(v: &[u8]) -> Result<OwedSlot, String> {
+    if v.len() < 22 {
         return Err(format!(
-            "delivery value of {} bytes (at least 20 expected)",
+            "owed delivery value of {} bytes (at least 22 expected)",
             v.len()
         ));
     }
-    Ok(PendingSlot {
+    let dev_len = usize::from(u16::from_be_bytes(v[20..22].try_into().expect("2 bytes")));
+    if v.len() < 22 + dev_len {
+        return Err("owed delivery value: device cut short".into());
+    }
+    Ok(OwedSlot {
         attempts: u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-        due_ms: u64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
-        since_ms: u64::from_be_bytes(v[12..20].try_into().expect("8 bytes")),
-        error: utf8(&v[20..])?,
+        due_ms: be64(&v[4..12]),
+        since_ms: be64(&v[12..20]),
+        device: utf8(&v[22..22 + dev_len])?,
+        error: utf8(&v[22 + dev_len..])?,
     })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeadSlot {
+    pub(crate) attempts: u32,
+    pub(crate) at_ms: u64,
+    pub(crate) error: String,
 }
 
 pub(crate) fn encode_dead(attempts: u32, at_ms: u64, error: &str) -> Vec<u8> {
@@ -152,18 +273,21 @@ pub(crate) fn decode_dead(v: &[u8]) -> Result<DeadSlot, String> {
     }
     Ok(DeadSlot {
         attempts: u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-        at_ms: u64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
+        at_ms: be64(&v[4..12]),
         error: utf8(&v[12..])?,
     })
+}
+
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().expect("8 bytes"))
 }
 
 fn utf8(b: &[u8]) -> Result<String, String> {
     std::str::from_utf8(b)
         .map(str::to_owned)
-        .map_err(|_| "delivery error text is not UTF-8".to_string())
+        .map_err(|_| "stored text is not UTF-8".to_string())
 }
 
-/// `s` cut to at most `max` bytes at a character boundary.
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -182,78 +306,87 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(format!("event row truncated at byte {}", self.pos));
-        };
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| format!("log row cut short at byte {}", self.pos))?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
     }
 
     fn str(&mut self, n: usize) -> Result<&'a str, String> {
-        let at = self.pos;
-        std::str::from_utf8(self.take(n)?).map_err(|_| format!("event row: text at byte {at} is not UTF-8"))
+        std::str::from_utf8(self.take(n)?).map_err(|_| "log row text is not UTF-8".to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeviceState, DeviceStateChange, EventData};
+    use crate::model::{DeviceState, DeviceStateChange};
 
-    #[test]
-    fn header_round_trips_and_ends_where_the_payload_starts() {
-        let mut e = Event::new(
+    fn ev(dev: Option<&str>, at: u64) -> Event {
+        Event::new(
             "acme",
-            Some("d1".into()),
-            1_795_705_445_123,
+            dev.map(str::to_owned),
+            at,
             EventData::DeviceState(DeviceStateChange {
                 state: DeviceState::Connected,
                 detail: None,
                 until_ms: None,
             }),
-        );
-        let mut row = encode_header(FORMAT_PLAIN, &e);
-        let len = row.len();
-        row.extend_from_slice(b"{}");
-        let h = decode_header(&row).unwrap();
-        assert_eq!(
-            (h.format, h.at_ms, h.id, h.workspace, h.device, h.kind, h.len),
-            (
-                FORMAT_PLAIN,
-                e.at_ms,
-                e.id,
-                "acme",
-                Some("d1"),
-                EventType::DeviceState,
-                len
-            )
-        );
-        e.device = None;
-        let row = encode_header(FORMAT_SEALED, &e);
-        assert_eq!(decode_header(&row).unwrap().device, None);
-        for cut in 0..row.len() {
-            assert!(decode_header(&row[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut bad = row.clone();
-        bad[0] = 9;
-        assert!(decode_header(&bad).unwrap_err().contains("format 9"));
+        )
     }
 
     #[test]
-    fn slots_round_trip_and_cut_errors_at_a_char_boundary() {
-        let long = "é".repeat(200); // 400 bytes
-        let v = encode_pending(7, 42, 41, &long);
-        let s = decode_pending(&v).unwrap();
-        assert_eq!((s.attempts, s.due_ms, s.since_ms), (7, 42, 41));
-        assert_eq!(s.error.len(), MAX_ERROR_BYTES);
-        assert!(long.starts_with(&s.error));
-        assert!(decode_pending(&v[..19]).is_err());
-        let d = decode_dead(&encode_dead(3, 9, "HTTP 500")).unwrap();
-        assert_eq!((d.attempts, d.at_ms, d.error.as_str()), (3, 9, "HTTP 500"));
-        assert!(decode_dead(&[0; 11]).is_err());
-        assert!(decode_dead(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]).is_err());
-        assert_eq!(truncate("aé", 2), "a");
+    fn body_round_trips_and_rejects_damage() {
+        let events = [ev(Some("d1"), 5), ev(None, 7)];
+        let mut body = Vec::new();
+        for e in &events {
+            push_event(&mut body, e, &e.data.to_json_bytes());
+        }
+        let raw = split_body(&body, 2).unwrap();
+        assert_eq!(raw[0].to_event("acme").unwrap(), events[0]);
+        assert_eq!(raw[1].to_event("acme").unwrap(), events[1]);
+        assert!(split_body(&body, 3).is_err(), "count mismatch");
+        for cut in [1, 10, body.len() - 1] {
+            assert!(split_body(&body[..cut], 2).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn header_and_values_round_trip() {
+        let h = RowHeader {
+            format: FORMAT_SEALED,
+            first_seq: 9,
+            count: 3,
+            min_at_ms: 1,
+            max_at_ms: 2,
+        };
+        assert_eq!(RowHeader::decode(&h.encode()).unwrap(), h);
+        assert_eq!(h.last_seq(), 11);
+        let mut bad = h.encode();
+        bad[0] = 9;
+        assert!(RowHeader::decode(&bad).is_err());
+        let mut zero = h.encode();
+        zero[9..13].copy_from_slice(&0u32.to_be_bytes());
+        assert!(RowHeader::decode(&zero).is_err());
+        let o = decode_owed(&encode_owed(2, 3, 4, "dev", &"é".repeat(300))).unwrap();
+        assert_eq!(
+            (o.attempts, o.due_ms, o.since_ms, o.device.as_str()),
+            (2, 3, 4, "dev")
+        );
+        assert!(o.error.len() <= MAX_ERROR_BYTES);
+        assert!(decode_owed(&[0; 10]).is_err());
+        let b = decode_batch(&encode_batch(1, 2, 3, "ws")).unwrap();
+        assert_eq!(
+            (b.first_seq, b.min_at_ms, b.max_at_ms, b.workspace.as_str()),
+            (1, 2, 3, "ws")
+        );
+        assert_eq!(
+            decode_cursor(&encode_cursor(4, "w")).unwrap(),
+            (4, "w".to_string())
+        );
     }
 }

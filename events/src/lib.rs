@@ -4,26 +4,30 @@
 //! - [`Event`] (module `model`): envelope + typed [`EventData`], schema version
 //!   [`SCHEMA_VERSION`]; [`Event::to_json`] / [`Event::from_json`] write and read exactly the
 //!   documented JSON.
-//! - [`EventStore`]: one redb file per node. [`EventStore::append`] journals events and their
-//!   webhook deliveries in one durable, group-committed transaction before anything is
-//!   delivered; workers read [`EventStore::due`] / [`EventStore::pending`] and
-//!   [`EventStore::record`] outcomes; subscribers resume with [`EventStore::read_after`];
-//!   [`EventStore::sweep`] bounds the disk. Payloads are sealed with the workspace's key
-//!   through [`waping_journal::RecordSealer`].
+//! - [`EventStore`]: one redb file per node. [`EventStore::append`] journals events in one
+//!   durable, group-committed transaction before anything is delivered, in chunks of one
+//!   workspace's events (the event log). Webhook workers read the log from their endpoint's
+//!   cursor ([`EventStore::scan`]) and [`EventStore::record`] outcomes with the cursor's move;
+//!   retries live in per-delivery "owed" rows ([`EventStore::owed_due`]); subscribers resume
+//!   with [`EventStore::read_after`]; [`EventStore::sweep`] bounds the disk. Payloads are
+//!   sealed with the workspace's key through [`waping_journal::RecordSealer`].
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use waping_events::*;
 //! let store = EventStore::open("state/events.redb", StoreOptions::default())?;
+//! let cursor = store.open_cursor(7, "acme", None).await?;
 //! let event = Event::new("acme", Some("d1".into()), 1_795_705_445_123, EventData::DeviceState(
 //!     DeviceStateChange { state: DeviceState::Connected, detail: None, until_ms: None },
 //! ));
-//! let appended = store.append(vec![NewEvent { event, endpoints: vec![7] }]).await?;
-//! for p in store.due(7, 1_795_705_445_123, 100)? {
-//!     // deliver p.event, then:
-//!     store.record(vec![Outcome::Delivered { endpoint: 7, seq: p.seq }]).await?;
+//! store.append(vec![NewEvent { event, endpoints: vec![] }]).await?;
+//! let page = store.scan("acme", cursor, 100, &|_type, _device| true)?;
+//! for stored in &page.events {
+//!     // deliver stored.event; a failure becomes Outcome::Retry (an owed row)
+//!     let _ = stored;
 //! }
-//! # let _ = appended; Ok(()) }
+//! store.record(vec![Outcome::Advance { endpoint: 7, to_seq: page.through }]).await?;
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -48,7 +52,7 @@ pub use model::{
     MessageReceived, MessageStatus, ModelError, SCHEMA_VERSION,
 };
 pub use store::{
-    Appended, DeadEntry, DeadSelector, EventStore, NewEvent, Outcome, Pending, RecordReport, Removed,
-    StoreOptions, StoreStats, Stored, SweepReport,
+    Appended, Backlog, DeadEntry, DeadSelector, EventStore, NewEvent, Outcome, Page, Pending, RecordReport,
+    Removed, StoreOptions, StoreStats, Stored, SweepReport, deduplicated,
 };
 pub use timestamp::{format_ms as format_timestamp, parse_ms as parse_timestamp};

@@ -1,33 +1,39 @@
-//! The durable event store: one redb file holding every event of the node, the webhook
-//! deliveries still owed for them, and the deliveries given up on.
+//! The durable event store: one redb file holding the node's event log, each webhook
+//! endpoint's position in it, and the deliveries owed outside that position.
 //!
-//! # Tables
+//! # Tables (layout version 2)
 //!
-//! | table          | key                         | value                  | purpose |
-//! |----------------|-----------------------------|------------------------|---------|
-//! | `meta`         | name (`format`, `next_seq`) | `u64`                  | layout version (1); next sequence number, so numbers are never reused after a sweep |
-//! | `events`       | `seq: u64`                  | event row              | the journal: plain header + payload, sealed or plain (see `codec`) |
-//! | `by_id`        | event id (16 bytes)         | `seq`                  | dedupe: appending a known id returns its `seq` and writes nothing |
-//! | `by_workspace` | `(workspace, seq)`          | `()`                   | [`EventStore::read_after`] (subscriber resume) and [`EventStore::delete_workspace`] |
-//! | `deliveries`   | `(endpoint, seq)`           | attempts, due, since, error | a delivery still owed; [`EventStore::pending`] in `seq` order; `since` (event or replay time) is its age for expiry |
-//! | `due`          | `(endpoint, due_ms, seq)`   | `()`                   | index of `deliveries` by due time: [`EventStore::next_due`], [`EventStore::due`] |
-//! | `dead`         | `(endpoint, seq)`           | attempts, died, error  | deliveries given up on, for listing and replay |
-//! | `refs`         | `(seq, endpoint)`           | 0 pending / 1 dead     | which endpoints still hold an event: [`EventStore::sweep`] deletes only unreferenced events |
+//! | table       | key                          | value                 | purpose |
+//! |-------------|------------------------------|-----------------------|---------|
+//! | `meta`      | name (`format`, `next_seq`)  | `u64`                 | layout version; next sequence number (never reused after a sweep) |
+//! | `log`       | `(workspace, last_seq)`      | log row               | a chunk of one workspace's events with consecutive sequence numbers, sealed as one (see `codec`) |
+//! | `batches`   | `last_seq`                   | first seq, times, workspace | node-wide order of the chunks: [`EventStore::get`], the sweep, [`EventStore::recent_ids`] |
+//! | `ids`       | event id (16 bytes)          | `seq`                 | dedupe of every type but `message.status` |
+//! | `id_seqs`   | `seq`                        | event id              | drops `ids` rows with their chunk |
+//! | `cursors`   | endpoint                     | seq, workspace        | everything of the workspace up to `seq` has been handled for the endpoint |
+//! | `owed`      | `(endpoint, seq)`            | attempts, due, since, device, error | a delivery owed outside the cursor: retrying, queued behind its device's retry, replayed, or owed whatever the filter |
+//! | `owed_due`  | `(endpoint, due_ms, seq)`    | `()`                  | `owed` by due time |
+//! | `dead`      | `(endpoint, seq)`            | attempts, died, error | deliveries given up on |
+//! | `refs`      | `(seq, endpoint)`            | 0 owed / 1 dead       | keeps the chunk of an owed or dead delivery from being swept |
+//!
+//! **Why a log with cursors** (docs/design/0018-webhooks.md, "The event log"): the node
+//! produces a `message.status` per sent message, ~100 k/s at full rate on two cores. A row,
+//! an id index entry, a workspace index entry and three delivery rows per event cost ~10 µs of
+//! CPU per event and took a third of the hot path; a chunk of up to
+//! [`StoreOptions::max_row_events`] events sealed and inserted once, read by every endpoint
+//! from its own cursor, costs a small fraction of that. Per-event rows exist only where
+//! something went wrong (retries, dead letters) or for the rare out-of-filter delivery.
 //!
 //! Every write goes through one writer thread that merges whatever callers queued into one
 //! redb write transaction committed with `Durability::Immediate` (fsync) before any caller is
-//! answered (group commit). An event, its index rows and its delivery rows are written in the
-//! same transaction, so a crash never leaves an event without its deliveries or the reverse.
-//! Sequence numbers are assigned by the writer in commit order, node-wide, without gaps
-//! between successful appends: a reader that has seen `seq` n has seen everything below it.
+//! answered (group commit). Sequence numbers are assigned by the writer in commit order,
+//! node-wide, without gaps between successful appends: a reader that has seen `seq` n of a
+//! workspace has seen all of that workspace's events below it.
 //!
-//! Payloads are sealed on the writer thread (the sequence number they are bound to is only
-//! known there); with the vault's ChaCha20-Poly1305 that is about a microsecond per event.
-//!
-//! Reads run on the caller's thread in their own snapshot; rows that cannot be read (shredded
-//! key, tampering) come back as per-row errors, never as a failed page.
+//! Reads run on the caller's thread in their own snapshot; chunks that cannot be read
+//! (shredded key, tampering) come back as per-event errors, never as a failed page.
 
-use std::collections::BinaryHeap;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,27 +46,37 @@ use redb::{
 use tokio::sync::{mpsc, oneshot, watch};
 use waping_journal::{OpenFailure, RecordSealer};
 
-use crate::codec::{self, FORMAT_PLAIN, FORMAT_SEALED};
+use crate::codec::{self, FORMAT_PLAIN, RowHeader};
 use crate::error::{EventStoreError, StorageContext};
-use crate::model::{Event, EventData, EventId};
-use crate::writer::{self, Prepared, Reply, Request, Work};
+use crate::model::{Event, EventId, EventType};
+use crate::writer::{self, Prepared, Reply, Request, SweepPhase, Work};
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-pub(crate) const BY_ID: TableDefinition<&[u8; 16], u64> = TableDefinition::new("by_id");
-pub(crate) const BY_WORKSPACE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_workspace");
-pub(crate) const DELIVERIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("deliveries");
-pub(crate) const DUE: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("due");
+pub(crate) const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+pub(crate) const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+pub(crate) const IDS: TableDefinition<&[u8; 16], u64> = TableDefinition::new("ids");
+pub(crate) const ID_SEQS: TableDefinition<u64, &[u8; 16]> = TableDefinition::new("id_seqs");
+pub(crate) const CURSORS: TableDefinition<u64, &[u8]> = TableDefinition::new("cursors");
+pub(crate) const OWED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("owed");
+pub(crate) const OWED_DUE: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("owed_due");
 pub(crate) const DEAD: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dead");
 pub(crate) const REFS: TableDefinition<(u64, u64), u8> = TableDefinition::new("refs");
 
-/// `refs` value of an endpoint that still owes a delivery of the event.
-pub(crate) const REF_PENDING: u8 = 0;
+/// `refs` value of an endpoint owing a delivery of the event.
+pub(crate) const REF_OWED: u8 = 0;
 /// `refs` value of an endpoint holding the event as a dead delivery.
 pub(crate) const REF_DEAD: u8 = 1;
 
 /// Layout version in `meta`; a file with another one is refused.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+pub(crate) const FORMAT_VERSION: u64 = 2;
+
+/// Whether events of this type are deduplicated by id. `message.status` is not: it is the
+/// bulk of the log (one per sent message), its duplicates can only come from the gateway's
+/// start-up replay, which checks [`EventStore::recent_ids`] instead, and an index entry per
+/// status would cost as much as the rest of its storing.
+pub fn deduplicated(kind: EventType) -> bool {
+    kind != EventType::MessageStatus
+}
 
 /// Options of [`EventStore::open`]. `Default` gives the values documented per field.
 #[derive(Debug, Clone)]
@@ -98,14 +114,21 @@ pub struct StoreOptions {
     /// transaction; a bigger job takes several, so appends keep flowing in between. Default
     /// 5000; must be > 0.
     pub max_rows_per_step: usize,
-    /// Hard limit on how long a delivery may stay pending: [`EventStore::sweep`] moves
-    /// deliveries pending for longer (since their event, or since a replay) to dead
-    /// ("expired"), so a stuck endpoint cannot keep events on disk forever. Default 2 days
+    /// Hard limit on how long a delivery may stay owed: [`EventStore::sweep`] moves owed
+    /// deliveries older than this (since their event, or since a replay) to dead ("expired"),
+    /// and deletes events this old even when an endpoint's cursor has not passed them (the
+    /// endpoint counts them as expired when it gets there), so a stuck endpoint cannot keep
+    /// events on disk forever. Default 2 days
     /// (the webhook retry schedule spans about 1.5 days).
     pub max_age_ms: u64,
     /// Store the allocator state with every commit so that opening after a crash needs no
     /// full scan of the file. Costs a second fsync per group commit. Default `false`.
     pub quick_repair: bool,
+    /// Most events in one log row. Default 512; 1..=65 536. Bigger rows amortise the seal
+    /// and the insert further, but a reader wanting one event opens the whole row.
+    pub max_row_events: usize,
+    /// A log row is closed once its body reaches this many bytes. Default 256 KiB.
+    pub max_row_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -123,17 +146,20 @@ impl Default for StoreOptions {
             max_rows_per_step: 5000,
             max_age_ms: 2 * 24 * 3600 * 1000,
             quick_repair: false,
+            max_row_events: 512,
+            max_row_bytes: 256 << 10,
         }
     }
 }
 
-/// One event to append and the webhook endpoints that must receive it.
+/// One event to append, and the endpoints it is owed to whatever their filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     /// The event.
     pub event: Event,
-    /// Endpoints (ids chosen by the gateway) whose filters match it; a delivery row is
-    /// written for each, due at the event's time. Duplicates are ignored.
+    /// Endpoints that get an owed delivery of this event, due at once, whatever their type
+    /// filter and cursor (an automation's "call a webhook"). Usually empty: endpoints find
+    /// the events they want by reading the log from their cursor. Duplicates are ignored.
     pub endpoints: Vec<u64>,
 }
 
@@ -144,7 +170,7 @@ pub struct Appended {
     pub seq: u64,
     /// The event's id.
     pub id: EventId,
-    /// The id was already stored: nothing was written for this event (its deliveries
+    /// The id was already stored: nothing was written for this event (its owed deliveries
     /// included).
     pub duplicate: bool,
 }
@@ -159,7 +185,17 @@ pub struct Stored {
     pub event: Result<Event, EventStoreError>,
 }
 
-/// A delivery still owed to an endpoint.
+/// A page of one workspace's log, read by [`EventStore::scan`].
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The events the filter kept, in `seq` order.
+    pub events: Vec<Stored>,
+    /// Highest sequence number examined (the `after` passed in when nothing was): a reader
+    /// resumes after it, having skipped what the filter refused.
+    pub through: u64,
+}
+
+/// A delivery owed outside an endpoint's cursor.
 #[derive(Debug)]
 pub struct Pending {
     /// Sequence number of the event.
@@ -168,6 +204,10 @@ pub struct Pending {
     pub attempts: u32,
     /// When the next attempt is due (unix ms).
     pub due_ms: u64,
+    /// When it became owed (event time, or replay time): its age for expiry.
+    pub since_ms: u64,
+    /// The event's device as recorded with the delivery (for per-device order).
+    pub device: Option<String>,
     /// The last attempt's error (empty before the first).
     pub last_error: String,
     /// The event, or why it cannot be read (see [`Stored::event`]).
@@ -189,30 +229,38 @@ pub struct DeadEntry {
     pub event: Result<Event, EventStoreError>,
 }
 
-/// What happened to one delivery attempt, for [`EventStore::record`].
+/// What a delivery worker did, for [`EventStore::record`]. Outcomes for an endpoint without
+/// a cursor (never opened, or removed) are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered: the delivery row is deleted.
+    /// An owed delivery succeeded: its row is deleted. (A delivery from the log needs no
+    /// row; the worker moves its cursor with [`Outcome::Advance`].)
     Delivered {
         /// Endpoint.
         endpoint: u64,
         /// Event.
         seq: u64,
     },
-    /// Failed; try again at `due_ms`.
+    /// Owe the event to the endpoint, next attempt at `due_ms` (a failed attempt, or an
+    /// event queued behind its device's failed one with `attempts` 0).
     Retry {
         /// Endpoint.
         endpoint: u64,
         /// Event.
         seq: u64,
-        /// Attempts made so far, this one included.
+        /// Attempts made so far.
         attempts: u32,
         /// When to try next (unix ms).
         due_ms: u64,
+        /// When the delivery started to be owed: the event's time, for expiry. An existing
+        /// row keeps its own.
+        since_ms: u64,
+        /// The event's device (per-device order among owed deliveries).
+        device: Option<String>,
         /// Why it failed; kept cut to [`crate::MAX_ERROR_BYTES`].
         error: String,
     },
-    /// Given up: the delivery moves to the dead rows.
+    /// Given up: the delivery becomes a dead one (an owed row is deleted).
     Dead {
         /// Endpoint.
         endpoint: u64,
@@ -225,6 +273,14 @@ pub enum Outcome {
         /// When (unix ms).
         at_ms: u64,
     },
+    /// Everything of the endpoint's workspace up to `to_seq` has been handled (delivered,
+    /// owed or dead, or not wanted): the cursor moves there (never back).
+    Advance {
+        /// Endpoint.
+        endpoint: u64,
+        /// New cursor.
+        to_seq: u64,
+    },
 }
 
 /// What [`EventStore::record`] did.
@@ -232,8 +288,8 @@ pub enum Outcome {
 pub struct RecordReport {
     /// Outcomes applied.
     pub applied: usize,
-    /// Outcomes for rows that are not pending (already recorded, endpoint removed, expired):
-    /// ignored, so recording twice after a crash is harmless.
+    /// Outcomes that changed nothing (an owed row already gone, a cursor already further,
+    /// an endpoint without a cursor): recording twice after a crash is harmless.
     pub ignored: usize,
 }
 
@@ -251,7 +307,7 @@ pub enum DeadSelector {
 pub struct Removed {
     /// Events.
     pub events: u64,
-    /// Pending deliveries.
+    /// Owed deliveries.
     pub deliveries: u64,
     /// Dead deliveries.
     pub dead: u64,
@@ -260,14 +316,28 @@ pub struct Removed {
 /// What [`EventStore::sweep`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SweepReport {
-    /// Pending deliveries older than [`StoreOptions::max_age_ms`] moved to dead.
+    /// Owed deliveries older than [`StoreOptions::max_age_ms`] moved to dead.
     pub expired: u64,
     /// Dead deliveries older than the cutoff deleted.
     pub dead_removed: u64,
-    /// Events deleted (older than the cutoff, nothing left referring to them).
+    /// Events deleted (in chunks older than the cutoff that nothing pins).
     pub events_deleted: u64,
-    /// Rows examined by both walks (referenced events, then old events).
+    /// Rows examined.
     pub scanned: u64,
+}
+
+/// Where an endpoint stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Its cursor (`None`: never opened or removed).
+    pub cursor: Option<u64>,
+    /// Events of its workspace after the cursor, of every type (the filter is the
+    /// gateway's): an upper bound of what it has yet to receive from the log.
+    pub unread: u64,
+    /// Deliveries owed outside the cursor.
+    pub owed: u64,
+    /// Dead deliveries.
+    pub dead: u64,
 }
 
 /// Sizes of the store.
@@ -275,9 +345,9 @@ pub struct SweepReport {
 pub struct StoreStats {
     /// Highest sequence number assigned (0 before the first event).
     pub head: u64,
-    /// Events stored.
-    pub events: u64,
-    /// Deliveries pending, all endpoints.
+    /// Log rows (chunks of events).
+    pub rows: u64,
+    /// Owed deliveries, all endpoints.
     pub pending: u64,
     /// Dead deliveries, all endpoints.
     pub dead: u64,
@@ -339,13 +409,17 @@ impl Drop for Inner {
     }
 }
 
+/// The events of one log row, decoded.
+type RowEvents = Vec<(u64, Result<Event, EventStoreError>)>;
+
 impl EventStore {
     /// Opens (creating if absent, mode 0600, with missing parent directories) the event store
     /// at `path`, e.g. `state/events.redb`, and starts its writer thread.
     ///
     /// The file is locked: a second open, in this process or another, fails with
     /// [`EventStoreError::Locked`]. After a crash the engine repairs the file first (a full
-    /// scan unless [`StoreOptions::quick_repair`] was on).
+    /// scan unless [`StoreOptions::quick_repair`] was on). A file of another layout version
+    /// is refused ([`EventStoreError::Incompatible`]).
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<EventStore, EventStoreError> {
         let path = path.as_ref().to_owned();
         for (name, v) in [
@@ -354,10 +428,15 @@ impl EventStore {
             ("max_batch_events", options.max_batch_events),
             ("max_page", options.max_page),
             ("max_rows_per_step", options.max_rows_per_step),
+            ("max_row_events", options.max_row_events),
+            ("max_row_bytes", options.max_row_bytes),
         ] {
             if v == 0 {
                 return Err(EventStoreError::Config(format!("{name} must be > 0")));
             }
+        }
+        if options.max_row_events > 65_536 {
+            return Err(EventStoreError::Config("max_row_events must be <= 65536".into()));
         }
         create_private(&path)?;
         let mut builder = redb::Builder::new();
@@ -390,6 +469,8 @@ impl EventStore {
                 max_group_requests: options.max_group_requests,
                 max_group_bytes: options.max_group_bytes,
                 max_rows: options.max_rows_per_step,
+                max_row_events: options.max_row_events,
+                max_row_bytes: options.max_row_bytes,
                 quick_repair: options.quick_repair,
                 next_seq,
             };
@@ -417,11 +498,12 @@ impl EventStore {
 
     /// Appends `batch` atomically (all or nothing) and resolves once it is durable (fsync'd).
     ///
-    /// Each event gets the next sequence number, in batch order; concurrent callers' batches
-    /// share one commit (group commit). An event whose id is already stored is not written
+    /// Each event gets the next sequence number, in batch order within its workspace;
+    /// concurrent callers' batches share one commit (group commit). An event whose id is
+    /// already stored (every type but `message.status`, see [`deduplicated`]) is not written
     /// again: its [`Appended`] carries the existing `seq` and `duplicate: true` (the dedupe
-    /// window is the retention: an id swept away is new again). The delivery rows of
-    /// [`NewEvent::endpoints`] are written in the same transaction as their event.
+    /// window is the retention). The owed deliveries of [`NewEvent::endpoints`] are written
+    /// in the same transaction as their event.
     ///
     /// Fails without writing anything on an invalid or oversized event
     /// ([`EventStoreError::Invalid`], [`EventStoreError::TooLarge`]) or when sealing fails
@@ -447,11 +529,6 @@ impl EventStore {
                 max: opts.max_batch_events,
             });
         }
-        let format = if opts.sealer.is_some() {
-            FORMAT_SEALED
-        } else {
-            FORMAT_PLAIN
-        };
         let mut out = Vec::with_capacity(batch.len());
         let mut bytes = 0;
         for (index, NewEvent { event, mut endpoints }) in batch.into_iter().enumerate() {
@@ -467,30 +544,26 @@ impl EventStore {
                     max: opts.max_endpoints_per_event,
                 });
             }
-            let payload = event.data.to_json_bytes();
-            if payload.len() > opts.max_event_bytes {
+            let data = event.data.to_json_bytes();
+            if data.len() > opts.max_event_bytes {
                 return Err(EventStoreError::TooLarge {
                     what: "event data",
-                    size: payload.len(),
+                    size: data.len(),
                     max: opts.max_event_bytes,
                 });
             }
-            let header = codec::encode_header(format, &event);
-            bytes += header.len() + payload.len() + 40 * endpoints.len();
+            bytes += 64 + event.workspace.len() + data.len() + 48 * endpoints.len();
             out.push(Prepared {
-                id: event.id,
-                workspace: event.workspace,
-                at_ms: event.at_ms,
-                header,
-                payload,
+                event,
+                data,
                 endpoints,
             });
         }
         Ok((out, bytes))
     }
 
-    /// Records delivery outcomes; resolves once durable. Outcomes for rows that are not
-    /// pending are ignored (idempotent), so a worker may record again after a crash.
+    /// Records delivery outcomes in one durable commit; resolves once durable. Idempotent
+    /// (see [`RecordReport::ignored`]), so a worker may record again after a crash.
     pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<RecordReport, EventStoreError> {
         if outcomes.is_empty() {
             return Ok(RecordReport::default());
@@ -502,63 +575,39 @@ impl EventStore {
         }
     }
 
-    /// Drops every pending and dead delivery of `endpoint` (the endpoint was deleted); the
-    /// events stay for other endpoints and subscribers until swept. Resolves once durable;
-    /// takes one transaction per [`StoreOptions::max_rows_per_step`] rows.
+    /// Gives `endpoint` (of `workspace`) a cursor if it has none, at `at_seq` or, when
+    /// `None`, at the current head: a new endpoint gets the events appended from now on.
+    /// Returns the cursor (the existing one when there was one).
+    pub async fn open_cursor(
+        &self,
+        endpoint: u64,
+        workspace: &str,
+        at_seq: Option<u64>,
+    ) -> Result<u64, EventStoreError> {
+        match self
+            .inner
+            .submit(
+                Work::OpenCursor {
+                    endpoint,
+                    workspace: workspace.to_owned(),
+                    at_seq,
+                },
+                64,
+            )
+            .await?
+        {
+            Reply::Cursor(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes everything the store holds for `endpoint` (cursor, owed and dead deliveries),
+    /// in steps of [`StoreOptions::max_rows_per_step`]. Its events stay (other endpoints and
+    /// subscribers may want them) until the sweep.
     pub async fn remove_endpoint(&self, endpoint: u64) -> Result<Removed, EventStoreError> {
         let mut total = Removed::default();
         loop {
-            match self.inner.submit(Work::RemoveEndpoint { endpoint }, 16).await? {
-                Reply::Removed { removed, more } => {
-                    total.deliveries += removed.deliveries;
-                    total.dead += removed.dead;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-    }
-
-    /// Moves dead deliveries of `endpoint` back to pending: attempts 0, due at `now_ms`.
-    /// Returns how many moved (0 if `which` names no dead delivery). Resolves once durable.
-    pub async fn replay_dead(
-        &self,
-        endpoint: u64,
-        which: DeadSelector,
-        now_ms: u64,
-    ) -> Result<u64, EventStoreError> {
-        let mut total = 0;
-        loop {
-            let work = Work::Replay {
-                endpoint,
-                which,
-                now_ms,
-            };
-            match self.inner.submit(work, 16).await? {
-                Reply::Replayed { count, more } => {
-                    total += count;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-    }
-
-    /// Removes every event of `workspace` with its index rows and all its deliveries, pending
-    /// and dead (workspace deletion). Resolves once durable; takes one transaction per
-    /// [`StoreOptions::max_rows_per_step`] events. Events appended for the workspace while
-    /// this runs may survive it: stop producing first.
-    pub async fn delete_workspace(&self, workspace: &str) -> Result<Removed, EventStoreError> {
-        let mut total = Removed::default();
-        loop {
-            let work = Work::DeleteWorkspace {
-                workspace: workspace.to_owned(),
-            };
-            match self.inner.submit(work, 16).await? {
+            match self.inner.submit(Work::RemoveEndpoint { endpoint }, 64).await? {
                 Reply::Removed { removed, more } => {
                     total.events += removed.events;
                     total.deliveries += removed.deliveries;
@@ -572,41 +621,98 @@ impl EventStore {
         }
     }
 
-    /// Bounds the disk; returns what it did. Three rules, `now_ms` and `older_than_ms` given
-    /// by the caller (the retention cutoff, e.g. `now_ms - retention`):
-    ///
-    /// - a pending delivery that started (event time, or replay time) before
-    ///   `now_ms - max_age_ms` expires: it moves to dead with error `expired: …`, time `now_ms`;
-    /// - a dead delivery that died before `older_than_ms` is deleted;
-    /// - an event older than `older_than_ms` (by its `timestamp`) that no pending or dead
-    ///   delivery refers to any more is deleted, with its index rows.
-    ///
-    /// Two walks in `seq` order, each stopping at the first event newer than its cutoff (an
-    /// event's timestamp is when the gateway made it, so timestamps follow `seq` up to the
-    /// spread of one group commit): one over the events still referred to by deliveries
-    /// (expiry and dead rows), one over the old events (deletion). What a sweep keeps is
-    /// walked again by the next one, so its cost is proportional to the deleted events plus
-    /// the deliveries outstanding on old events. One transaction per
-    /// [`StoreOptions::max_rows_per_step`] rows; appends keep flowing in between.
+    /// Moves dead deliveries of `endpoint` back to owed, due at `now_ms` with their attempts
+    /// reset (the operator fixed the receiver). Returns how many moved. A dead delivery
+    /// whose event was swept meanwhile cannot be replayed: the sweep never deletes a chunk
+    /// a dead delivery refers to, so that only happens with a damaged file.
+    pub async fn replay_dead(
+        &self,
+        endpoint: u64,
+        which: DeadSelector,
+        now_ms: u64,
+    ) -> Result<u64, EventStoreError> {
+        let mut total = 0;
+        loop {
+            match self
+                .inner
+                .submit(
+                    Work::Replay {
+                        endpoint,
+                        which,
+                        now_ms,
+                    },
+                    64,
+                )
+                .await?
+            {
+                Reply::Replayed { count, more } => {
+                    total += count;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Deletes every event of `workspace` with the deliveries owed or dead for them, in
+    /// steps. The gateway calls it when a workspace is deleted (its key is shredded too, so
+    /// what a crash leaves behind is unreadable anyway).
+    pub async fn delete_workspace(&self, workspace: &str) -> Result<Removed, EventStoreError> {
+        let mut total = Removed::default();
+        loop {
+            match self
+                .inner
+                .submit(
+                    Work::DeleteWorkspace {
+                        workspace: workspace.to_owned(),
+                    },
+                    64,
+                )
+                .await?
+            {
+                Reply::Removed { removed, more } => {
+                    total.events += removed.events;
+                    total.deliveries += removed.deliveries;
+                    total.dead += removed.dead;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Maintenance, in steps of [`StoreOptions::max_rows_per_step`]:
+    /// 1. owed deliveries older than [`StoreOptions::max_age_ms`] (since their event or
+    ///    replay) become dead ("expired");
+    /// 2. dead deliveries that died before `older_than_ms` are deleted;
+    /// 3. log rows whose newest event is older than `older_than_ms` are deleted, unless an
+    ///    owed or dead delivery refers to one of their events, or an endpoint of their
+    ///    workspace has not passed them yet and they are younger than `max_age_ms`.
     pub async fn sweep(&self, older_than_ms: u64, now_ms: u64) -> Result<SweepReport, EventStoreError> {
         let expire_before_ms = now_ms.saturating_sub(self.inner.opts.max_age_ms);
         let mut total = SweepReport::default();
-        for refs in [true, false] {
-            let mut from_seq = 0;
+        for phase in [SweepPhase::Expire, SweepPhase::Dead, SweepPhase::Log] {
+            let mut from = (0u64, 0u64);
             loop {
-                let work = Work::Sweep {
-                    refs,
-                    from_seq,
-                    older_than_ms,
-                    expire_before_ms,
-                    now_ms,
-                };
-                match self.inner.submit(work, 16).await? {
-                    Reply::Swept {
-                        report,
-                        next_seq,
-                        more,
-                    } => {
+                match self
+                    .inner
+                    .submit(
+                        Work::Sweep {
+                            phase,
+                            from,
+                            older_than_ms,
+                            expire_before_ms,
+                            now_ms,
+                        },
+                        64,
+                    )
+                    .await?
+                {
+                    Reply::Swept { report, next, more } => {
                         total.expired += report.expired;
                         total.dead_removed += report.dead_removed;
                         total.events_deleted += report.events_deleted;
@@ -614,7 +720,7 @@ impl EventStore {
                         if !more {
                             break;
                         }
-                        from_seq = next_seq;
+                        from = next;
                     }
                     other => return Err(unexpected(&other)),
                 }
@@ -623,16 +729,15 @@ impl EventStore {
         Ok(total)
     }
 
-    /// Highest sequence number made durable (0 before the first event). Every event up to it
-    /// is readable (unless swept or deleted).
+    /// Highest sequence number made durable (0 before the first event).
     pub fn head(&self) -> u64 {
         self.inner.counters.head.load(Ordering::Acquire)
     }
 
     /// A receiver of [`EventStore::head`] that changes whenever appended events become durable:
     /// what live subscribers and delivery workers wait on instead of polling (then they read
-    /// with [`EventStore::read_after`] or [`EventStore::due`]). Outcomes, replays and sweeps do
-    /// not change it.
+    /// with [`EventStore::read_after`] or [`EventStore::scan`]). Outcomes, replays and sweeps
+    /// do not change it.
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.inner.counters.head_tx.subscribe()
     }
@@ -640,19 +745,46 @@ impl EventStore {
     /// The event with sequence number `seq`, if stored.
     pub fn get(&self, seq: u64) -> Result<Option<Stored>, EventStoreError> {
         let txn = self.inner.begin_read()?;
-        let events = txn.open_table(EVENTS).ctx("read")?;
-        let row = events.get(seq).ctx("read")?;
-        Ok(row.map(|row| Stored {
-            seq,
-            event: self.decode(seq, row.value()),
-        }))
+        let batches = txn.open_table(BATCHES).ctx("read")?;
+        let log = txn.open_table(LOG).ctx("read")?;
+        self.get_in(&batches, &log, seq)
     }
 
-    /// The sequence number of the event with this id, if stored.
+    fn get_in(
+        &self,
+        batches: &ReadOnlyTable<u64, &[u8]>,
+        log: &ReadOnlyTable<(&str, u64), &[u8]>,
+        seq: u64,
+    ) -> Result<Option<Stored>, EventStoreError> {
+        let Some(item) = batches.range(seq..).ctx("read")?.next() else {
+            return Ok(None);
+        };
+        let (k, v) = item.ctx("read")?;
+        let last = k.value();
+        let entry = codec::decode_batch(v.value())
+            .map_err(|r| EventStoreError::corrupt(format!("batch index {last}: {r}")))?;
+        if entry.first_seq > seq {
+            return Ok(None);
+        }
+        let Some(row) = log.get((entry.workspace.as_str(), last)).ctx("read")? else {
+            return Err(EventStoreError::corrupt(format!(
+                "log row ({}, {last}) is indexed but missing",
+                entry.workspace
+            )));
+        };
+        let events = self.decode_row(&entry.workspace, last, row.value(), &|_, _| true);
+        Ok(events
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(seq, event)| Stored { seq, event }))
+    }
+
+    /// The sequence number of the event with this id, if stored (not for `message.status`,
+    /// see [`deduplicated`]).
     pub fn seq_of(&self, id: &EventId) -> Result<Option<u64>, EventStoreError> {
         let txn = self.inner.begin_read()?;
-        let by_id = txn.open_table(BY_ID).ctx("read")?;
-        Ok(by_id.get(id.as_bytes()).ctx("read")?.map(|g| g.value()))
+        let ids = txn.open_table(IDS).ctx("read")?;
+        Ok(ids.get(id.as_bytes()).ctx("read")?.map(|g| g.value()))
     }
 
     /// Events of `workspace` with `seq > after_seq`, in `seq` order, at most `limit` (clamped
@@ -665,23 +797,184 @@ impl EventStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, EventStoreError> {
+        Ok(self.scan(workspace, after_seq, limit, &|_, _| true)?.events)
+    }
+
+    /// Like [`EventStore::read_after`], keeping only the events `filter` (type, device)
+    /// accepts, decided before their JSON is parsed. Examines at most 16 × `limit` events;
+    /// [`Page::through`] says how far it got, so a reader whose filter refuses most events
+    /// still moves forward.
+    pub fn scan(
+        &self,
+        workspace: &str,
+        after_seq: u64,
+        limit: usize,
+        filter: &dyn Fn(EventType, Option<&str>) -> bool,
+    ) -> Result<Page, EventStoreError> {
         let limit = self.clamp(limit);
+        let max_examined = limit.saturating_mul(16) as u64;
+        let mut page = Page {
+            events: Vec::new(),
+            through: after_seq,
+        };
         let Some(start) = after_seq.checked_add(1) else {
-            return Ok(Vec::new());
+            return Ok(page);
         };
         let txn = self.inner.begin_read()?;
-        let index = txn.open_table(BY_WORKSPACE).ctx("read")?;
-        let events = txn.open_table(EVENTS).ctx("read")?;
-        let mut out = Vec::new();
-        for item in index
+        let log = txn.open_table(LOG).ctx("read")?;
+        let mut examined = 0u64;
+        for item in log
             .range((workspace, start)..=(workspace, u64::MAX))
             .ctx("read")?
         {
-            let (k, _) = item.ctx("read")?;
+            let (k, v) = item.ctx("read")?;
+            let last = k.value().1;
+            let row = self.decode_row(workspace, last, v.value(), filter);
+            let first_unseen = page.through + 1;
+            let header_first = RowHeader::decode(v.value()).map_or(last, |h| h.first_seq);
+            for (seq, event) in row {
+                if seq < first_unseen {
+                    continue;
+                }
+                page.events.push(Stored { seq, event });
+                if page.events.len() >= limit {
+                    page.through = seq;
+                    return Ok(page);
+                }
+            }
+            examined += last + 1 - header_first.max(first_unseen).min(last);
+            page.through = last;
+            if examined >= max_examined {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    /// Where `endpoint`'s cursor is, and its workspace (`None`: no cursor).
+    pub fn cursor(&self, endpoint: u64) -> Result<Option<(u64, String)>, EventStoreError> {
+        let txn = self.inner.begin_read()?;
+        let cursors = txn.open_table(CURSORS).ctx("read")?;
+        match cursors.get(endpoint).ctx("read")? {
+            None => Ok(None),
+            Some(v) => codec::decode_cursor(v.value())
+                .map(Some)
+                .map_err(|r| EventStoreError::corrupt(format!("cursor {endpoint}: {r}"))),
+        }
+    }
+
+    /// Owed deliveries of `endpoint` with `seq >= from_seq`, in `seq` order, at most `limit`
+    /// (clamped to 1..=[`StoreOptions::max_page`]), due or not.
+    pub fn owed(&self, endpoint: u64, from_seq: u64, limit: usize) -> Result<Vec<Pending>, EventStoreError> {
+        let limit = self.clamp(limit);
+        let txn = self.inner.begin_read()?;
+        let owed = txn.open_table(OWED).ctx("read")?;
+        let batches = txn.open_table(BATCHES).ctx("read")?;
+        let log = txn.open_table(LOG).ctx("read")?;
+        let mut out = Vec::new();
+        let mut cache = RowCache::default();
+        for item in owed
+            .range((endpoint, from_seq)..=(endpoint, u64::MAX))
+            .ctx("read")?
+        {
+            let (k, v) = item.ctx("read")?;
             let seq = k.value().1;
-            out.push(Stored {
-                seq,
-                event: self.load(&events, seq)?,
+            out.push(self.pending_from(&batches, &log, &mut cache, endpoint, seq, v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Owed deliveries of `endpoint` due at `now_ms`, in `seq` order, at most `limit`
+    /// (clamped to 1..=[`StoreOptions::max_page`]).
+    pub fn owed_due(
+        &self,
+        endpoint: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, EventStoreError> {
+        let limit = self.clamp(limit);
+        let txn = self.inner.begin_read()?;
+        let due = txn.open_table(OWED_DUE).ctx("read")?;
+        let mut seqs: Vec<u64> = Vec::new();
+        for item in due
+            .range((endpoint, 0, 0)..=(endpoint, now_ms, u64::MAX))
+            .ctx("read")?
+        {
+            seqs.push(item.ctx("read")?.0.value().2);
+            if seqs.len() >= limit {
+                break;
+            }
+        }
+        seqs.sort_unstable();
+        let owed = txn.open_table(OWED).ctx("read")?;
+        let batches = txn.open_table(BATCHES).ctx("read")?;
+        let log = txn.open_table(LOG).ctx("read")?;
+        let mut cache = RowCache::default();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(v) = owed.get((endpoint, seq)).ctx("read")? {
+                out.push(self.pending_from(&batches, &log, &mut cache, endpoint, seq, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When `endpoint`'s earliest owed delivery is due, if it owes any.
+    pub fn next_owed_due(&self, endpoint: u64) -> Result<Option<u64>, EventStoreError> {
+        let txn = self.inner.begin_read()?;
+        let due = txn.open_table(OWED_DUE).ctx("read")?;
+        let first = due
+            .range((endpoint, 0, 0)..=(endpoint, u64::MAX, u64::MAX))
+            .ctx("read")?
+            .next();
+        match first {
+            None => Ok(None),
+            Some(item) => Ok(Some(item.ctx("read")?.0.value().1)),
+        }
+    }
+
+    /// Dead deliveries of `endpoint` with `seq >= from_seq`, in `seq` order, at most `limit`
+    /// (clamped to 1..=[`StoreOptions::max_page`]).
+    pub fn list_dead(
+        &self,
+        endpoint: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadEntry>, EventStoreError> {
+        let limit = self.clamp(limit);
+        let txn = self.inner.begin_read()?;
+        let dead = txn.open_table(DEAD).ctx("read")?;
+        let batches = txn.open_table(BATCHES).ctx("read")?;
+        let log = txn.open_table(LOG).ctx("read")?;
+        let mut cache = RowCache::default();
+        let mut out = Vec::new();
+        for item in dead
+            .range((endpoint, from_seq)..=(endpoint, u64::MAX))
+            .ctx("read")?
+        {
+            let (k, v) = item.ctx("read")?;
+            let seq = k.value().1;
+            let event = cache.event(self, &batches, &log, seq)?;
+            out.push(match codec::decode_dead(v.value()) {
+                Ok(d) => DeadEntry {
+                    seq,
+                    attempts: d.attempts,
+                    at_ms: d.at_ms,
+                    last_error: d.error,
+                    event,
+                },
+                Err(reason) => DeadEntry {
+                    seq,
+                    attempts: 0,
+                    at_ms: 0,
+                    last_error: String::new(),
+                    event: Err(EventStoreError::corrupt(format!(
+                        "dead {endpoint}/{seq}: {reason}"
+                    ))),
+                },
             });
             if out.len() >= limit {
                 break;
@@ -690,151 +983,79 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Deliveries of `endpoint` that are due (`due_ms <= now_ms`), in `seq` order, at most
-    /// `limit` (clamped to 1..=[`StoreOptions::max_page`]).
-    ///
-    /// Cost: walks the endpoint's deliveries in `seq` order and its due index side by side
-    /// and stops when either walk has the answer, so it is proportional to the smaller of
-    /// "rows up to the `limit`-th due one" and "rows due".
-    pub fn due(&self, endpoint: u64, now_ms: u64, limit: usize) -> Result<Vec<Pending>, EventStoreError> {
-        let limit = self.clamp(limit);
+    /// Where `endpoint` stands: cursor, events after it, owed and dead counts. Costs a walk
+    /// over the workspace's log rows after the cursor (headers only) and over the
+    /// endpoint's owed and dead rows.
+    pub fn backlog(&self, endpoint: u64) -> Result<Backlog, EventStoreError> {
         let txn = self.inner.begin_read()?;
-        let deliveries = txn.open_table(DELIVERIES).ctx("read")?;
-        let due = txn.open_table(DUE).ctx("read")?;
-        let events = txn.open_table(EVENTS).ctx("read")?;
-        let mut by_seq = deliveries
+        let cursors = txn.open_table(CURSORS).ctx("read")?;
+        let mut b = Backlog::default();
+        if let Some(v) = cursors.get(endpoint).ctx("read")? {
+            let (cursor, ws) = codec::decode_cursor(v.value())
+                .map_err(|r| EventStoreError::corrupt(format!("cursor {endpoint}: {r}")))?;
+            b.cursor = Some(cursor);
+            let log = txn.open_table(LOG).ctx("read")?;
+            for item in log
+                .range((ws.as_str(), cursor.saturating_add(1))..=(ws.as_str(), u64::MAX))
+                .ctx("read")?
+            {
+                let (k, v) = item.ctx("read")?;
+                let last = k.value().1;
+                let first = RowHeader::decode(v.value()).map_or(last, |h| h.first_seq);
+                b.unread += last + 1 - first.max(cursor + 1);
+            }
+        }
+        let owed = txn.open_table(OWED).ctx("read")?;
+        b.owed = owed
             .range((endpoint, 0)..=(endpoint, u64::MAX))
-            .ctx("read")?;
-        let mut by_due = due
-            .range((endpoint, 0, 0)..=(endpoint, now_ms, u64::MAX))
-            .ctx("read")?;
-        let mut found = Vec::new();
-        // The `limit` smallest seqs among the due rows seen (a max-heap evicts the largest).
-        let mut smallest = BinaryHeap::new();
-        let chosen = loop {
-            match by_seq.next() {
-                None => break found,
-                Some(item) => {
-                    let (k, v) = item.ctx("read")?;
-                    // An undecodable row is listed, so that the caller sees its error.
-                    if codec::decode_pending(v.value()).map_or(true, |s| s.due_ms <= now_ms) {
-                        found.push(k.value().1);
-                        if found.len() >= limit {
-                            break found;
-                        }
-                    }
-                }
-            }
-            match by_due.next() {
-                None => {
-                    let mut v = smallest.into_vec();
-                    v.sort_unstable();
-                    break v;
-                }
-                Some(item) => {
-                    let (k, _) = item.ctx("read")?;
-                    smallest.push(k.value().2);
-                    if smallest.len() > limit {
-                        smallest.pop();
-                    }
-                }
-            }
-        };
-        chosen
-            .into_iter()
-            .map(|seq| self.pending_row(&deliveries, &events, endpoint, seq))
-            .filter_map(Result::transpose)
-            .collect()
-    }
-
-    /// Deliveries of `endpoint` with `seq > after_seq`, due or not, in `seq` order, at most
-    /// `limit` (clamped to 1..=[`StoreOptions::max_page`]). Ordered delivery needs to see a
-    /// predecessor that is waiting for its retry.
-    pub fn pending(
-        &self,
-        endpoint: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Pending>, EventStoreError> {
-        let limit = self.clamp(limit);
-        let Some(start) = after_seq.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        let txn = self.inner.begin_read()?;
-        let deliveries = txn.open_table(DELIVERIES).ctx("read")?;
-        let events = txn.open_table(EVENTS).ctx("read")?;
-        let mut seqs = Vec::new();
-        for item in deliveries
-            .range((endpoint, start)..=(endpoint, u64::MAX))
             .ctx("read")?
-        {
-            let (k, _) = item.ctx("read")?;
-            seqs.push(k.value().1);
-            if seqs.len() >= limit {
-                break;
-            }
-        }
-        seqs.into_iter()
-            .map(|seq| self.pending_row(&deliveries, &events, endpoint, seq))
-            .filter_map(Result::transpose)
-            .collect()
-    }
-
-    /// When the earliest pending delivery of `endpoint` is due (unix ms), or `None` when
-    /// nothing is pending: how long a worker may sleep.
-    pub fn next_due(&self, endpoint: u64) -> Result<Option<u64>, EventStoreError> {
-        let txn = self.inner.begin_read()?;
-        let due = txn.open_table(DUE).ctx("read")?;
-        let mut range = due
-            .range((endpoint, 0, 0)..=(endpoint, u64::MAX, u64::MAX))
-            .ctx("read")?;
-        match range.next() {
-            None => Ok(None),
-            Some(item) => Ok(Some(item.ctx("read")?.0.value().1)),
-        }
-    }
-
-    /// Dead deliveries of `endpoint` with `seq > after_seq`, in `seq` order, at most `limit`
-    /// (clamped to 1..=[`StoreOptions::max_page`]).
-    pub fn list_dead(
-        &self,
-        endpoint: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<DeadEntry>, EventStoreError> {
-        let limit = self.clamp(limit);
-        let Some(start) = after_seq.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        let txn = self.inner.begin_read()?;
+            .count() as u64;
         let dead = txn.open_table(DEAD).ctx("read")?;
-        let events = txn.open_table(EVENTS).ctx("read")?;
-        let mut out = Vec::new();
-        for item in dead.range((endpoint, start)..=(endpoint, u64::MAX)).ctx("read")? {
-            let (k, v) = item.ctx("read")?;
-            let seq = k.value().1;
-            let entry = match codec::decode_dead(v.value()) {
-                Ok(s) => DeadEntry {
-                    seq,
-                    attempts: s.attempts,
-                    at_ms: s.at_ms,
-                    last_error: s.error,
-                    event: self.load(&events, seq)?,
-                },
-                Err(reason) => DeadEntry {
-                    seq,
-                    attempts: 0,
-                    at_ms: 0,
-                    last_error: String::new(),
-                    event: Err(EventStoreError::corrupt(format!(
-                        "dead delivery {endpoint}/{seq}: {reason}"
-                    ))),
-                },
-            };
-            out.push(entry);
-            if out.len() >= limit {
+        b.dead = dead
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .ctx("read")?
+            .count() as u64;
+        Ok(b)
+    }
+
+    /// Ids of the events of type `kind` in the log rows whose newest event is at or after
+    /// `since_ms`, walking back from the newest row: how the gateway's start-up replay of
+    /// `message.status` (which has no id index) skips what is already stored. Stops after
+    /// `max_rows` rows.
+    pub fn recent_ids(
+        &self,
+        kind: EventType,
+        since_ms: u64,
+        max_rows: usize,
+    ) -> Result<HashSet<EventId>, EventStoreError> {
+        let txn = self.inner.begin_read()?;
+        let batches = txn.open_table(BATCHES).ctx("read")?;
+        let log = txn.open_table(LOG).ctx("read")?;
+        let mut out = HashSet::new();
+        for (n, item) in batches.iter().ctx("read")?.rev().enumerate() {
+            if n >= max_rows {
                 break;
             }
+            let (k, v) = item.ctx("read")?;
+            let last = k.value();
+            let Ok(entry) = codec::decode_batch(v.value()) else {
+                continue;
+            };
+            if entry.max_at_ms < since_ms {
+                // Rows are in commit order, and event times within a few seconds of it.
+                if entry.max_at_ms.saturating_add(60_000) < since_ms {
+                    break;
+                }
+                continue;
+            }
+            let Some(row) = log.get((entry.workspace.as_str(), last)).ctx("read")? else {
+                continue;
+            };
+            self.for_each_raw(&entry.workspace, last, row.value(), &mut |_, raw| {
+                if raw.kind == kind && raw.at_ms >= since_ms {
+                    out.insert(raw.id);
+                }
+            });
         }
         Ok(out)
     }
@@ -842,20 +1063,16 @@ impl EventStore {
     /// Sizes and writer counters.
     pub fn stats(&self) -> Result<StoreStats, EventStoreError> {
         let txn = self.inner.begin_read()?;
-        let len = |def| -> Result<u64, EventStoreError> {
-            let t: ReadOnlyTable<(u64, u64), &[u8]> = txn.open_table(def).ctx("stats")?;
-            t.len().ctx("stats")
-        };
-        let events = txn.open_table(EVENTS).ctx("stats")?.len().ctx("stats")?;
-        let pending = len(DELIVERIES)?;
-        let dead = len(DEAD)?;
+        let rows = txn.open_table(BATCHES).ctx("stats")?.len().ctx("stats")?;
+        let pending = txn.open_table(OWED).ctx("stats")?.len().ctx("stats")?;
+        let dead = txn.open_table(DEAD).ctx("stats")?.len().ctx("stats")?;
         let file_bytes = std::fs::metadata(&self.inner.path)
             .map_err(|e| EventStoreError::from_io("stats", e))?
             .len();
         let c = &self.inner.counters;
         Ok(StoreStats {
             head: c.head.load(Ordering::Acquire),
-            events,
+            rows,
             pending,
             dead,
             file_bytes,
@@ -869,52 +1086,149 @@ impl EventStore {
         limit.clamp(1, self.inner.opts.max_page)
     }
 
-    fn pending_row(
+    fn pending_from(
         &self,
-        deliveries: &ReadOnlyTable<(u64, u64), &[u8]>,
-        events: &ReadOnlyTable<u64, &[u8]>,
+        batches: &ReadOnlyTable<u64, &[u8]>,
+        log: &ReadOnlyTable<(&str, u64), &[u8]>,
+        cache: &mut RowCache,
         endpoint: u64,
         seq: u64,
-    ) -> Result<Option<Pending>, EventStoreError> {
-        let Some(v) = deliveries.get((endpoint, seq)).ctx("read")? else {
-            return Ok(None);
-        };
-        Ok(Some(match codec::decode_pending(v.value()) {
+        value: &[u8],
+    ) -> Result<Pending, EventStoreError> {
+        let event = cache.event(self, batches, log, seq)?;
+        Ok(match codec::decode_owed(value) {
             Ok(s) => Pending {
                 seq,
                 attempts: s.attempts,
                 due_ms: s.due_ms,
+                since_ms: s.since_ms,
+                device: (!s.device.is_empty()).then_some(s.device),
                 last_error: s.error,
-                event: self.load(events, seq)?,
+                event,
             },
             Err(reason) => Pending {
                 seq,
                 attempts: 0,
                 due_ms: 0,
+                since_ms: 0,
+                device: None,
                 last_error: String::new(),
                 event: Err(EventStoreError::corrupt(format!(
-                    "delivery {endpoint}/{seq}: {reason}"
+                    "owed {endpoint}/{seq}: {reason}"
                 ))),
             },
-        }))
-    }
-
-    /// The event at `seq` (outer error: the engine failed; inner: this event is unreadable).
-    fn load(
-        &self,
-        events: &ReadOnlyTable<u64, &[u8]>,
-        seq: u64,
-    ) -> Result<Result<Event, EventStoreError>, EventStoreError> {
-        Ok(match events.get(seq).ctx("read")? {
-            Some(row) => self.decode(seq, row.value()),
-            None => Err(EventStoreError::corrupt(format!(
-                "event {seq} is referenced but missing"
-            ))),
         })
     }
 
-    fn decode(&self, seq: u64, row: &[u8]) -> Result<Event, EventStoreError> {
-        decode_event(seq, row, self.inner.opts.sealer.as_deref())
+    /// Opens a log row and hands each event's plain fields to `f`. A row that cannot be
+    /// opened yields nothing (callers that must report it use [`EventStore::decode_row`]).
+    fn for_each_raw(
+        &self,
+        workspace: &str,
+        last: u64,
+        row: &[u8],
+        f: &mut dyn FnMut(u64, codec::RawEvent<'_>),
+    ) {
+        let Ok(h) = RowHeader::decode(row) else { return };
+        let Ok(body) = self.open_body(workspace, &h, row) else {
+            return;
+        };
+        let _ = last;
+        if let Ok(raw) = codec::split_body(&body, h.count) {
+            for (i, r) in raw.into_iter().enumerate() {
+                f(h.first_seq + i as u64, r);
+            }
+        }
+    }
+
+    fn open_body(&self, workspace: &str, h: &RowHeader, row: &[u8]) -> Result<Vec<u8>, EventStoreError> {
+        let body = &row[codec::ROW_HEADER..];
+        if h.format == FORMAT_PLAIN {
+            return Ok(body.to_vec());
+        }
+        let Some(sealer) = self.inner.opts.sealer.as_deref() else {
+            return Err(EventStoreError::Unseal {
+                seq: h.first_seq,
+                reason: "the events are sealed but the store was opened without a sealer".into(),
+            });
+        };
+        sealer
+            .open(workspace, &codec::aad(workspace, &row[..codec::ROW_HEADER]), body)
+            .map_err(|e| match e {
+                OpenFailure::KeyGone => EventStoreError::KeyGone {
+                    workspace: workspace.to_owned(),
+                    seq: h.first_seq,
+                },
+                OpenFailure::Invalid(reason) => EventStoreError::Unseal {
+                    seq: h.first_seq,
+                    reason,
+                },
+            })
+    }
+
+    /// Decodes a log row into its events that `filter` keeps; a row that cannot be opened
+    /// gives an error for each of its sequence numbers.
+    fn decode_row(
+        &self,
+        workspace: &str,
+        last: u64,
+        row: &[u8],
+        filter: &dyn Fn(EventType, Option<&str>) -> bool,
+    ) -> RowEvents {
+        let h = match RowHeader::decode(row) {
+            Ok(h) if h.last_seq() == last => h,
+            Ok(h) => {
+                return vec![(
+                    last,
+                    Err(EventStoreError::corrupt(format!(
+                        "log row ({workspace}, {last}) says its last event is {}",
+                        h.last_seq()
+                    ))),
+                )];
+            }
+            Err(r) => {
+                return vec![(
+                    last,
+                    Err(EventStoreError::corrupt(format!(
+                        "log row ({workspace}, {last}): {r}"
+                    ))),
+                )];
+            }
+        };
+        let every =
+            |e: &dyn Fn(u64) -> EventStoreError| (h.first_seq..=last).map(|s| (s, Err(e(s)))).collect();
+        let body = match self.open_body(workspace, &h, row) {
+            Ok(b) => b,
+            Err(e) => {
+                return every(&|s| match &e {
+                    EventStoreError::KeyGone { workspace, .. } => EventStoreError::KeyGone {
+                        workspace: workspace.clone(),
+                        seq: s,
+                    },
+                    EventStoreError::Unseal { reason, .. } => EventStoreError::Unseal {
+                        seq: s,
+                        reason: reason.clone(),
+                    },
+                    other => EventStoreError::corrupt(format!("event {s}: {other}")),
+                });
+            }
+        };
+        let raw = match codec::split_body(&body, h.count) {
+            Ok(r) => r,
+            Err(r) => return every(&|s| EventStoreError::corrupt(format!("event {s}: {r}"))),
+        };
+        raw.into_iter()
+            .enumerate()
+            .filter(|(_, r)| filter(r.kind, r.device))
+            .map(|(i, r)| {
+                let seq = h.first_seq + i as u64;
+                (
+                    seq,
+                    r.to_event(workspace)
+                        .map_err(|reason| EventStoreError::corrupt(format!("event {seq}: {reason}"))),
+                )
+            })
+            .collect()
     }
 
     #[cfg(test)]
@@ -923,45 +1237,68 @@ impl EventStore {
     }
 }
 
-/// Reads an event row back into an [`Event`], opening a sealed payload.
-pub(crate) fn decode_event(
-    seq: u64,
-    row: &[u8],
-    sealer: Option<&dyn RecordSealer>,
-) -> Result<Event, EventStoreError> {
-    let h = codec::decode_header(row).map_err(|r| EventStoreError::corrupt(format!("event {seq}: {r}")))?;
-    let payload = &row[h.len..];
-    let opened;
-    let plain = match h.format {
-        FORMAT_PLAIN => payload,
-        _ => {
-            let Some(sealer) = sealer else {
-                return Err(EventStoreError::Unseal {
-                    seq,
-                    reason: "the payload is sealed but the store was opened without a sealer".into(),
-                });
-            };
-            opened = sealer
-                .open(h.workspace, &codec::aad(seq, &row[..h.len]), payload)
-                .map_err(|e| match e {
-                    OpenFailure::KeyGone => EventStoreError::KeyGone {
-                        workspace: h.workspace.to_owned(),
-                        seq,
-                    },
-                    OpenFailure::Invalid(reason) => EventStoreError::Unseal { seq, reason },
-                })?;
-            &opened[..]
+/// The last log row opened by a walk over owed or dead deliveries (consecutive deliveries
+/// are usually in the same row).
+#[derive(Default)]
+struct RowCache {
+    last: Option<u64>,
+    events: Vec<(u64, Event)>,
+    error: Option<(u64, u64, String)>,
+}
+
+impl RowCache {
+    fn event(
+        &mut self,
+        store: &EventStore,
+        batches: &ReadOnlyTable<u64, &[u8]>,
+        log: &ReadOnlyTable<(&str, u64), &[u8]>,
+        seq: u64,
+    ) -> Result<Result<Event, EventStoreError>, EventStoreError> {
+        if let Some(ev) = self.find(seq) {
+            return Ok(ev);
         }
-    };
-    let data = EventData::from_json_slice(h.kind, plain)
-        .map_err(|e| EventStoreError::corrupt(format!("event {seq}: {e}")))?;
-    Ok(Event {
-        id: h.id,
-        workspace: h.workspace.to_owned(),
-        device: h.device.map(str::to_owned),
-        at_ms: h.at_ms,
-        data,
-    })
+        let Some(item) = batches.range(seq..).ctx("read")?.next() else {
+            return Ok(Err(missing(seq)));
+        };
+        let (k, v) = item.ctx("read")?;
+        let last = k.value();
+        let Ok(entry) = codec::decode_batch(v.value()) else {
+            return Ok(Err(EventStoreError::corrupt(format!("batch index {last}"))));
+        };
+        if entry.first_seq > seq {
+            return Ok(Err(missing(seq)));
+        }
+        let Some(row) = log.get((entry.workspace.as_str(), last)).ctx("read")? else {
+            return Ok(Err(missing(seq)));
+        };
+        self.last = Some(last);
+        self.events.clear();
+        self.error = None;
+        for (s, e) in store.decode_row(&entry.workspace, last, row.value(), &|_, _| true) {
+            match e {
+                Ok(e) => self.events.push((s, e)),
+                Err(e) if self.error.is_none() => self.error = Some((entry.first_seq, last, e.to_string())),
+                Err(_) => {}
+            }
+        }
+        Ok(self.find(seq).unwrap_or_else(|| Err(missing(seq))))
+    }
+
+    fn find(&self, seq: u64) -> Option<Result<Event, EventStoreError>> {
+        if let Ok(i) = self.events.binary_search_by_key(&seq, |(s, _)| *s) {
+            return Some(Ok(self.events[i].1.clone()));
+        }
+        match &self.error {
+            Some((first, last, reason)) if (*first..=*last).contains(&seq) => {
+                Some(Err(EventStoreError::corrupt(format!("event {seq}: {reason}"))))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn missing(seq: u64) -> EventStoreError {
+    EventStoreError::corrupt(format!("event {seq} is referenced but missing"))
 }
 
 fn unexpected(reply: &Reply) -> EventStoreError {
@@ -982,19 +1319,23 @@ fn init(db: &Database) -> Result<u64, EventStoreError> {
             Some(other) => {
                 return Err(EventStoreError::Incompatible {
                     path: PathBuf::new(),
-                    reason: format!("layout version {other}, this build reads {FORMAT_VERSION}"),
+                    reason: format!(
+                        "layout version {other}, this build reads {FORMAT_VERSION} (move the file away: it holds only events and their deliveries)"
+                    ),
                 });
             }
         }
         let stored = meta.get("next_seq").ctx("open")?.map_or(1, |g| g.value());
-        let events = txn.open_table(EVENTS).ctx("open")?;
-        let after_last = events.last().ctx("open")?.map_or(1, |(k, _)| k.value() + 1);
+        let batches = txn.open_table(BATCHES).ctx("open")?;
+        let after_last = batches.last().ctx("open")?.map_or(1, |(k, _)| k.value() + 1);
         stored.max(after_last).max(1)
     };
-    txn.open_table(BY_ID).ctx("open")?;
-    txn.open_table(BY_WORKSPACE).ctx("open")?;
-    txn.open_table(DELIVERIES).ctx("open")?;
-    txn.open_table(DUE).ctx("open")?;
+    txn.open_table(LOG).ctx("open")?;
+    txn.open_table(IDS).ctx("open")?;
+    txn.open_table(ID_SEQS).ctx("open")?;
+    txn.open_table(CURSORS).ctx("open")?;
+    txn.open_table(OWED).ctx("open")?;
+    txn.open_table(OWED_DUE).ctx("open")?;
     txn.open_table(DEAD).ctx("open")?;
     txn.open_table(REFS).ctx("open")?;
     txn.commit().map_err(EventStoreError::from_commit)?;

@@ -1,5 +1,5 @@
 //! The single writer thread: merges queued requests into one durable transaction (group
-//! commit), assigns sequence numbers in commit order and seals payloads.
+//! commit), assigns sequence numbers in commit order, chunks and seals events.
 //!
 //! Each request is applied in two phases inside the group's transaction: first everything
 //! that can fail because of this request alone (duplicate lookups, sealing), then the writes.
@@ -15,26 +15,33 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 use waping_journal::RecordSealer;
 
-use crate::codec::{self, PendingSlot};
+use crate::codec::{self, FORMAT_PLAIN, FORMAT_SEALED, RowHeader};
 use crate::error::{EventStoreError, StorageContext};
-use crate::model::EventId;
+use crate::model::{Event, EventId};
 use crate::store::{
-    Appended, BY_ID, BY_WORKSPACE, Counters, DEAD, DELIVERIES, DUE, DeadSelector, EVENTS, META, Outcome,
-    REF_DEAD, REF_PENDING, REFS, RecordReport, Removed, SweepReport,
+    Appended, BATCHES, CURSORS, Counters, DEAD, DeadSelector, ID_SEQS, IDS, LOG, META, OWED, OWED_DUE,
+    Outcome, REF_DEAD, REF_OWED, REFS, RecordReport, Removed, SweepReport, deduplicated,
 };
 
 /// An event validated and encoded on the caller's thread, waiting for its sequence number.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub(crate) id: EventId,
-    pub(crate) workspace: String,
-    pub(crate) at_ms: u64,
-    /// Plain row header (format byte first).
-    pub(crate) header: Vec<u8>,
-    /// `data` JSON, sealed by the writer when the store has a sealer.
-    pub(crate) payload: Vec<u8>,
+    pub(crate) event: Event,
+    /// `data` as JSON.
+    pub(crate) data: Vec<u8>,
     /// Sorted, without duplicates.
     pub(crate) endpoints: Vec<u64>,
+}
+
+/// Which walk of [`crate::EventStore::sweep`] a step belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SweepPhase {
+    /// Owed deliveries past the age limit become dead.
+    Expire,
+    /// Old dead deliveries are deleted.
+    Dead,
+    /// Old log rows are deleted.
+    Log,
 }
 
 /// What a request asks for.
@@ -42,6 +49,11 @@ pub(crate) struct Prepared {
 pub(crate) enum Work {
     Append(Vec<Prepared>),
     Record(Vec<Outcome>),
+    OpenCursor {
+        endpoint: u64,
+        workspace: String,
+        at_seq: Option<u64>,
+    },
     RemoveEndpoint {
         endpoint: u64,
     },
@@ -54,9 +66,10 @@ pub(crate) enum Work {
         workspace: String,
     },
     Sweep {
-        /// The walk over referenced events (expiry, dead rows) or over old events (deletion).
-        refs: bool,
-        from_seq: u64,
+        phase: SweepPhase,
+        /// Where the walk resumes: `(endpoint, seq)` for the delivery walks, `(seq, 0)` for
+        /// the log walk.
+        from: (u64, u64),
         older_than_ms: u64,
         expire_before_ms: u64,
         now_ms: u64,
@@ -68,6 +81,7 @@ pub(crate) enum Work {
 pub(crate) enum Reply {
     Appended(Vec<Appended>),
     Recorded(RecordReport),
+    Cursor(u64),
     Removed {
         removed: Removed,
         more: bool,
@@ -78,7 +92,7 @@ pub(crate) enum Reply {
     },
     Swept {
         report: SweepReport,
-        next_seq: u64,
+        next: (u64, u64),
         more: bool,
     },
 }
@@ -97,6 +111,8 @@ pub(crate) struct Writer {
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_bytes: usize,
     pub(crate) max_rows: usize,
+    pub(crate) max_row_events: usize,
+    pub(crate) max_row_bytes: usize,
     pub(crate) quick_repair: bool,
     /// Next sequence number to assign (only advanced by committed groups).
     pub(crate) next_seq: u64,
@@ -105,11 +121,13 @@ pub(crate) struct Writer {
 /// The tables of one write transaction.
 struct Tables<'t> {
     meta: Table<'t, &'static str, u64>,
-    events: Table<'t, u64, &'static [u8]>,
-    by_id: Table<'t, &'static [u8; 16], u64>,
-    by_ws: Table<'t, (&'static str, u64), ()>,
-    deliveries: Table<'t, (u64, u64), &'static [u8]>,
-    due: Table<'t, (u64, u64, u64), ()>,
+    log: Table<'t, (&'static str, u64), &'static [u8]>,
+    batches: Table<'t, u64, &'static [u8]>,
+    ids: Table<'t, &'static [u8; 16], u64>,
+    id_seqs: Table<'t, u64, &'static [u8; 16]>,
+    cursors: Table<'t, u64, &'static [u8]>,
+    owed: Table<'t, (u64, u64), &'static [u8]>,
+    owed_due: Table<'t, (u64, u64, u64), ()>,
     dead: Table<'t, (u64, u64), &'static [u8]>,
     refs: Table<'t, (u64, u64), u8>,
 }
@@ -118,11 +136,13 @@ impl<'t> Tables<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, EventStoreError> {
         Ok(Tables {
             meta: txn.open_table(META).ctx("write")?,
-            events: txn.open_table(EVENTS).ctx("write")?,
-            by_id: txn.open_table(BY_ID).ctx("write")?,
-            by_ws: txn.open_table(BY_WORKSPACE).ctx("write")?,
-            deliveries: txn.open_table(DELIVERIES).ctx("write")?,
-            due: txn.open_table(DUE).ctx("write")?,
+            log: txn.open_table(LOG).ctx("write")?,
+            batches: txn.open_table(BATCHES).ctx("write")?,
+            ids: txn.open_table(IDS).ctx("write")?,
+            id_seqs: txn.open_table(ID_SEQS).ctx("write")?,
+            cursors: txn.open_table(CURSORS).ctx("write")?,
+            owed: txn.open_table(OWED).ctx("write")?,
+            owed_due: txn.open_table(OWED_DUE).ctx("write")?,
             dead: txn.open_table(DEAD).ctx("write")?,
             refs: txn.open_table(REFS).ctx("write")?,
         })
@@ -132,6 +152,13 @@ impl<'t> Tables<'t> {
 /// Outer error: the engine failed (the group fails). Inner error: this request alone failed
 /// before writing anything.
 type Applied = Result<Result<Reply, EventStoreError>, EventStoreError>;
+
+/// A log row built in phase 1 of an append.
+struct Row {
+    workspace: String,
+    header: RowHeader,
+    bytes: Vec<u8>,
+}
 
 impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -215,6 +242,22 @@ impl Writer {
         match work {
             Work::Append(events) => self.append(t, events),
             Work::Record(outcomes) => record(t, outcomes).map(|r| Ok(Reply::Recorded(r))),
+            Work::OpenCursor {
+                endpoint,
+                workspace,
+                at_seq,
+            } => {
+                if let Some(v) = t.cursors.get(endpoint).ctx("write")? {
+                    let (c, _) = codec::decode_cursor(v.value())
+                        .map_err(|r| EventStoreError::corrupt(format!("cursor {endpoint}: {r}")))?;
+                    return Ok(Ok(Reply::Cursor(c)));
+                }
+                let c = at_seq.unwrap_or(self.next_seq - 1);
+                t.cursors
+                    .insert(endpoint, codec::encode_cursor(c, &workspace).as_slice())
+                    .ctx("write")?;
+                Ok(Ok(Reply::Cursor(c)))
+            }
             Work::RemoveEndpoint { endpoint } => remove_endpoint(t, endpoint, self.max_rows).map(Ok),
             Work::Replay {
                 endpoint,
@@ -223,23 +266,17 @@ impl Writer {
             } => replay(t, endpoint, which, now_ms, self.max_rows).map(Ok),
             Work::DeleteWorkspace { workspace } => delete_workspace(t, &workspace, self.max_rows).map(Ok),
             Work::Sweep {
-                refs,
-                from_seq,
+                phase,
+                from,
                 older_than_ms,
                 expire_before_ms,
                 now_ms,
             } => {
-                let step = SweepStep {
-                    from_seq,
-                    older_than_ms,
-                    expire_before_ms,
-                    now_ms,
-                    max_rows: self.max_rows,
-                };
-                if refs {
-                    sweep_refs(t, step)
-                } else {
-                    sweep_events(t, step)
+                let max = self.max_rows;
+                match phase {
+                    SweepPhase::Expire => sweep_expire(t, from, expire_before_ms, now_ms, max),
+                    SweepPhase::Dead => sweep_dead(t, from, older_than_ms, max),
+                    SweepPhase::Log => sweep_log(t, from.0, older_than_ms, expire_before_ms, max),
                 }
                 .map(Ok)
             }
@@ -247,146 +284,247 @@ impl Writer {
     }
 
     fn append(&mut self, t: &mut Tables<'_>, events: Vec<Prepared>) -> Applied {
-        // Phase 1: duplicates and sealing; nothing is written, so a failure leaves no trace.
-        let mut out = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
+        // Phase 1: duplicates, chunking and sealing; nothing is written, so a failure leaves
+        // no trace.
+        let n = events.len();
+        let mut out: Vec<Option<Appended>> = vec![None; n];
         let mut fresh: HashMap<EventId, u64> = HashMap::new();
+        // Per workspace, in first-seen order: indexes of the events to write.
+        let mut order: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut by_ws: HashMap<String, usize> = HashMap::new();
+        let mut keep = vec![false; n];
+        let mut pending_dups: Vec<(usize, EventId)> = Vec::new();
+        for (i, p) in events.iter().enumerate() {
+            if deduplicated(p.event.kind()) {
+                if let Some(seq) = self.existing(t, &p.event.id)? {
+                    out[i] = Some(Appended {
+                        seq,
+                        id: p.event.id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                if fresh.contains_key(&p.event.id) {
+                    pending_dups.push((i, p.event.id));
+                    continue;
+                }
+                fresh.insert(p.event.id, 0);
+            }
+            keep[i] = true;
+            let slot = *by_ws.entry(p.event.workspace.clone()).or_insert_with(|| {
+                order.push((p.event.workspace.clone(), Vec::new()));
+                order.len() - 1
+            });
+            order[slot].1.push(i);
+        }
         let mut seq = self.next_seq;
-        for p in events {
-            if let Some(existing) = self.existing(t, &p.id)?.or_else(|| fresh.get(&p.id).copied()) {
-                out.push(Appended {
-                    seq: existing,
-                    id: p.id,
-                    duplicate: true,
+        let mut seqs = vec![0u64; n];
+        let mut rows: Vec<Row> = Vec::new();
+        for (ws, idx) in &order {
+            let mut start = 0;
+            while start < idx.len() {
+                let first = seq;
+                let mut body = Vec::new();
+                let (mut min_at, mut max_at) = (u64::MAX, 0u64);
+                let mut count = 0usize;
+                while start + count < idx.len()
+                    && count < self.max_row_events
+                    && (count == 0 || body.len() < self.max_row_bytes)
+                {
+                    let p = &events[idx[start + count]];
+                    codec::push_event(&mut body, &p.event, &p.data);
+                    min_at = min_at.min(p.event.at_ms);
+                    max_at = max_at.max(p.event.at_ms);
+                    seqs[idx[start + count]] = seq;
+                    seq += 1;
+                    count += 1;
+                }
+                let header = RowHeader {
+                    format: if self.sealer.is_some() {
+                        FORMAT_SEALED
+                    } else {
+                        FORMAT_PLAIN
+                    },
+                    first_seq: first,
+                    count: count as u32,
+                    min_at_ms: min_at,
+                    max_at_ms: max_at,
+                };
+                let head = header.encode();
+                let mut bytes = Vec::with_capacity(head.len() + body.len() + 64);
+                bytes.extend_from_slice(&head);
+                match &self.sealer {
+                    None => bytes.extend_from_slice(&body),
+                    Some(sealer) => match sealer.seal(ws, &codec::aad(ws, &head), &body) {
+                        Ok(sealed) => bytes.extend_from_slice(&sealed),
+                        Err(e) => {
+                            return Ok(Err(EventStoreError::Seal {
+                                workspace: ws.clone(),
+                                reason: e.0,
+                            }));
+                        }
+                    },
+                }
+                rows.push(Row {
+                    workspace: ws.clone(),
+                    header,
+                    bytes,
                 });
+                start += count;
+            }
+        }
+        // Phase 2: the rows, their indexes and the owed deliveries, in the group's
+        // transaction.
+        for row in &rows {
+            let last = row.header.last_seq();
+            t.log
+                .insert((row.workspace.as_str(), last), row.bytes.as_slice())
+                .ctx("append")?;
+            t.batches
+                .insert(
+                    last,
+                    codec::encode_batch(
+                        row.header.first_seq,
+                        row.header.min_at_ms,
+                        row.header.max_at_ms,
+                        &row.workspace,
+                    )
+                    .as_slice(),
+                )
+                .ctx("append")?;
+        }
+        for (i, p) in events.iter().enumerate() {
+            if !keep[i] {
                 continue;
             }
-            let mut row = p.header;
-            match &self.sealer {
-                None => row.extend_from_slice(&p.payload),
-                Some(sealer) => match sealer.seal(&p.workspace, &codec::aad(seq, &row), &p.payload) {
-                    Ok(sealed) => row.extend_from_slice(&sealed),
-                    Err(e) => {
-                        return Ok(Err(EventStoreError::Seal {
-                            workspace: p.workspace,
-                            reason: e.0,
-                        }));
-                    }
-                },
+            let s = seqs[i];
+            if deduplicated(p.event.kind()) {
+                t.ids.insert(p.event.id.as_bytes(), s).ctx("append")?;
+                t.id_seqs.insert(s, p.event.id.as_bytes()).ctx("append")?;
+                fresh.insert(p.event.id, s);
             }
-            fresh.insert(p.id, seq);
-            out.push(Appended {
-                seq,
-                id: p.id,
+            if !p.endpoints.is_empty() {
+                let slot = codec::encode_owed(
+                    0,
+                    p.event.at_ms,
+                    p.event.at_ms,
+                    p.event.device.as_deref().unwrap_or(""),
+                    "",
+                );
+                for ep in &p.endpoints {
+                    t.owed.insert((*ep, s), slot.as_slice()).ctx("append")?;
+                    t.owed_due.insert((*ep, p.event.at_ms, s), ()).ctx("append")?;
+                    t.refs.insert((s, *ep), REF_OWED).ctx("append")?;
+                }
+            }
+            out[i] = Some(Appended {
+                seq: s,
+                id: p.event.id,
                 duplicate: false,
             });
-            rows.push((seq, row, p.id, p.workspace, p.at_ms, p.endpoints));
-            seq += 1;
         }
-        // Phase 2: the event, its indexes and its deliveries, in the group's transaction.
-        for (seq, row, id, workspace, at_ms, endpoints) in rows {
-            t.events.insert(seq, row.as_slice()).ctx("append")?;
-            t.by_id.insert(id.as_bytes(), seq).ctx("append")?;
-            t.by_ws.insert((workspace.as_str(), seq), ()).ctx("append")?;
-            let fresh_slot = codec::encode_pending(0, at_ms, at_ms, "");
-            for ep in endpoints {
-                t.deliveries
-                    .insert((ep, seq), fresh_slot.as_slice())
-                    .ctx("append")?;
-                t.due.insert((ep, at_ms, seq), ()).ctx("append")?;
-                t.refs.insert((seq, ep), REF_PENDING).ctx("append")?;
-            }
+        for (i, id) in pending_dups {
+            out[i] = Some(Appended {
+                seq: fresh[&id],
+                id,
+                duplicate: true,
+            });
         }
         self.next_seq = seq;
+        let out = out
+            .into_iter()
+            .map(|a| a.ok_or_else(|| EventStoreError::Internal("append left an event unanswered".into())))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Ok(Reply::Appended(out)))
     }
 
-    /// The stored seq of `id`, if its event still exists (an index row left behind by a
-    /// damaged event row does not count).
+    /// The stored seq of `id`, if its row still exists (an index entry left behind by a
+    /// damaged file does not count).
     fn existing(&self, t: &Tables<'_>, id: &EventId) -> Result<Option<u64>, EventStoreError> {
-        let Some(seq) = t.by_id.get(id.as_bytes()).ctx("append")?.map(|g| g.value()) else {
+        let Some(seq) = t.ids.get(id.as_bytes()).ctx("append")?.map(|g| g.value()) else {
             return Ok(None);
         };
-        Ok(t.events.get(seq).ctx("append")?.map(|_| seq))
+        Ok(t.batches.range(seq..).ctx("append")?.next().map(|_| seq))
     }
 }
 
-/// Removes the due-index row of delivery (`endpoint`, `seq`); `old_due` is its due time if
-/// its value could be decoded, else the endpoint's index is searched (never on a sound file).
-fn unindex(t: &mut Tables<'_>, endpoint: u64, seq: u64, old_due: Option<u64>) -> Result<(), EventStoreError> {
-    match old_due {
-        Some(due) => {
-            t.due.remove((endpoint, due, seq)).ctx("write")?;
+fn has_cursor(t: &Tables<'_>, endpoint: u64) -> Result<bool, EventStoreError> {
+    Ok(t.cursors.get(endpoint).ctx("write")?.is_some())
+}
+
+/// Deletes an owed row with its due entry and reference; whether there was one.
+fn take_owed(
+    t: &mut Tables<'_>,
+    endpoint: u64,
+    seq: u64,
+) -> Result<Option<codec::OwedSlot>, EventStoreError> {
+    let Some(v) = t.owed.remove((endpoint, seq)).ctx("write")? else {
+        return Ok(None);
+    };
+    let slot = codec::decode_owed(v.value()).ok();
+    drop(v);
+    match &slot {
+        Some(s) => {
+            t.owed_due.remove((endpoint, s.due_ms, seq)).ctx("write")?;
         }
         None => {
-            t.due
+            t.owed_due
                 .retain_in((endpoint, 0, 0)..=(endpoint, u64::MAX, u64::MAX), |k, ()| {
                     k.2 != seq
                 })
                 .ctx("write")?;
         }
     }
-    Ok(())
-}
-
-/// Takes delivery (`endpoint`, `seq`) out of `deliveries` and the due index: `None` if there
-/// was none, `Some(None)` if its value was undecodable.
-fn take_delivery(
-    t: &mut Tables<'_>,
-    endpoint: u64,
-    seq: u64,
-) -> Result<Option<Option<PendingSlot>>, EventStoreError> {
-    let old = t
-        .deliveries
-        .remove((endpoint, seq))
-        .ctx("write")?
-        .map(|g| codec::decode_pending(g.value()).ok());
-    if let Some(slot) = &old {
-        unindex(t, endpoint, seq, slot.as_ref().map(|s| s.due_ms))?;
-    }
-    Ok(old)
+    t.refs.remove((seq, endpoint)).ctx("write")?;
+    Ok(Some(slot.unwrap_or(codec::OwedSlot {
+        attempts: 0,
+        due_ms: 0,
+        since_ms: 0,
+        device: String::new(),
+        error: String::new(),
+    })))
 }
 
 fn record(t: &mut Tables<'_>, outcomes: Vec<Outcome>) -> Result<RecordReport, EventStoreError> {
     let mut report = RecordReport::default();
+    let mut known: HashMap<u64, bool> = HashMap::new();
     for o in outcomes {
-        let applied = match o {
-            Outcome::Delivered { endpoint, seq } => {
-                let found = take_delivery(t, endpoint, seq)?.is_some();
-                if found {
-                    t.refs.remove((seq, endpoint)).ctx("record")?;
-                }
-                found
+        let endpoint = match &o {
+            Outcome::Delivered { endpoint, .. }
+            | Outcome::Retry { endpoint, .. }
+            | Outcome::Dead { endpoint, .. }
+            | Outcome::Advance { endpoint, .. } => *endpoint,
+        };
+        let exists = match known.get(&endpoint) {
+            Some(e) => *e,
+            None => {
+                let e = has_cursor(t, endpoint)?;
+                known.insert(endpoint, e);
+                e
             }
+        };
+        if !exists {
+            report.ignored += 1;
+            continue;
+        }
+        let applied = match o {
+            Outcome::Delivered { endpoint, seq } => take_owed(t, endpoint, seq)?.is_some(),
             Outcome::Retry {
                 endpoint,
                 seq,
                 attempts,
                 due_ms,
+                since_ms,
+                device,
                 error,
             } => {
-                let old = t
-                    .deliveries
-                    .get((endpoint, seq))
-                    .ctx("record")?
-                    .map(|g| codec::decode_pending(g.value()).ok());
-                match old {
-                    None => false,
-                    Some(old) => {
-                        let old_due = old.as_ref().map(|s| s.due_ms);
-                        // An undecodable row restarts its age (it is being worked on).
-                        let since = old.map_or(due_ms, |s| s.since_ms);
-                        let value = codec::encode_pending(attempts, due_ms, since, &error);
-                        t.deliveries
-                            .insert((endpoint, seq), value.as_slice())
-                            .ctx("record")?;
-                        if old_due != Some(due_ms) {
-                            unindex(t, endpoint, seq, old_due)?;
-                            t.due.insert((endpoint, due_ms, seq), ()).ctx("record")?;
-                        }
-                        true
-                    }
-                }
+                let since = take_owed(t, endpoint, seq)?.map_or(since_ms, |old| old.since_ms);
+                let slot =
+                    codec::encode_owed(attempts, due_ms, since, device.as_deref().unwrap_or(""), &error);
+                t.owed.insert((endpoint, seq), slot.as_slice()).ctx("write")?;
+                t.owed_due.insert((endpoint, due_ms, seq), ()).ctx("write")?;
+                t.refs.insert((seq, endpoint), REF_OWED).ctx("write")?;
+                true
             }
             Outcome::Dead {
                 endpoint,
@@ -395,13 +533,28 @@ fn record(t: &mut Tables<'_>, outcomes: Vec<Outcome>) -> Result<RecordReport, Ev
                 error,
                 at_ms,
             } => {
-                let found = take_delivery(t, endpoint, seq)?.is_some();
-                if found {
-                    let value = codec::encode_dead(attempts, at_ms, &error);
-                    t.dead.insert((endpoint, seq), value.as_slice()).ctx("record")?;
-                    t.refs.insert((seq, endpoint), REF_DEAD).ctx("record")?;
+                take_owed(t, endpoint, seq)?;
+                t.dead
+                    .insert(
+                        (endpoint, seq),
+                        codec::encode_dead(attempts, at_ms, &error).as_slice(),
+                    )
+                    .ctx("write")?;
+                t.refs.insert((seq, endpoint), REF_DEAD).ctx("write")?;
+                true
+            }
+            Outcome::Advance { endpoint, to_seq } => {
+                let v = t.cursors.get(endpoint).ctx("write")?.map(|v| v.value().to_vec());
+                match v.map(|v| codec::decode_cursor(&v)) {
+                    Some(Ok((cur, ws))) if to_seq > cur => {
+                        t.cursors
+                            .insert(endpoint, codec::encode_cursor(to_seq, &ws).as_slice())
+                            .ctx("write")?;
+                        true
+                    }
+                    Some(Err(r)) => return Err(EventStoreError::corrupt(format!("cursor {endpoint}: {r}"))),
+                    _ => false,
                 }
-                found
             }
         };
         if applied {
@@ -415,44 +568,37 @@ fn record(t: &mut Tables<'_>, outcomes: Vec<Outcome>) -> Result<RecordReport, Ev
 
 fn remove_endpoint(t: &mut Tables<'_>, endpoint: u64, max: usize) -> Result<Reply, EventStoreError> {
     let mut removed = Removed::default();
-    let mut seqs = Vec::new();
-    for item in t
-        .deliveries
+    let owed: Vec<u64> = t
+        .owed
         .range((endpoint, 0)..=(endpoint, u64::MAX))
-        .ctx("remove endpoint")?
-    {
-        seqs.push(item.ctx("remove endpoint")?.0.value().1);
-        if seqs.len() >= max {
-            break;
-        }
-    }
-    for &seq in &seqs {
-        take_delivery(t, endpoint, seq)?;
-        t.refs.remove((seq, endpoint)).ctx("remove endpoint")?;
+        .ctx("write")?
+        .take(max)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()
+        .ctx("write")?;
+    for seq in &owed {
+        take_owed(t, endpoint, *seq)?;
         removed.deliveries += 1;
     }
-    let mut dead = Vec::new();
-    if seqs.len() < max {
-        for item in t
-            .dead
-            .range((endpoint, 0)..=(endpoint, u64::MAX))
-            .ctx("remove endpoint")?
-        {
-            dead.push(item.ctx("remove endpoint")?.0.value().1);
-            if seqs.len() + dead.len() >= max {
-                break;
-            }
-        }
-    }
-    for &seq in &dead {
-        t.dead.remove((endpoint, seq)).ctx("remove endpoint")?;
-        t.refs.remove((seq, endpoint)).ctx("remove endpoint")?;
+    let room = max - owed.len();
+    let dead: Vec<u64> = t
+        .dead
+        .range((endpoint, 0)..=(endpoint, u64::MAX))
+        .ctx("write")?
+        .take(room)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()
+        .ctx("write")?;
+    for seq in &dead {
+        t.dead.remove((endpoint, *seq)).ctx("write")?;
+        t.refs.remove((*seq, endpoint)).ctx("write")?;
         removed.dead += 1;
     }
-    Ok(Reply::Removed {
-        removed,
-        more: seqs.len() + dead.len() >= max,
-    })
+    let more = owed.len() + dead.len() >= max;
+    if !more {
+        t.cursors.remove(endpoint).ctx("write")?;
+    }
+    Ok(Reply::Removed { removed, more })
 }
 
 fn replay(
@@ -462,292 +608,256 @@ fn replay(
     now_ms: u64,
     max: usize,
 ) -> Result<Reply, EventStoreError> {
-    let seqs = match which {
-        DeadSelector::One(seq) => {
-            if t.dead.get((endpoint, seq)).ctx("replay")?.is_some() {
-                vec![seq]
-            } else {
-                Vec::new()
-            }
-        }
-        DeadSelector::All => {
-            let mut seqs = Vec::new();
-            for item in t.dead.range((endpoint, 0)..=(endpoint, u64::MAX)).ctx("replay")? {
-                seqs.push(item.ctx("replay")?.0.value().1);
-                if seqs.len() >= max {
-                    break;
-                }
-            }
-            seqs
-        }
-    };
-    // A replayed delivery starts its age afresh, or the next sweep would expire it again.
-    let fresh_slot = codec::encode_pending(0, now_ms, now_ms, "");
-    for &seq in &seqs {
-        t.dead.remove((endpoint, seq)).ctx("replay")?;
-        t.deliveries
-            .insert((endpoint, seq), fresh_slot.as_slice())
-            .ctx("replay")?;
-        t.due.insert((endpoint, now_ms, seq), ()).ctx("replay")?;
-        t.refs.insert((seq, endpoint), REF_PENDING).ctx("replay")?;
+    if !has_cursor(t, endpoint)? {
+        return Ok(Reply::Replayed {
+            count: 0,
+            more: false,
+        });
     }
+    let seqs: Vec<u64> = match which {
+        DeadSelector::One(seq) => t
+            .dead
+            .get((endpoint, seq))
+            .ctx("write")?
+            .map(|_| vec![seq])
+            .unwrap_or_default(),
+        DeadSelector::All => t
+            .dead
+            .range((endpoint, 0)..=(endpoint, u64::MAX))
+            .ctx("write")?
+            .take(max)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .ctx("write")?,
+    };
+    for seq in &seqs {
+        t.dead.remove((endpoint, *seq)).ctx("write")?;
+        let slot = codec::encode_owed(0, now_ms, now_ms, "", "");
+        t.owed.insert((endpoint, *seq), slot.as_slice()).ctx("write")?;
+        t.owed_due.insert((endpoint, now_ms, *seq), ()).ctx("write")?;
+        t.refs.insert((*seq, endpoint), REF_OWED).ctx("write")?;
+    }
+    let more = matches!(which, DeadSelector::All) && seqs.len() >= max;
     Ok(Reply::Replayed {
         count: seqs.len() as u64,
-        more: matches!(which, DeadSelector::All) && seqs.len() >= max,
+        more,
     })
 }
 
-/// Endpoints referring to event `seq`, with their `refs` kind.
-fn refs_of(t: &Tables<'_>, seq: u64) -> Result<Vec<(u64, u8)>, EventStoreError> {
-    let mut out = Vec::new();
-    for item in t.refs.range((seq, 0)..=(seq, u64::MAX)).ctx("read refs")? {
-        let (k, v) = item.ctx("read refs")?;
-        out.push((k.value().1, v.value()));
-    }
-    Ok(out)
-}
-
-/// Deletes event `seq` and its `by_id` / `by_workspace` rows (the caller has dealt with its
-/// deliveries).
-fn delete_event(t: &mut Tables<'_>, seq: u64) -> Result<bool, EventStoreError> {
-    let Some(row) = t
-        .events
-        .remove(seq)
-        .ctx("delete event")?
-        .map(|g| g.value().to_vec())
-    else {
-        return Ok(false);
-    };
-    match codec::decode_header(&row) {
-        Ok(h) => {
-            // Only if it still points here: the id may have been appended again after a sweep.
-            if t.by_id
-                .get(h.id.as_bytes())
-                .ctx("delete event")?
-                .map(|g| g.value())
-                == Some(seq)
-            {
-                t.by_id.remove(h.id.as_bytes()).ctx("delete event")?;
-            }
-            t.by_ws.remove((h.workspace, seq)).ctx("delete event")?;
-        }
-        Err(reason) => {
-            // Its index rows cannot be found from the row; a by_id row left behind is ignored
-            // by appends (they check the event exists) and a by_workspace row reads as corrupt.
-            tracing::warn!(seq, %reason, "deleted an undecodable event row");
+/// Deletes a log row with its batch entry, id entries and the deliveries referring to its
+/// events; returns (events, owed, dead) removed.
+fn delete_row(
+    t: &mut Tables<'_>,
+    workspace: &str,
+    last: u64,
+    first: u64,
+) -> Result<(u64, u64, u64), EventStoreError> {
+    t.log.remove((workspace, last)).ctx("write")?;
+    t.batches.remove(last).ctx("write")?;
+    let ids: Vec<(u64, [u8; 16])> = t
+        .id_seqs
+        .range(first..=last)
+        .ctx("write")?
+        .map(|r| r.map(|(k, v)| (k.value(), *v.value())))
+        .collect::<Result<_, _>>()
+        .ctx("write")?;
+    for (seq, id) in ids {
+        t.id_seqs.remove(seq).ctx("write")?;
+        if t.ids.get(&id).ctx("write")?.map(|g| g.value()) == Some(seq) {
+            t.ids.remove(&id).ctx("write")?;
         }
     }
-    Ok(true)
+    let refs: Vec<((u64, u64), u8)> = t
+        .refs
+        .range((first, 0)..=(last, u64::MAX))
+        .ctx("write")?
+        .map(|r| r.map(|(k, v)| (k.value(), v.value())))
+        .collect::<Result<_, _>>()
+        .ctx("write")?;
+    let (mut owed, mut dead) = (0, 0);
+    for ((seq, endpoint), kind) in refs {
+        if kind == REF_DEAD {
+            t.dead.remove((endpoint, seq)).ctx("write")?;
+            t.refs.remove((seq, endpoint)).ctx("write")?;
+            dead += 1;
+        } else if take_owed(t, endpoint, seq)?.is_some() {
+            owed += 1;
+        } else {
+            t.refs.remove((seq, endpoint)).ctx("write")?;
+        }
+    }
+    Ok((last + 1 - first, owed, dead))
 }
 
 fn delete_workspace(t: &mut Tables<'_>, workspace: &str, max: usize) -> Result<Reply, EventStoreError> {
-    let mut seqs = Vec::new();
-    for item in t
-        .by_ws
+    let rows: Vec<(u64, u64)> = t
+        .log
         .range((workspace, 0)..=(workspace, u64::MAX))
-        .ctx("delete workspace")?
-    {
-        seqs.push(item.ctx("delete workspace")?.0.value().1);
-        if seqs.len() >= max {
+        .ctx("write")?
+        .take(max.div_ceil(64).max(1))
+        .map(|r| {
+            r.map(|(k, v)| {
+                let last = k.value().1;
+                (last, RowHeader::decode(v.value()).map_or(last, |h| h.first_seq))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .ctx("write")?;
+    let mut removed = Removed::default();
+    for (last, first) in &rows {
+        let (e, o, d) = delete_row(t, workspace, *last, *first)?;
+        removed.events += e;
+        removed.deliveries += o;
+        removed.dead += d;
+    }
+    let more = rows.len() >= max.div_ceil(64).max(1);
+    Ok(Reply::Removed { removed, more })
+}
+
+fn sweep_expire(
+    t: &mut Tables<'_>,
+    from: (u64, u64),
+    expire_before_ms: u64,
+    now_ms: u64,
+    max: usize,
+) -> Result<Reply, EventStoreError> {
+    let mut report = SweepReport::default();
+    let mut expired = Vec::new();
+    let mut next = None;
+    for item in t.owed.range(from..).ctx("write")? {
+        let (k, v) = item.ctx("write")?;
+        let key = k.value();
+        if report.scanned as usize >= max {
+            next = Some(key);
             break;
         }
-    }
-    let mut removed = Removed::default();
-    for &seq in &seqs {
-        for (endpoint, kind) in refs_of(t, seq)? {
-            if kind == REF_DEAD {
-                t.dead.remove((endpoint, seq)).ctx("delete workspace")?;
-                removed.dead += 1;
-            } else {
-                take_delivery(t, endpoint, seq)?;
-                removed.deliveries += 1;
-            }
-            t.refs.remove((seq, endpoint)).ctx("delete workspace")?;
+        report.scanned += 1;
+        if let Ok(s) = codec::decode_owed(v.value())
+            && s.since_ms < expire_before_ms
+        {
+            expired.push((key, s.attempts, s.error));
         }
-        if delete_event(t, seq)? {
-            removed.events += 1;
-        }
-        // Also when the row itself was missing or undecodable.
-        t.by_ws.remove((workspace, seq)).ctx("delete workspace")?;
     }
-    Ok(Reply::Removed {
-        removed,
-        more: seqs.len() >= max,
+    for ((endpoint, seq), attempts, error) in expired {
+        take_owed(t, endpoint, seq)?;
+        let why = if error.is_empty() {
+            "expired: owed for longer than the age limit".to_string()
+        } else {
+            format!("expired: owed for longer than the age limit; last error: {error}")
+        };
+        t.dead
+            .insert(
+                (endpoint, seq),
+                codec::encode_dead(attempts, now_ms, &why).as_slice(),
+            )
+            .ctx("write")?;
+        t.refs.insert((seq, endpoint), REF_DEAD).ctx("write")?;
+        report.expired += 1;
+    }
+    Ok(Reply::Swept {
+        report,
+        next: next.unwrap_or((0, 0)),
+        more: next.is_some(),
     })
 }
 
-struct SweepStep {
+fn sweep_dead(
+    t: &mut Tables<'_>,
+    from: (u64, u64),
+    older_than_ms: u64,
+    max: usize,
+) -> Result<Reply, EventStoreError> {
+    let mut report = SweepReport::default();
+    let mut old = Vec::new();
+    let mut next = None;
+    for item in t.dead.range(from..).ctx("write")? {
+        let (k, v) = item.ctx("write")?;
+        let key = k.value();
+        if report.scanned as usize >= max {
+            next = Some(key);
+            break;
+        }
+        report.scanned += 1;
+        // A value that does not decode is dropped too: it can never be listed or replayed.
+        if codec::decode_dead(v.value()).map_or(true, |d| d.at_ms < older_than_ms) {
+            old.push(key);
+        }
+    }
+    for (endpoint, seq) in old {
+        t.dead.remove((endpoint, seq)).ctx("write")?;
+        t.refs.remove((seq, endpoint)).ctx("write")?;
+        report.dead_removed += 1;
+    }
+    Ok(Reply::Swept {
+        report,
+        next: next.unwrap_or((0, 0)),
+        more: next.is_some(),
+    })
+}
+
+fn sweep_log(
+    t: &mut Tables<'_>,
     from_seq: u64,
     older_than_ms: u64,
     expire_before_ms: u64,
-    now_ms: u64,
-    max_rows: usize,
-}
-
-/// The time of event `seq` (`None`: missing, `Some(None)`: undecodable).
-fn event_time(t: &Tables<'_>, seq: u64) -> Result<Option<Option<u64>>, EventStoreError> {
-    Ok(t.events
-        .get(seq)
-        .ctx("sweep")?
-        .map(|g| codec::decode_header(g.value()).ok().map(|h| h.at_ms)))
-}
-
-/// One step of the walk over `refs`: expires old pending deliveries, deletes old dead ones,
-/// and deletes old events left without references. Stops at the first referenced event newer
-/// than both cutoffs (nothing after it can qualify: a delivery starts no earlier than its
-/// event, a dead one dies no earlier).
-fn sweep_refs(t: &mut Tables<'_>, s: SweepStep) -> Result<Reply, EventStoreError> {
-    let stop_at = s.older_than_ms.max(s.expire_before_ms);
-    // Whole events only, so that a step always moves past what it looked at.
-    let mut refs: Vec<(u64, u64, u8)> = Vec::new();
-    let mut full = false;
-    for item in t.refs.range((s.from_seq, 0)..).ctx("sweep")? {
-        let (k, v) = item.ctx("sweep")?;
-        let (seq, endpoint) = k.value();
-        if refs.len() >= s.max_rows && refs.last().is_some_and(|r| r.0 != seq) {
-            full = true;
-            break;
+    max: usize,
+) -> Result<Reply, EventStoreError> {
+    // The slowest cursor of each workspace: a row it has not passed stays until the age limit.
+    let mut slowest: HashMap<String, u64> = HashMap::new();
+    for item in t.cursors.iter().ctx("write")? {
+        let (_, v) = item.ctx("write")?;
+        if let Ok((c, ws)) = codec::decode_cursor(v.value()) {
+            let e = slowest.entry(ws).or_insert(c);
+            *e = (*e).min(c);
         }
-        refs.push((seq, endpoint, v.value()));
     }
     let mut report = SweepReport::default();
-    let mut next_seq = s.from_seq;
-    let mut done = !full;
-    for group in refs.chunk_by(|a, b| a.0 == b.0) {
-        let seq = group[0].0;
-        let at_ms = match event_time(t, seq)? {
-            Some(Some(at)) => at,
-            Some(None) => {
-                // Undecodable: kept for an operator, not judged.
-                next_seq = seq + 1;
-                continue;
-            }
-            None => {
-                // References to an event that is gone: drop them.
-                for &(_, endpoint, kind) in group {
-                    drop_ref(t, endpoint, seq, kind)?;
-                }
-                next_seq = seq + 1;
-                continue;
-            }
+    let mut doomed: Vec<(String, u64, u64)> = Vec::new();
+    let mut next = None;
+    let mut young_seen = 0usize;
+    for item in t.batches.range(from_seq..).ctx("write")? {
+        let (k, v) = item.ctx("write")?;
+        let last = k.value();
+        if report.scanned as usize >= max {
+            next = Some(last);
+            break;
+        }
+        report.scanned += 1;
+        let Ok(entry) = codec::decode_batch(v.value()) else {
+            continue;
         };
-        if at_ms >= stop_at {
-            done = true;
-            break;
-        }
-        report.scanned += 1;
-        next_seq = seq + 1;
-        let mut left = 0;
-        for &(_, endpoint, kind) in group {
-            if kind == REF_PENDING {
-                let slot = t
-                    .deliveries
-                    .get((endpoint, seq))
-                    .ctx("sweep")?
-                    .map(|g| codec::decode_pending(g.value()).ok());
-                let expire = match &slot {
-                    Some(Some(p)) => p.since_ms < s.expire_before_ms,
-                    // Undecodable: judged by its event's age.
-                    Some(None) => at_ms < s.expire_before_ms,
-                    None => {
-                        t.refs.remove((seq, endpoint)).ctx("sweep")?;
-                        continue;
-                    }
-                };
-                if !expire {
-                    left += 1;
-                    continue;
-                }
-                take_delivery(t, endpoint, seq)?;
-                let (attempts, last) = slot
-                    .flatten()
-                    .map_or((0, String::new()), |p| (p.attempts, p.error));
-                let error = if last.is_empty() {
-                    "expired: not delivered within the maximum age".to_owned()
-                } else {
-                    format!("expired: {last}")
-                };
-                let value = codec::encode_dead(attempts, s.now_ms, &error);
-                t.dead.insert((endpoint, seq), value.as_slice()).ctx("sweep")?;
-                t.refs.insert((seq, endpoint), REF_DEAD).ctx("sweep")?;
-                report.expired += 1;
-                // The new dead row is young: it keeps the event until a later sweep.
-                left += 1;
-            } else {
-                let died = t
-                    .dead
-                    .get((endpoint, seq))
-                    .ctx("sweep")?
-                    .map(|g| codec::decode_dead(g.value()).map_or(0, |d| d.at_ms));
-                match died {
-                    Some(died) if died >= s.older_than_ms => left += 1,
-                    _ => {
-                        t.dead.remove((endpoint, seq)).ctx("sweep")?;
-                        t.refs.remove((seq, endpoint)).ctx("sweep")?;
-                        report.dead_removed += u64::from(died.is_some());
-                    }
-                }
+        if entry.max_at_ms >= older_than_ms {
+            // Rows are in commit order and event times close to it: a run of young rows
+            // means the rest are young too.
+            young_seen += 1;
+            if young_seen >= 64 {
+                break;
             }
+            continue;
         }
-        if left == 0 && at_ms < s.older_than_ms && delete_event(t, seq)? {
-            report.events_deleted += 1;
+        let pinned_by_cursor =
+            slowest.get(&entry.workspace).is_some_and(|c| *c < last) && entry.max_at_ms >= expire_before_ms;
+        if pinned_by_cursor {
+            continue;
         }
+        let referenced = t
+            .refs
+            .range((entry.first_seq, 0)..=(last, u64::MAX))
+            .ctx("write")?
+            .next()
+            .is_some();
+        if referenced {
+            continue;
+        }
+        doomed.push((entry.workspace, last, entry.first_seq));
+    }
+    for (ws, last, first) in doomed {
+        let (e, _, _) = delete_row(t, &ws, last, first)?;
+        report.events_deleted += e;
     }
     Ok(Reply::Swept {
         report,
-        next_seq,
-        more: !done,
-    })
-}
-
-/// Removes a reference and the row it stands for.
-fn drop_ref(t: &mut Tables<'_>, endpoint: u64, seq: u64, kind: u8) -> Result<(), EventStoreError> {
-    if kind == REF_DEAD {
-        t.dead.remove((endpoint, seq)).ctx("sweep")?;
-    } else {
-        take_delivery(t, endpoint, seq)?;
-    }
-    t.refs.remove((seq, endpoint)).ctx("sweep")?;
-    Ok(())
-}
-
-/// One step of the walk over old events: deletes those nothing refers to. Stops at the
-/// first event newer than `older_than_ms`.
-fn sweep_events(t: &mut Tables<'_>, s: SweepStep) -> Result<Reply, EventStoreError> {
-    let mut batch = Vec::new();
-    for item in t.events.range(s.from_seq..).ctx("sweep")? {
-        let (k, v) = item.ctx("sweep")?;
-        // An undecodable row has no time: it is kept for an operator.
-        let at_ms = codec::decode_header(v.value()).ok().map(|h| h.at_ms);
-        batch.push((k.value(), at_ms));
-        if batch.len() >= s.max_rows {
-            break;
-        }
-    }
-    let mut report = SweepReport::default();
-    let mut next_seq = s.from_seq;
-    let mut done = batch.len() < s.max_rows;
-    for &(seq, at_ms) in &batch {
-        if at_ms.is_some_and(|at| at >= s.older_than_ms) {
-            done = true;
-            break;
-        }
-        report.scanned += 1;
-        next_seq = seq + 1;
-        if at_ms.is_some()
-            && t.refs
-                .range((seq, 0)..=(seq, u64::MAX))
-                .ctx("sweep")?
-                .next()
-                .is_none()
-        {
-            delete_event(t, seq)?;
-            report.events_deleted += 1;
-        }
-    }
-    Ok(Reply::Swept {
-        report,
-        next_seq,
-        more: !done,
+        next: (next.unwrap_or(0), 0),
+        more: next.is_some(),
     })
 }

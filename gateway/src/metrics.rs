@@ -440,7 +440,7 @@ pub const CATALOGUE: &[&str] = &[
     "waping_events_appended_total",
     "waping_events_dropped_total",
     "waping_events_append_errors_total",
-    "waping_events_stored",
+    "waping_events_log_rows",
     "waping_events_store_bytes",
     "waping_webhook_deliveries_total",
     "waping_webhook_pending",

@@ -184,6 +184,15 @@ impl Webhooks {
                 return 0;
             }
         };
+        // Status events have no id index (one per sent message: too costly); the ones
+        // stored in the window are looked up in the newest log rows instead.
+        let stored = match self.store.recent_ids(EventType::MessageStatus, since, 20_000) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the newest status events");
+                HashSet::new()
+            }
+        };
         let mut waits = Vec::new();
         for st in finished {
             let (status, upstream_id, error) = match st.state {
@@ -206,13 +215,17 @@ impl Webhooks {
                 }
                 _ => continue,
             };
-            if self
-                .matching(&st.workspace, EventType::MessageStatus, st.updated_at_ms)
-                .is_empty()
+            if !self.cfg.log_all_events
+                && self
+                    .matching(&st.workspace, EventType::MessageStatus, st.updated_at_ms)
+                    .is_empty()
             {
                 continue;
             }
             let message_id = MessageIdHex(st.id.0).to_string();
+            if stored.contains(&status_event_id(&message_id, status)) {
+                continue;
+            }
             let mut e = Event::new(
                 st.workspace.clone(),
                 Some(st.device.clone()),
@@ -304,9 +317,14 @@ impl Webhooks {
         rx.await.map_err(|_| "event writer stopped".to_string())?
     }
 
-    /// Drains the queue into the store in batches and wakes the endpoints owed something.
+    /// Drains the queue into the store in batches. Workers follow the log's head; nothing
+    /// to wake here.
     async fn writer(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>) {
         let mut buf = Vec::with_capacity(BATCH);
+        let appended: Vec<metrics::Counter> = EventType::ALL
+            .iter()
+            .map(|t| counter!("waping_events_appended_total", "type" => t.as_str()))
+            .collect();
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut buf, BATCH) => n,
@@ -317,15 +335,14 @@ impl Webhooks {
             }
             let mut batch = Vec::with_capacity(buf.len());
             let mut waiters = Vec::new();
-            let mut woken: HashSet<u64> = HashSet::new();
+            let mut per_type = [0u64; EventType::ALL.len()];
             for q in buf.drain(..) {
-                // Matched again here: an endpoint created or disabled meanwhile is honoured.
-                let endpoints = self.matching(&q.event.workspace, q.event.kind(), q.event.at_ms);
-                woken.extend(endpoints.iter().copied());
-                counter!("waping_events_appended_total", "type" => q.event.kind().as_str()).increment(1);
+                if let Some(i) = EventType::ALL.iter().position(|t| *t == q.event.kind()) {
+                    per_type[i] += 1;
+                }
                 batch.push(NewEvent {
                     event: q.event,
-                    endpoints,
+                    endpoints: Vec::new(),
                 });
                 if let Some(d) = q.done {
                     waiters.push(d);
@@ -337,17 +354,21 @@ impl Webhooks {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                counter!("waping_events_append_errors_total").increment(1);
-                tracing::error!(error = %e, "appending events failed");
+            match &result {
+                Ok(()) => {
+                    for (c, n) in appended.iter().zip(per_type) {
+                        if n > 0 {
+                            c.increment(n);
+                        }
+                    }
+                }
+                Err(e) => {
+                    counter!("waping_events_append_errors_total").increment(1);
+                    tracing::error!(error = %e, "appending events failed");
+                }
             }
             for w in waiters {
                 let _ = w.send(result.clone());
-            }
-            for num in woken {
-                if let Some(ep) = self.endpoints.get(&num) {
-                    ep.wake.notify_one();
-                }
             }
         }
     }
@@ -373,7 +394,7 @@ impl Webhooks {
             if let Ok(st) = self.store.stats() {
                 gauge!("waping_webhook_pending").set(st.pending as f64);
                 gauge!("waping_webhook_dead").set(st.dead as f64);
-                gauge!("waping_events_stored").set(st.events as f64);
+                gauge!("waping_events_log_rows").set(st.rows as f64);
                 gauge!("waping_events_store_bytes").set(st.file_bytes as f64);
             }
         }
@@ -392,108 +413,246 @@ impl Webhooks {
         self.index.store(Arc::new(idx));
     }
 
-    /// One endpoint's worker.
+    /// One endpoint's worker: a sliding window of at most `max_concurrency` requests over the
+    /// endpoint's owed deliveries (first) and the workspace's log after its cursor. The
+    /// cursor moves, in the same durable commit as the outcomes, to just before the oldest
+    /// log event still in flight; a failed log event becomes an owed delivery in that same
+    /// commit, so nothing is skipped by a crash, and what was in flight is resent after one.
     async fn worker(self: Arc<Self>, ep: Arc<Endpoint>) {
+        let mut w = match Window::open(&self, &ep).await {
+            Some(w) => w,
+            None => return,
+        };
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+        let mut head = self.store.watch_head();
+        let mut inflight: tokio::task::JoinSet<Attempt> = tokio::task::JoinSet::new();
+        let mut last_flush = std::time::Instant::now();
         loop {
             if ep.stop.is_cancelled() || self.stop.is_cancelled() {
+                // Nothing in flight is recorded: it is resent after start.
+                inflight.abort_all();
                 return;
             }
             let now = crate::unix_ms();
-            let enabled = ep.rec.load().enabled;
-            let rows = if enabled {
-                match self.eligible(&ep, now) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "reading deliveries");
-                        Vec::new()
-                    }
-                }
-            } else {
-                Vec::new()
-            };
-            let allowed = !rows.is_empty() && ep.breaker.lock().expect("breaker").allow(now);
-            if !allowed {
-                // Sleep until the next due row, the breaker's cool-down, a new event or a change.
-                let mut wait = Duration::from_secs(60);
-                if enabled {
-                    if let Ok(Some(due)) = self.store.next_due(ep.num) {
-                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
-                    }
-                    if !rows.is_empty()
-                        && let Some(until) = ep.breaker.lock().expect("breaker").open_until()
-                    {
-                        wait = wait.max(Duration::from_millis(until.saturating_sub(now)));
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
-                    _ = ep.wake.notified() => {}
-                    _ = ep.stop.cancelled() => return,
-                    _ = self.stop.cancelled() => return,
-                }
+            let rec = ep.rec.load_full();
+            w.next_owed = self.store.next_owed_due(ep.num).unwrap_or(None);
+            if rec.enabled {
+                self.fill(&ep, &rec, &mut w, &mut inflight, now, &mut rng).await;
+            }
+            // Record when there is something to record and either enough of it, a quiet
+            // moment, or 20 ms since the last commit: one fsync per burst, not per answer.
+            let flush_due = !w.outcomes.is_empty() || w.advance_to() > w.cursor;
+            if flush_due
+                && (w.outcomes.len() >= 64
+                    || inflight.is_empty()
+                    || last_flush.elapsed() >= Duration::from_millis(20))
+            {
+                self.flush(&ep, &mut w).await;
+                last_flush = std::time::Instant::now();
                 continue;
             }
-            let outcomes = self.deliver_round(&ep, rows, &mut rng).await;
-            if ep.stop.is_cancelled() || self.stop.is_cancelled() {
-                // Stopping mid-round: nothing recorded, everything is resent after start.
-                return;
+            let mut wait = Duration::from_secs(60);
+            if rec.enabled {
+                if let Some(due) = w.next_owed {
+                    wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
+                }
+                if let Some(until) = ep.breaker.lock().expect("breaker").open_until() {
+                    wait = wait.max(Duration::from_millis(until.saturating_sub(now)));
+                }
             }
-            if let Err(e) = self.store.record(outcomes).await {
-                tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "recording delivery outcomes");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            if flush_due {
+                wait = wait.min(Duration::from_millis(20));
+            }
+            let read_log = rec.enabled && w.room(&self.cfg, inflight.len()) && !w.log_blocked;
+            tokio::select! {
+                Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Ok(a) = joined {
+                        self.settle(&ep, &rec, &mut w, a, &mut rng);
+                    }
+                }
+                _ = head.changed(), if read_log => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(2))) => {}
+                _ = ep.wake.notified() => {}
+                _ = ep.stop.cancelled() => {}
+                _ = self.stop.cancelled() => {}
             }
         }
     }
 
-    /// Rows to attempt now: due ones, and with `ordered` only the first pending row of each
-    /// device.
-    fn eligible(
-        &self,
-        ep: &Endpoint,
-        now: u64,
-    ) -> Result<Vec<waping_events::Pending>, waping_events::EventStoreError> {
-        let limit = (self.cfg.max_concurrency as usize).max(1);
-        if !ep.rec.load().ordered {
-            return self.store.due(ep.num, now, limit);
-        }
-        let mut seen: HashSet<Option<String>> = HashSet::new();
-        let mut out = Vec::new();
-        for p in self.store.pending(ep.num, 0, WINDOW)? {
-            let device = p.event.as_ref().ok().and_then(|e| e.device.clone());
-            if !seen.insert(device) {
-                continue;
-            }
-            if p.due_ms <= now {
-                out.push(p);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Delivers `rows` concurrently and returns their outcomes.
-    async fn deliver_round(
+    /// Starts requests while there is room: due owed deliveries first, then the log.
+    async fn fill(
         &self,
         ep: &Arc<Endpoint>,
-        rows: Vec<waping_events::Pending>,
+        rec: &Arc<WebhookRecord>,
+        w: &mut Window,
+        inflight: &mut tokio::task::JoinSet<Attempt>,
+        now: u64,
         rng: &mut rand::rngs::StdRng,
-    ) -> Vec<Outcome> {
-        let rec = ep.rec.load_full();
-        let now = crate::unix_ms();
-        let mut outcomes = Vec::with_capacity(rows.len());
-        // Resolve once per round, through the SSRF guard; connect only to these addresses.
-        let url = match waping_webhooks::EndpointUrl::parse(&rec.url, &self.policy) {
-            Ok(u) => u,
-            Err(e) => {
-                return rows
-                    .into_iter()
-                    .map(|p| self.failed(ep, &p, now, format!("url: {e}"), false, rng))
-                    .collect();
+    ) {
+        if !w.room(&self.cfg, inflight.len()) {
+            return;
+        }
+        let target = match self.target(rec, w, now).await {
+            Ok(t) => t,
+            Err(error) => {
+                // URL refused or the name does not resolve to an allowed address: every due
+                // delivery fails this attempt (the schedule decides when to try again).
+                if let Ok(rows) = self.store.owed_due(ep.num, now, 64) {
+                    for p in rows.into_iter().filter(|p| !w.owed_inflight.contains(&p.seq)) {
+                        let o = self.failed(ep, &p, now, error.clone(), rng);
+                        w.outcomes.push(o);
+                    }
+                }
+                return;
             }
         };
+        let ordered = rec.ordered;
+        // Owed deliveries (retries, replays, out-of-filter, queued behind their device).
+        if w.owed_possible(now) {
+            let rows = if ordered {
+                self.store.owed(ep.num, 0, WINDOW)
+            } else {
+                self.store.owed_due(ep.num, now, WINDOW)
+            };
+            match rows {
+                Ok(rows) => {
+                    w.note_owed(&rows, ordered);
+                    let mut first_of_device: HashSet<Option<String>> = HashSet::new();
+                    for p in rows {
+                        if !w.room(&self.cfg, inflight.len()) {
+                            break;
+                        }
+                        let device = p.device.clone();
+                        let first = first_of_device.insert(device.clone());
+                        if w.owed_inflight.contains(&p.seq) || p.due_ms > now {
+                            continue;
+                        }
+                        if ordered && (!first || w.busy.contains_key(&device)) {
+                            continue;
+                        }
+                        if !ep.breaker.lock().expect("breaker").allow(now) {
+                            return;
+                        }
+                        match p.event {
+                            Ok(event) => {
+                                w.owed_inflight.insert(p.seq);
+                                w.start(
+                                    ep,
+                                    &target,
+                                    &self.tls,
+                                    self.timeout(),
+                                    inflight,
+                                    Source::Owed { attempts: p.attempts },
+                                    p.seq,
+                                    event,
+                                );
+                            }
+                            Err(e) => w.outcomes.push(Outcome::Dead {
+                                endpoint: ep.num,
+                                seq: p.seq,
+                                attempts: p.attempts,
+                                error: format!("event unreadable: {e}"),
+                                at_ms: now,
+                            }),
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(endpoint = %rec.id, error = %e, "reading owed deliveries"),
+            }
+        }
+        // The log after what was read so far.
+        if w.log_blocked || !w.room(&self.cfg, inflight.len()) || w.read_pos >= self.store.head() {
+            return;
+        }
+        let types = ep.types.load_full();
+        let want = |t: EventType, _d: Option<&str>| types.is_empty() || types.contains(t.as_str());
+        let room = (self.cfg.max_concurrency as usize)
+            .saturating_sub(inflight.len())
+            .max(1);
+        let page = match self.store.scan(&rec.workspace, w.read_pos, room, &want) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(endpoint = %rec.id, error = %e, "reading the event log");
+                return;
+            }
+        };
+        let expire_before = now.saturating_sub(self.max_age_ms());
+        let mut held = false;
+        for s in page.events {
+            w.read_pos = s.seq;
+            let event = match s.event {
+                Ok(e) => e,
+                Err(e) => {
+                    w.outcomes.push(Outcome::Dead {
+                        endpoint: ep.num,
+                        seq: s.seq,
+                        attempts: 0,
+                        error: format!("event unreadable: {e}"),
+                        at_ms: now,
+                    });
+                    continue;
+                }
+            };
+            if event.at_ms < expire_before {
+                w.outcomes.push(Outcome::Dead {
+                    endpoint: ep.num,
+                    seq: s.seq,
+                    attempts: 0,
+                    error: "expired: older than the age limit before it could be sent".into(),
+                    at_ms: now,
+                });
+                continue;
+            }
+            if ordered && (w.blocked.contains(&event.device) || w.busy.contains_key(&event.device)) {
+                // Behind its device's retry or in-flight request: owed, in order.
+                w.blocked.insert(event.device.clone());
+                w.outcomes.push(Outcome::Retry {
+                    endpoint: ep.num,
+                    seq: s.seq,
+                    attempts: 0,
+                    due_ms: now,
+                    since_ms: event.at_ms,
+                    device: event.device.clone(),
+                    error: String::new(),
+                });
+                continue;
+            }
+            if !ep.breaker.lock().expect("breaker").allow(now) {
+                // Not sent: read again once the breaker lets requests through.
+                w.read_pos = s.seq - 1;
+                held = true;
+                break;
+            }
+            w.window.insert(s.seq);
+            w.start(
+                ep,
+                &target,
+                &self.tls,
+                self.timeout(),
+                inflight,
+                Source::Log,
+                s.seq,
+                event,
+            );
+        }
+        if !held {
+            // Events the filter refused after the last one kept are passed too.
+            w.read_pos = w.read_pos.max(page.through);
+        }
+    }
+
+    /// The endpoint's URL and checked addresses: resolved through the SSRF guard at most
+    /// every 30 s (and whenever the URL changes or a connection failed), and connected to
+    /// only at those addresses.
+    async fn target(&self, rec: &WebhookRecord, w: &mut Window, now: u64) -> Result<Arc<Target>, String> {
+        if let Some(t) = &w.target
+            && t.url_text == rec.url
+            && now < t.resolved_ms.saturating_add(30_000)
+        {
+            return Ok(t.clone());
+        }
+        let url =
+            waping_webhooks::EndpointUrl::parse(&rec.url, &self.policy).map_err(|e| format!("url: {e}"))?;
         let addrs = match tokio::time::timeout(
             Duration::from_secs(10),
             waping_webhooks::resolve_and_check(&url, &self.policy),
@@ -501,144 +660,153 @@ impl Webhooks {
         .await
         {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                let msg = format!("address: {e}");
-                return rows
-                    .into_iter()
-                    .map(|p| self.failed(ep, &p, now, msg.clone(), false, rng))
-                    .collect();
+            Ok(Err(e)) => return Err(format!("address: {e}")),
+            Err(_) => return Err("address: resolution timed out".into()),
+        };
+        let t = Arc::new(Target {
+            url_text: rec.url.clone(),
+            url,
+            addrs,
+            resolved_ms: now,
+        });
+        w.target = Some(t.clone());
+        Ok(t)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    fn max_age_ms(&self) -> u64 {
+        waping_events::StoreOptions::default().max_age_ms
+    }
+
+    /// Turns an answer into an outcome (and breaker news), queued for the next commit.
+    fn settle(
+        &self,
+        ep: &Arc<Endpoint>,
+        rec: &Arc<WebhookRecord>,
+        w: &mut Window,
+        a: Attempt,
+        rng: &mut rand::rngs::StdRng,
+    ) {
+        metrics::histogram!(crate::metrics::WEBHOOK_REQUEST_SECONDS).record(a.took.as_secs_f64());
+        let now = crate::unix_ms();
+        let attempts_before = match a.source {
+            Source::Log => 0,
+            Source::Owed { attempts } => attempts,
+        };
+        let attempt = attempts_before + 1;
+        let (verdict, retry_after, error) = match &a.result {
+            Ok(resp) => (
+                waping_webhooks::classify_status(resp.status),
+                resp.retry_after,
+                format!("HTTP {}", resp.status),
+            ),
+            Err(e) => (e.verdict(), None, e.to_string()),
+        };
+        if a.result.is_err() {
+            // A connection failure may mean the name moved: resolve again next time.
+            w.target = None;
+        }
+        let plan = self.schedule.plan(verdict, attempt, now, retry_after, rng);
+        {
+            let mut b = ep.breaker.lock().expect("breaker");
+            match verdict {
+                waping_webhooks::Verdict::Delivered => b.on_success(now),
+                waping_webhooks::Verdict::SlowDown => {
+                    b.on_failure(now, Some(retry_after.unwrap_or_default()))
+                }
+                waping_webhooks::Verdict::DisableEndpoint | waping_webhooks::Verdict::Permanent => {}
+                waping_webhooks::Verdict::Retry => b.on_failure(now, None),
             }
-            Err(_) => {
-                return rows
-                    .into_iter()
-                    .map(|p| self.failed(ep, &p, now, "address: resolution timed out".into(), false, rng))
-                    .collect();
+        }
+        match a.source {
+            Source::Log => {
+                w.window_done(a.seq);
+            }
+            Source::Owed { .. } => {
+                w.owed_inflight.remove(&a.seq);
+            }
+        }
+        w.release(&a.device);
+        let retry = |due_ms: u64, error: String| Outcome::Retry {
+            endpoint: ep.num,
+            seq: a.seq,
+            attempts: attempt,
+            due_ms,
+            since_ms: a.at_ms,
+            device: a.device.clone(),
+            error,
+        };
+        let outcome = match plan {
+            Plan::Done => {
+                w.counters.delivered.increment(1);
+                match a.source {
+                    Source::Log => None,
+                    Source::Owed { .. } => Some(Outcome::Delivered {
+                        endpoint: ep.num,
+                        seq: a.seq,
+                    }),
+                }
+            }
+            Plan::RetryAt(due) => {
+                w.counters.retry.increment(1);
+                if rec.ordered {
+                    w.blocked.insert(a.device.clone());
+                }
+                Some(retry(due, error))
+            }
+            Plan::GiveUp => {
+                w.counters.dead.increment(1);
+                Some(Outcome::Dead {
+                    endpoint: ep.num,
+                    seq: a.seq,
+                    attempts: attempt,
+                    error,
+                    at_ms: now,
+                })
+            }
+            Plan::DisableEndpoint => {
+                w.counters.disabled.increment(1);
+                self.disable(rec, "gone: the receiver answered 410");
+                if rec.ordered {
+                    w.blocked.insert(a.device.clone());
+                }
+                // Owed, due at once: re-enabling the endpoint resumes from here.
+                Some(retry(now, error))
             }
         };
-        let secrets = ep.secrets.load_full();
-        let signer = match Signer::new(secrets.iter().cloned().collect()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(endpoint = %rec.id, error = %e, "no usable signing secret");
-                return Vec::new();
-            }
-        };
-        let timeout = Duration::from_millis(self.cfg.request_timeout_ms);
-        let mut set = tokio::task::JoinSet::new();
-        let mut unreadable = Vec::new();
-        for p in rows {
-            let event = match &p.event {
-                Ok(e) => e.clone(),
-                Err(e) => {
-                    // Its workspace's key is gone, or the row is damaged: nothing to send, ever.
-                    unreadable.push(Outcome::Dead {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                        attempts: p.attempts,
-                        error: format!("event unreadable: {e}"),
-                        at_ms: now,
-                    });
-                    continue;
-                }
-            };
-            let body = event.to_json();
-            let ts = now / 1000;
-            let headers = match signer.sign(&event.id.to_string(), ts, body.as_bytes()) {
-                Ok(h) => h,
-                Err(e) => {
-                    unreadable.push(Outcome::Dead {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                        attempts: p.attempts,
-                        error: format!("signing: {e}"),
-                        at_ms: now,
-                    });
-                    continue;
-                }
-            };
-            let req = waping_webhooks::DeliveryRequest {
-                url: url.clone(),
-                headers,
-                body: body.into_bytes().into(),
-            };
-            let addrs = addrs.clone();
-            let tls = self.tls.clone();
-            set.spawn(async move {
-                let started = std::time::Instant::now();
-                let r = waping_webhooks::deliver(&req, &addrs, &tls, timeout).await;
-                (p, r, started.elapsed())
+        if let Some(o) = outcome {
+            w.outcomes.push(o);
+        }
+    }
+
+    /// Commits the queued outcomes and the cursor's move in one durable write.
+    async fn flush(&self, ep: &Endpoint, w: &mut Window) {
+        let to = w.advance_to();
+        let mut batch = std::mem::take(&mut w.outcomes);
+        if to > w.cursor {
+            batch.push(Outcome::Advance {
+                endpoint: ep.num,
+                to_seq: to,
             });
         }
-        outcomes.extend(unreadable);
-        while let Some(joined) = set.join_next().await {
-            let Ok((p, r, took)) = joined else { continue };
-            metrics::histogram!(crate::metrics::WEBHOOK_REQUEST_SECONDS).record(took.as_secs_f64());
-            let now = crate::unix_ms();
-            let attempt = p.attempts + 1;
-            let (verdict, retry_after, error) = match &r {
-                Ok(resp) => (
-                    waping_webhooks::classify_status(resp.status),
-                    resp.retry_after,
-                    format!("HTTP {}", resp.status),
-                ),
-                Err(e) => (e.verdict(), None, e.to_string()),
-            };
-            let plan = self.schedule.plan(verdict, attempt, now, retry_after, rng);
-            {
-                let mut b = ep.breaker.lock().expect("breaker");
-                match verdict {
-                    waping_webhooks::Verdict::Delivered => b.on_success(now),
-                    waping_webhooks::Verdict::SlowDown => {
-                        b.on_failure(now, Some(retry_after.unwrap_or_default()))
-                    }
-                    waping_webhooks::Verdict::DisableEndpoint | waping_webhooks::Verdict::Permanent => {}
-                    waping_webhooks::Verdict::Retry => b.on_failure(now, None),
+        match self.store.record(batch.clone()).await {
+            Ok(_) => {
+                w.cursor = w.cursor.max(to);
+                if ep.rec.load().ordered {
+                    // Owed rows finished: their devices may be free again.
+                    w.refresh_blocked(&self.store, ep.num);
                 }
             }
-            let outcome = match plan {
-                Plan::Done => {
-                    counter!("waping_webhook_deliveries_total", "result" => "delivered").increment(1);
-                    Outcome::Delivered {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                    }
-                }
-                Plan::RetryAt(due) => {
-                    counter!("waping_webhook_deliveries_total", "result" => "retry").increment(1);
-                    Outcome::Retry {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                        attempts: attempt,
-                        due_ms: due,
-                        error,
-                    }
-                }
-                Plan::GiveUp => {
-                    counter!("waping_webhook_deliveries_total", "result" => "dead").increment(1);
-                    Outcome::Dead {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                        attempts: attempt,
-                        error,
-                        at_ms: now,
-                    }
-                }
-                Plan::DisableEndpoint => {
-                    counter!("waping_webhook_deliveries_total", "result" => "disabled").increment(1);
-                    self.disable(&rec, "gone: the receiver answered 410");
-                    // The row stays pending: re-enabling the endpoint resumes from here.
-                    Outcome::Retry {
-                        endpoint: ep.num,
-                        seq: p.seq,
-                        attempts: attempt,
-                        due_ms: now,
-                        error,
-                    }
-                }
-            };
-            outcomes.push(outcome);
+            Err(e) => {
+                tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "recording delivery outcomes");
+                batch.retain(|o| !matches!(o, Outcome::Advance { .. }));
+                w.outcomes = batch;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
-        outcomes
     }
 
     /// An attempt that failed before a request was made (URL or address refused).
@@ -648,7 +816,6 @@ impl Webhooks {
         p: &waping_events::Pending,
         now: u64,
         error: String,
-        _retryable: bool,
         rng: &mut rand::rngs::StdRng,
     ) -> Outcome {
         let attempt = p.attempts + 1;
@@ -661,6 +828,8 @@ impl Webhooks {
                 seq: p.seq,
                 attempts: attempt,
                 due_ms: due,
+                since_ms: p.since_ms,
+                device: p.device.clone(),
                 error,
             },
             _ => Outcome::Dead {
@@ -745,9 +914,13 @@ impl WebhookRuntime for Webhooks {
     }
 
     fn counts(&self, num: u64) -> (u64, u64) {
-        let pending = self.store.pending(num, 0, 1000).map_or(0, |v| v.len() as u64);
-        let dead = self.store.list_dead(num, 0, 1000).map_or(0, |v| v.len() as u64);
-        (pending, dead)
+        match self.store.backlog(num) {
+            Ok(b) => (b.unread + b.owed, b.dead),
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint_id(num), error = %e, "counting deliveries");
+                (0, 0)
+            }
+        }
     }
 
     fn policy(&self) -> &Policy {
@@ -852,6 +1025,246 @@ impl Webhooks {
 
     fn self_arc(&self) -> Option<Arc<Webhooks>> {
         self.me.upgrade()
+    }
+}
+
+/// Where an attempt's event came from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The log, after the cursor (first attempt).
+    Log,
+    /// An owed delivery, with the attempts made before this one.
+    Owed { attempts: u32 },
+}
+
+/// One finished request.
+struct Attempt {
+    source: Source,
+    seq: u64,
+    device: Option<String>,
+    at_ms: u64,
+    result: Result<waping_webhooks::DeliveryResponse, waping_webhooks::DeliveryError>,
+    took: Duration,
+}
+
+/// An endpoint's URL with the addresses the SSRF guard accepted for it.
+struct Target {
+    url_text: String,
+    url: waping_webhooks::EndpointUrl,
+    addrs: Vec<std::net::SocketAddr>,
+    resolved_ms: u64,
+}
+
+/// Delivery counters of a worker, registered once.
+struct WorkerCounters {
+    delivered: metrics::Counter,
+    retry: metrics::Counter,
+    dead: metrics::Counter,
+    disabled: metrics::Counter,
+}
+
+/// A worker's state between commits.
+struct Window {
+    /// Durable cursor (as last committed).
+    cursor: u64,
+    /// Highest log sequence number read (sent, skipped, or turned into an owed/dead row).
+    read_pos: u64,
+    /// Log events in flight.
+    window: std::collections::BTreeSet<u64>,
+    /// Owed deliveries in flight.
+    owed_inflight: HashSet<u64>,
+    /// Requests in flight per device.
+    busy: HashMap<Option<String>, usize>,
+    /// With `ordered`: devices with owed deliveries (their next events queue behind).
+    blocked: HashSet<Option<String>>,
+    /// With `ordered`: more owed rows than one read shows, so any device may be blocked:
+    /// the log waits until they drain.
+    log_blocked: bool,
+    /// When the earliest owed delivery is due.
+    next_owed: Option<u64>,
+    outcomes: Vec<Outcome>,
+    target: Option<Arc<Target>>,
+    signer: Option<(Arc<Vec<Secret>>, Arc<Signer>)>,
+    counters: WorkerCounters,
+}
+
+impl Window {
+    /// The endpoint's cursor (opened at the log's head for a new endpoint) and owed state.
+    async fn open(hooks: &Webhooks, ep: &Endpoint) -> Option<Window> {
+        let ws = ep.rec.load().workspace.clone();
+        let cursor = loop {
+            match hooks.store.open_cursor(ep.num, &ws, None).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "opening the endpoint's cursor");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = ep.stop.cancelled() => return None,
+                        _ = hooks.stop.cancelled() => return None,
+                    }
+                }
+            }
+        };
+        let result = |r| counter!("waping_webhook_deliveries_total", "result" => r);
+        let mut w = Window {
+            cursor,
+            read_pos: cursor,
+            window: Default::default(),
+            owed_inflight: HashSet::new(),
+            busy: HashMap::new(),
+            blocked: HashSet::new(),
+            log_blocked: false,
+            next_owed: None,
+            outcomes: Vec::new(),
+            target: None,
+            signer: None,
+            counters: WorkerCounters {
+                delivered: result("delivered"),
+                retry: result("retry"),
+                dead: result("dead"),
+                disabled: result("disabled"),
+            },
+        };
+        if ep.rec.load().ordered {
+            w.refresh_blocked(&hooks.store, ep.num);
+        }
+        Some(w)
+    }
+
+    fn room(&self, cfg: &WebhooksConfig, inflight: usize) -> bool {
+        inflight < cfg.max_concurrency as usize
+    }
+
+    fn owed_possible(&self, now: u64) -> bool {
+        self.next_owed.is_some_and(|d| d <= now)
+    }
+
+    /// With `ordered`, what a read of the owed rows says about blocked devices.
+    fn note_owed(&mut self, rows: &[waping_events::Pending], ordered: bool) {
+        if ordered {
+            self.blocked = rows.iter().map(|p| p.device.clone()).collect();
+            self.log_blocked = rows.len() >= WINDOW;
+        }
+    }
+
+    fn refresh_blocked(&mut self, store: &EventStore, num: u64) {
+        match store.owed(num, 0, WINDOW) {
+            Ok(rows) => self.note_owed(&rows, true),
+            Err(e) => {
+                tracing::error!(endpoint = %endpoint_id(num), error = %e, "reading owed deliveries");
+                self.log_blocked = true;
+            }
+        }
+    }
+
+    /// Where the cursor may move: everything read, up to the oldest log event in flight.
+    fn advance_to(&self) -> u64 {
+        match self.window.first() {
+            Some(first) => first - 1,
+            None => self.read_pos,
+        }
+        .max(self.cursor)
+    }
+
+    fn window_done(&mut self, seq: u64) {
+        self.window.remove(&seq);
+    }
+
+    fn release(&mut self, device: &Option<String>) {
+        if let Some(n) = self.busy.get_mut(device) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(device);
+            }
+        }
+    }
+
+    fn signer(&mut self, ep: &Endpoint) -> Option<Arc<Signer>> {
+        let secrets = ep.secrets.load_full();
+        if let Some((s, signer)) = &self.signer
+            && Arc::ptr_eq(s, &secrets)
+        {
+            return Some(signer.clone());
+        }
+        match Signer::new(secrets.iter().cloned().collect()) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.signer = Some((secrets, s.clone()));
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %endpoint_id(ep.num), error = %e, "no usable signing secret");
+                None
+            }
+        }
+    }
+
+    /// Signs and sends one event; a signing failure is a dead delivery at once.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        ep: &Endpoint,
+        target: &Arc<Target>,
+        tls: &TlsClient,
+        timeout: Duration,
+        inflight: &mut tokio::task::JoinSet<Attempt>,
+        source: Source,
+        seq: u64,
+        event: Event,
+    ) {
+        let now = crate::unix_ms();
+        let attempts = match source {
+            Source::Log => 0,
+            Source::Owed { attempts } => attempts,
+        };
+        let body = event.to_json();
+        let headers = self
+            .signer(ep)
+            .ok_or_else(|| "no usable signing secret".to_string())
+            .and_then(|s| {
+                s.sign(&event.id.to_string(), now / 1000, body.as_bytes())
+                    .map_err(|e| format!("signing: {e}"))
+            });
+        let headers = match headers {
+            Ok(h) => h,
+            Err(error) => {
+                if let Source::Log = source {
+                    self.window_done(seq);
+                } else {
+                    self.owed_inflight.remove(&seq);
+                }
+                self.outcomes.push(Outcome::Dead {
+                    endpoint: ep.num,
+                    seq,
+                    attempts,
+                    error,
+                    at_ms: now,
+                });
+                return;
+            }
+        };
+        *self.busy.entry(event.device.clone()).or_default() += 1;
+        let req = waping_webhooks::DeliveryRequest {
+            url: target.url.clone(),
+            headers,
+            body: body.into_bytes().into(),
+        };
+        let target = target.clone();
+        let tls = tls.clone();
+        let device = event.device;
+        let at_ms = event.at_ms;
+        inflight.spawn(async move {
+            let started = std::time::Instant::now();
+            let result = waping_webhooks::deliver(&req, &target.addrs, &tls, timeout).await;
+            Attempt {
+                source,
+                seq,
+                device,
+                at_ms,
+                result,
+                took: started.elapsed(),
+            }
+        });
     }
 }
 
