@@ -4,11 +4,13 @@
 #   b: one endpoint per workspace for message.status at a receiver answering after 2 s
 #      (the backlog grows for the whole run),
 #   c: one endpoint per workspace for device.link_code (a type this load never produces),
+#   a0, b0: a and b with [webhooks] log_all_events = false (only events an endpoint wants
+#      are stored; a0 stores nothing, the node without webhooks),
 # same config otherwise, rounds interleaved (a b c a b c …), fresh state each run.
 # Ports: receiver 127.0.0.1:7480, gateway QUIC 7481, metrics 9481. One JSON line per run on stdout.
 #   usage: webhooks-ab.sh OUT_DIR [ROUNDS=3]
 #   env: BIN (release dir with waping-gateway, waping-loadtest, examples/receiver),
-#        KEEP (non-empty: keep each run's state directory), ARMS ("a b c"), DUR ("10s"), WINDOW (256)
+#        KEEP (non-empty: keep each run's state directory), ARMS ("a0 a b0 b"), DUR ("10s"), WINDOW (256)
 set -euo pipefail
 out=${1:?usage: webhooks-ab.sh OUT_DIR [ROUNDS]}; rounds=${2:-3}
 bin=${BIN:-/work/target-bench/release}
@@ -17,18 +19,19 @@ gw= rx=
 # A failed step stops the script: stop this run's gateway and receiver with it.
 trap 'for p in $gw $rx; do kill -TERM "$p" 2>/dev/null || true; done' EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, clock ticks
-for r in $(seq 1 "$rounds"); do for v in ${ARMS:-a b c}; do
+for r in $(seq 1 "$rounds"); do for v in ${ARMS:-a0 a b0 b}; do
   d=$out/$v-r$r; rm -rf "$d"
   "$bin/waping-loadtest" init --out "$d" --listen 127.0.0.1:7481 --metrics 127.0.0.1:9481 2>/dev/null
-  delay=0; [ "$v" = b ] && delay=2000
+  delay=0; case $v in b|b0) delay=2000;; esac
+  log_all=true; case $v in a0|b0) log_all=false;; esac
   "$bin/examples/receiver" --listen 127.0.0.1:7480 --delay-ms $delay > "$d/rx.json" 2> "$d/rx.log" & rx=$!
   WAPING__WEBHOOKS__ALLOW_HTTP=true WAPING__WEBHOOKS__ALLOW_NETWORKS='["127.0.0.0/8"]' \
-    "$bin/waping-gateway" run --config "$d/gateway.toml" > "$d/gw.log" 2>&1 & gw=$!
+    WAPING__WEBHOOKS__LOG_ALL_EVENTS=$log_all "$bin/waping-gateway" run --config "$d/gateway.toml" > "$d/gw.log" 2>&1 & gw=$!
   until [ -f "$d/state/runtime.json" ]; do sleep 0.1; done
   http=$(jq -r .http "$d/state/runtime.json")   # the API: https, self-signed (-k on loopback)
-  types='[]'; [ "$v" = b ] && types='["message.status"]'; [ "$v" = c ] && types='["device.link_code"]'
+  types='[]'; case $v in b|b0) types='["message.status"]';; c) types='["device.link_code"]';; esac
   ids=()
-  if [ "$v" != a ]; then
+  if [ "$v" != a ] && [ "$v" != a0 ]; then
     for key in $(sed -n 's/^key = "\(.*\)"$/\1/p' "$d/keys.toml"); do
       curl -skf -X POST "https://$http/v1/webhooks" -H "authorization: Bearer $key" -H 'content-type: application/json' \
         -d "{\"url\":\"http://127.0.0.1:7480/hook\",\"event_types\":$types}" > "$d/endpoint.json"
@@ -43,8 +46,8 @@ for r in $(seq 1 "$rounds"); do for v in ${ARMS:-a b c}; do
   # The event writer may still be draining its queue: give it 2 s, then look.
   sleep 2
   curl -s http://127.0.0.1:9481/metrics > "$d/metrics.txt"
-  # GET /v1/webhooks/{id} counts at most 1000 pending rows, so the backlog is taken from the
-  # counters instead: appended - delivered - dead (each event here is owed to one endpoint).
+  # The backlog from the counters: appended - delivered - dead (each event here is owed to at
+  # most one endpoint); api_pending is GET /v1/webhooks/{id}'s pending_deliveries summed.
   api_pending=0
   for e in "${ids[@]}"; do
     set -- $e

@@ -1273,6 +1273,15 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
     let ws_id = ws.id.to_string();
     let dev = |d: &waping_protocol::Text| Some(d.as_str().to_string());
     let data_for = |device: Option<String>, data: EventData| Event::new(ws_id.clone(), device, at_ms, data);
+    // Events whose id is derived skip `Event::new`'s UUIDv7 (a clock read and OS randomness
+    // per status event, on the send pipeline).
+    let with_id = |id: waping_events::EventId, device: Option<String>, data: EventData| Event {
+        id,
+        workspace: ws_id.clone(),
+        device,
+        at_ms,
+        data,
+    };
     match kind {
         EventKind::Inbound {
             device_id,
@@ -1280,17 +1289,17 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
             upstream_id,
             body,
         } => {
-            let mut e = data_for(
+            // A WhatsApp redelivery is the same event.
+            let id = waping_events::EventId::for_inbound(&ws_id, device_id.as_str(), upstream_id.as_str());
+            vec![with_id(
+                id,
                 dev(device_id),
                 EventData::MessageReceived(m::MessageReceived {
                     from: from.as_str().to_string(),
                     upstream_id: upstream_id.as_str().to_string(),
                     content: content(body),
                 }),
-            );
-            // A WhatsApp redelivery is the same event.
-            e.id = waping_events::EventId::for_inbound(&ws_id, device_id.as_str(), upstream_id.as_str());
-            vec![e]
+            )]
         }
         EventKind::Report { device_id, report } => {
             let failed = report.status == waping_protocol::DeliveryStatus::Failed;
@@ -1300,7 +1309,10 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
                 m::DeliveryStatus::Sent
             };
             let message_id = report.message_id.to_string();
-            let mut e = data_for(
+            // The same id as the start-up replay from the journal (`replay_finished`).
+            let id = status_event_id(&message_id, status);
+            vec![with_id(
+                id,
                 dev(device_id),
                 EventData::MessageStatus(m::MessageStatus {
                     message_id: message_id.clone(),
@@ -1314,10 +1326,7 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
                             .then(|| report.detail.as_str().to_string()),
                     }),
                 }),
-            );
-            // The same id as the start-up replay from the journal (`replay_finished`).
-            e.id = status_event_id(&message_id, status);
-            vec![e]
+            )]
         }
         EventKind::Receipt {
             device_id,
@@ -1332,7 +1341,16 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
             upstream_ids
                 .iter()
                 .map(|u| {
-                    let mut e = data_for(
+                    // A receipt WhatsApp repeats is the same event.
+                    let id = waping_events::EventId::derived(&[
+                        b"receipt",
+                        ws_id.as_bytes(),
+                        device_id.as_str().as_bytes(),
+                        u.as_str().as_bytes(),
+                        format!("{st:?}").as_bytes(),
+                    ]);
+                    with_id(
+                        id,
                         dev(device_id),
                         EventData::MessageStatus(m::MessageStatus {
                             // Receipts name WhatsApp's id; the gateway's own id is not known here.
@@ -1341,16 +1359,7 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
                             upstream_id: Some(u.as_str().to_string()),
                             error: None,
                         }),
-                    );
-                    // A receipt WhatsApp repeats is the same event.
-                    e.id = waping_events::EventId::derived(&[
-                        b"receipt",
-                        ws_id.as_bytes(),
-                        device_id.as_str().as_bytes(),
-                        u.as_str().as_bytes(),
-                        format!("{st:?}").as_bytes(),
-                    ]);
-                    e
+                    )
                 })
                 .collect()
         }
@@ -1447,8 +1456,9 @@ fn content(b: &waping_protocol::Body) -> m::Content {
 
 impl crate::workspace::EventSink for Webhooks {
     fn offer(&self, ws: &Workspace, at_ms: u64, kind: &EventKind) {
-        // Cheap exit before any conversion: most workspaces have no endpoint.
-        if self.index.load().get(&*ws.id).is_none() {
+        // Cheap exit before any conversion when only events endpoints want are stored and
+        // this workspace has none.
+        if !self.cfg.log_all_events && self.index.load().get(&*ws.id).is_none() {
             return;
         }
         for e in to_event(ws, at_ms, kind) {
