@@ -544,7 +544,7 @@ impl EventStore {
                     max: opts.max_endpoints_per_event,
                 });
             }
-            let data = event.data.to_json_bytes();
+            let data = codec::encode_data(&event.data);
             if data.len() > opts.max_event_bytes {
                 return Err(EventStoreError::TooLarge {
                     what: "event data",

@@ -89,10 +89,15 @@ impl fmt::Debug for MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        // One write of a stack buffer: ids are printed for every REPORT and status event,
+        // and sixteen `{:02x}` writes cost several times more.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 15)];
         }
-        Ok(())
+        f.write_str(core::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -1410,11 +1410,13 @@ pub fn to_event(ws: &Workspace, at_ms: u64, kind: &EventKind) -> Vec<Event> {
 /// The id of a message's `message.status` event for `status`: the same whether it comes from
 /// the live REPORT or from the start-up replay, so the store keeps one.
 fn status_event_id(message_id: &str, status: m::DeliveryStatus) -> waping_events::EventId {
-    let hashed = waping_events::EventId::derived(&[
-        b"message.status",
-        message_id.as_bytes(),
-        format!("{status:?}").as_bytes(),
-    ]);
+    let status_name: &[u8] = match status {
+        m::DeliveryStatus::Sent => b"Sent",
+        m::DeliveryStatus::Delivered => b"Delivered",
+        m::DeliveryStatus::Read => b"Read",
+        m::DeliveryStatus::Failed => b"Failed",
+    };
+    let hashed = waping_events::EventId::derived(&[b"message.status", message_id.as_bytes(), status_name]);
     // Keep the message id's time prefix (its first 6 bytes are its creation time, as in a
     // UUIDv7): ids then arrive in nearly ascending order, which the store's id index inserts
     // at about twice the rate of random ones (BENCHMARKS.md, "Webhooks (issue 8)").
@@ -1432,10 +1434,7 @@ struct MessageIdHex([u8; 16]);
 
 impl std::fmt::Display for MessageIdHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        std::fmt::Display::fmt(&waping_protocol::MessageId(self.0), f)
     }
 }
 
