@@ -84,6 +84,7 @@ impl RowHeader {
 
 /// Appends one event to a body being built. `data` is the event's data as
 /// [`encode_data`] wrote it.
+#[cfg(test)]
 pub(crate) fn push_event(body: &mut Vec<u8>, event: &Event, data: &[u8]) {
     let kind = event.kind().as_str().as_bytes();
     let dev = event.device.as_deref().unwrap_or("").as_bytes();
@@ -106,33 +107,71 @@ const DATA_JSON: u8 = 0;
 /// of the JSON's size and needs no serialiser on the append path.
 const DATA_STATUS: u8 = 1;
 
+/// Appends one whole event (plain fields and tagged data) to a body, without an allocation
+/// of its own; returns the length of its data. What [`push_event`] with [`encode_data`]
+/// writes, for the append path.
+pub(crate) fn push_event_encoded(body: &mut Vec<u8>, event: &Event) -> usize {
+    let kind = event.kind().as_str().as_bytes();
+    let dev = event.device.as_deref().unwrap_or("").as_bytes();
+    body.extend_from_slice(&event.at_ms.to_be_bytes());
+    body.extend_from_slice(event.id.as_bytes());
+    body.push(kind.len() as u8);
+    body.extend_from_slice(kind);
+    body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
+    body.extend_from_slice(dev);
+    let len_at = body.len();
+    body.extend_from_slice(&[0; 4]);
+    let start = body.len();
+    if let Some((raw, status, up)) = binary_status(&event.data) {
+        body.push(DATA_STATUS);
+        body.extend_from_slice(&raw);
+        body.push(status);
+        body.extend_from_slice(up.as_bytes());
+    } else {
+        body.push(DATA_JSON);
+        // Strings, integers and enums only: serialisation cannot fail.
+        serde_json::to_writer(&mut *body, &event.data).expect("event data serialises");
+    }
+    let len = body.len() - start;
+    body[len_at..start].copy_from_slice(&(len as u32).to_be_bytes());
+    len
+}
+
+/// The binary form's parts, when `data` has one.
+fn binary_status(data: &EventData) -> Option<([u8; 16], u8, &str)> {
+    let EventData::MessageStatus(st) = data else {
+        return None;
+    };
+    if st.error.is_some() || st.upstream_id.as_deref() == Some("") {
+        return None;
+    }
+    let raw = hex32(&st.message_id)?;
+    let status = match st.status {
+        DeliveryStatus::Sent => 0,
+        DeliveryStatus::Delivered => 1,
+        DeliveryStatus::Read => 2,
+        DeliveryStatus::Failed => return None,
+    };
+    Some((raw, status, st.upstream_id.as_deref().unwrap_or("")))
+}
+
 /// Encodes an event's `data` for a body (tag byte first).
+#[cfg(test)]
 pub(crate) fn encode_data(data: &EventData) -> Vec<u8> {
-    if let EventData::MessageStatus(st) = data
-        && st.error.is_none()
-        && let Some(raw) = hex32(&st.message_id)
-        && st.upstream_id.as_deref() != Some("")
-    {
-        let up = st.upstream_id.as_deref().unwrap_or("");
-        let mut out = Vec::with_capacity(1 + 16 + 1 + up.len());
+    if let Some((raw, status, up)) = binary_status(data) {
+        let mut out = Vec::with_capacity(18 + up.len());
         out.push(DATA_STATUS);
         out.extend_from_slice(&raw);
-        out.push(match st.status {
-            DeliveryStatus::Sent => 0,
-            DeliveryStatus::Delivered => 1,
-            DeliveryStatus::Read => 2,
-            DeliveryStatus::Failed => 3,
-        });
+        out.push(status);
         out.extend_from_slice(up.as_bytes());
         return out;
     }
-    let mut out = Vec::with_capacity(128);
-    out.push(DATA_JSON);
+    let mut out = vec![DATA_JSON];
     out.extend_from_slice(&data.to_json_bytes());
     out
 }
 
-/// Reads what [`encode_data`] wrote.
+/// Reads what [`push_event_encoded`] wrote as data.
 pub(crate) fn decode_data(kind: EventType, bytes: &[u8]) -> Result<EventData, String> {
     match bytes.split_first() {
         Some((&DATA_JSON, json)) => EventData::from_json_slice(kind, json).map_err(|e| e.to_string()),
@@ -430,6 +469,11 @@ mod tests {
         for e in &events {
             push_event(&mut body, e, &encode_data(&e.data));
         }
+        let mut direct = Vec::new();
+        for e in &events {
+            push_event_encoded(&mut direct, e);
+        }
+        assert_eq!(direct, body, "both encoders write the same bytes");
         let raw = split_body(&body, 2).unwrap();
         assert_eq!(raw[0].to_event("acme").unwrap(), events[0]);
         assert_eq!(raw[1].to_event("acme").unwrap(), events[1]);

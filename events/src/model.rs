@@ -553,6 +553,7 @@ impl EventData {
     }
 
     /// The `data` object as JSON bytes (what the store seals).
+    #[cfg(test)]
     pub(crate) fn to_json_bytes(&self) -> Vec<u8> {
         // Strings, integers and enums only: serialisation cannot fail.
         serde_json::to_vec(self).expect("event data serialises")

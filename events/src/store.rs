@@ -49,7 +49,7 @@ use waping_journal::{OpenFailure, RecordSealer};
 use crate::codec::{self, FORMAT_PLAIN, RowHeader};
 use crate::error::{EventStoreError, StorageContext};
 use crate::model::{Event, EventId, EventType};
-use crate::writer::{self, Prepared, Reply, Request, SweepPhase, Work};
+use crate::writer::{self, Entry, Group, OwedTo, Prepared, Reply, Request, SweepPhase, Work};
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
@@ -520,7 +520,10 @@ impl EventStore {
         }
     }
 
-    fn prepare(&self, batch: Vec<NewEvent>) -> Result<(Vec<Prepared>, usize), EventStoreError> {
+    /// Validates and encodes a batch on the caller's thread, grouped by workspace: the
+    /// writer thread then only copies, seals and inserts (no per-event allocation crosses to
+    /// it, and the events are freed where they were made).
+    fn prepare(&self, batch: Vec<NewEvent>) -> Result<(Prepared, usize), EventStoreError> {
         let opts = &self.inner.opts;
         if batch.len() > opts.max_batch_events {
             return Err(EventStoreError::TooLarge {
@@ -529,7 +532,8 @@ impl EventStore {
                 max: opts.max_batch_events,
             });
         }
-        let mut out = Vec::with_capacity(batch.len());
+        let count = batch.len();
+        let mut groups: Vec<Group> = Vec::new();
         let mut bytes = 0;
         for (index, NewEvent { event, mut endpoints }) in batch.into_iter().enumerate() {
             event
@@ -544,22 +548,44 @@ impl EventStore {
                     max: opts.max_endpoints_per_event,
                 });
             }
-            let data = codec::encode_data(&event.data);
-            if data.len() > opts.max_event_bytes {
+            // Batches hold a handful of workspaces: a linear search beats a map.
+            let g = match groups.iter().position(|g| g.workspace == event.workspace) {
+                Some(g) => g,
+                None => {
+                    groups.push(Group {
+                        workspace: event.workspace.clone(),
+                        body: Vec::with_capacity(64 * 1024),
+                        entries: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let group = &mut groups[g];
+            let start = group.body.len();
+            let data_len = codec::push_event_encoded(&mut group.body, &event);
+            if data_len > opts.max_event_bytes {
                 return Err(EventStoreError::TooLarge {
                     what: "event data",
-                    size: data.len(),
+                    size: data_len,
                     max: opts.max_event_bytes,
                 });
             }
-            bytes += 64 + event.workspace.len() + data.len() + 48 * endpoints.len();
-            out.push(Prepared {
-                event,
-                data,
-                endpoints,
+            bytes += group.body.len() - start + 48 * endpoints.len();
+            group.entries.push(Entry {
+                index,
+                id: event.id,
+                dedupe: deduplicated(event.kind()),
+                at_ms: event.at_ms,
+                end: group.body.len(),
+                owed: (!endpoints.is_empty()).then(|| {
+                    Box::new(OwedTo {
+                        endpoints,
+                        device: event.device.clone().unwrap_or_default(),
+                    })
+                }),
             });
         }
-        Ok((out, bytes))
+        Ok((Prepared { groups, count }, bytes))
     }
 
     /// Records delivery outcomes in one durable commit; resolves once durable. Idempotent
@@ -667,6 +693,37 @@ impl EventStore {
                 .submit(
                     Work::DeleteWorkspace {
                         workspace: workspace.to_owned(),
+                    },
+                    64,
+                )
+                .await?
+            {
+                Reply::Removed { removed, more } => {
+                    total.events += removed.events;
+                    total.deliveries += removed.deliveries;
+                    total.dead += removed.dead;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Deletes the events of `workspace` older than `older_than_ms` (whole log rows whose
+    /// newest event is older), with the deliveries owed or dead for them, whatever the
+    /// endpoints' cursors: a workspace's retention settings are a promise to its owner.
+    /// In steps; returns what was removed.
+    pub async fn retain(&self, workspace: &str, older_than_ms: u64) -> Result<Removed, EventStoreError> {
+        let mut total = Removed::default();
+        loop {
+            match self
+                .inner
+                .submit(
+                    Work::Retain {
+                        workspace: workspace.to_owned(),
+                        older_than_ms,
                     },
                     64,
                 )

@@ -17,20 +17,47 @@ use waping_journal::RecordSealer;
 
 use crate::codec::{self, FORMAT_PLAIN, FORMAT_SEALED, RowHeader};
 use crate::error::{EventStoreError, StorageContext};
-use crate::model::{Event, EventId};
+use crate::model::EventId;
 use crate::store::{
     Appended, BATCHES, CURSORS, Counters, DEAD, DeadSelector, ID_SEQS, IDS, LOG, META, OWED, OWED_DUE,
-    Outcome, REF_DEAD, REF_OWED, REFS, RecordReport, Removed, SweepReport, deduplicated,
+    Outcome, REF_DEAD, REF_OWED, REFS, RecordReport, Removed, SweepReport,
 };
 
-/// An event validated and encoded on the caller's thread, waiting for its sequence number.
+/// An append request, validated and encoded on the caller's thread.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub(crate) event: Event,
-    /// `data` as JSON.
-    pub(crate) data: Vec<u8>,
+    /// One per workspace, in first-seen order.
+    pub(crate) groups: Vec<Group>,
+    /// Events in the request (answers go back in request order).
+    pub(crate) count: usize,
+}
+
+/// One workspace's events of a request.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) workspace: String,
+    /// The events encoded one after the other (`codec::push_event_encoded`).
+    pub(crate) body: Vec<u8>,
+    pub(crate) entries: Vec<Entry>,
+}
+
+/// One event of a [`Group`]; its bytes end at `end` and start where the previous one ended.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) index: usize,
+    pub(crate) id: EventId,
+    pub(crate) dedupe: bool,
+    pub(crate) at_ms: u64,
+    pub(crate) end: usize,
+    pub(crate) owed: Option<Box<OwedTo>>,
+}
+
+/// Endpoints an event is owed to whatever their filters (rare: boxed).
+#[derive(Debug)]
+pub(crate) struct OwedTo {
     /// Sorted, without duplicates.
     pub(crate) endpoints: Vec<u64>,
+    pub(crate) device: String,
 }
 
 /// Which walk of [`crate::EventStore::sweep`] a step belongs to.
@@ -47,7 +74,7 @@ pub(crate) enum SweepPhase {
 /// What a request asks for.
 #[derive(Debug)]
 pub(crate) enum Work {
-    Append(Vec<Prepared>),
+    Append(Prepared),
     Record(Vec<Outcome>),
     OpenCursor {
         endpoint: u64,
@@ -64,6 +91,10 @@ pub(crate) enum Work {
     },
     DeleteWorkspace {
         workspace: String,
+    },
+    Retain {
+        workspace: String,
+        older_than_ms: u64,
     },
     Sweep {
         phase: SweepPhase,
@@ -158,6 +189,7 @@ struct Row {
     workspace: String,
     header: RowHeader,
     bytes: Vec<u8>,
+    error: Option<EventStoreError>,
 }
 
 impl Writer {
@@ -265,6 +297,10 @@ impl Writer {
                 now_ms,
             } => replay(t, endpoint, which, now_ms, self.max_rows).map(Ok),
             Work::DeleteWorkspace { workspace } => delete_workspace(t, &workspace, self.max_rows).map(Ok),
+            Work::Retain {
+                workspace,
+                older_than_ms,
+            } => retain(t, &workspace, older_than_ms, self.max_rows).map(Ok),
             Work::Sweep {
                 phase,
                 from,
@@ -283,94 +319,62 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, t: &mut Tables<'_>, events: Vec<Prepared>) -> Applied {
+    fn append(&mut self, t: &mut Tables<'_>, req: Prepared) -> Applied {
         // Phase 1: duplicates, chunking and sealing; nothing is written, so a failure leaves
         // no trace.
-        let n = events.len();
-        let mut out: Vec<Option<Appended>> = vec![None; n];
-        let mut fresh: HashMap<EventId, u64> = HashMap::new();
-        // Per workspace, in first-seen order: indexes of the events to write.
-        let mut order: Vec<(String, Vec<usize>)> = Vec::new();
-        let mut by_ws: HashMap<String, usize> = HashMap::new();
-        let mut keep = vec![false; n];
-        let mut pending_dups: Vec<(usize, EventId)> = Vec::new();
-        for (i, p) in events.iter().enumerate() {
-            if deduplicated(p.event.kind()) {
-                if let Some(seq) = self.existing(t, &p.event.id)? {
-                    out[i] = Some(Appended {
-                        seq,
-                        id: p.event.id,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-                if fresh.contains_key(&p.event.id) {
-                    pending_dups.push((i, p.event.id));
-                    continue;
-                }
-                fresh.insert(p.event.id, 0);
-            }
-            keep[i] = true;
-            let slot = *by_ws.entry(p.event.workspace.clone()).or_insert_with(|| {
-                order.push((p.event.workspace.clone(), Vec::new()));
-                order.len() - 1
-            });
-            order[slot].1.push(i);
-        }
+        let mut out: Vec<Option<Appended>> = vec![None; req.count];
+        let mut fresh: HashMap<EventId, usize> = HashMap::new();
+        let mut dups: Vec<(usize, usize)> = Vec::new();
         let mut seq = self.next_seq;
-        let mut seqs = vec![0u64; n];
         let mut rows: Vec<Row> = Vec::new();
-        for (ws, idx) in &order {
-            let mut start = 0;
-            while start < idx.len() {
-                let first = seq;
-                let mut body = Vec::new();
-                let (mut min_at, mut max_at) = (u64::MAX, 0u64);
-                let mut count = 0usize;
-                while start + count < idx.len()
-                    && count < self.max_row_events
-                    && (count == 0 || body.len() < self.max_row_bytes)
-                {
-                    let p = &events[idx[start + count]];
-                    codec::push_event(&mut body, &p.event, &p.data);
-                    min_at = min_at.min(p.event.at_ms);
-                    max_at = max_at.max(p.event.at_ms);
-                    seqs[idx[start + count]] = seq;
-                    seq += 1;
-                    count += 1;
+        // (group, entry index, seq) of every event written.
+        let mut written: Vec<(usize, usize, u64)> = Vec::new();
+        for (gi, g) in req.groups.iter().enumerate() {
+            let mut start_of = 0usize;
+            let mut row_body: Vec<u8> = Vec::new();
+            let mut row_first = seq;
+            let (mut min_at, mut max_at) = (u64::MAX, 0u64);
+            let mut count = 0usize;
+            for (ei, e) in g.entries.iter().enumerate() {
+                let range = start_of..e.end;
+                start_of = e.end;
+                if e.dedupe {
+                    if let Some(existing) = self.existing(t, &e.id)? {
+                        out[e.index] = Some(Appended {
+                            seq: existing,
+                            id: e.id,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    if let Some(first) = fresh.get(&e.id) {
+                        dups.push((e.index, *first));
+                        continue;
+                    }
+                    fresh.insert(e.id, e.index);
                 }
-                let header = RowHeader {
-                    format: if self.sealer.is_some() {
-                        FORMAT_SEALED
-                    } else {
-                        FORMAT_PLAIN
-                    },
-                    first_seq: first,
-                    count: count as u32,
-                    min_at_ms: min_at,
-                    max_at_ms: max_at,
-                };
-                let head = header.encode();
-                let mut bytes = Vec::with_capacity(head.len() + body.len() + 64);
-                bytes.extend_from_slice(&head);
-                match &self.sealer {
-                    None => bytes.extend_from_slice(&body),
-                    Some(sealer) => match sealer.seal(ws, &codec::aad(ws, &head), &body) {
-                        Ok(sealed) => bytes.extend_from_slice(&sealed),
-                        Err(e) => {
-                            return Ok(Err(EventStoreError::Seal {
-                                workspace: ws.clone(),
-                                reason: e.0,
-                            }));
-                        }
-                    },
+                if count > 0 && (count >= self.max_row_events || row_body.len() >= self.max_row_bytes) {
+                    rows.push(self.seal_row(&g.workspace, row_first, count, min_at, max_at, &row_body)?);
+                    if let Some(err) = rows.last_mut().and_then(|r| r.error.take()) {
+                        return Ok(Err(err));
+                    }
+                    row_body.clear();
+                    row_first = seq;
+                    (min_at, max_at) = (u64::MAX, 0);
+                    count = 0;
                 }
-                rows.push(Row {
-                    workspace: ws.clone(),
-                    header,
-                    bytes,
-                });
-                start += count;
+                row_body.extend_from_slice(&g.body[range]);
+                min_at = min_at.min(e.at_ms);
+                max_at = max_at.max(e.at_ms);
+                written.push((gi, ei, seq));
+                seq += 1;
+                count += 1;
+            }
+            if count > 0 {
+                rows.push(self.seal_row(&g.workspace, row_first, count, min_at, max_at, &row_body)?);
+                if let Some(err) = rows.last_mut().and_then(|r| r.error.take()) {
+                    return Ok(Err(err));
+                }
             }
         }
         // Phase 2: the rows, their indexes and the owed deliveries, in the group's
@@ -393,42 +397,34 @@ impl Writer {
                 )
                 .ctx("append")?;
         }
-        for (i, p) in events.iter().enumerate() {
-            if !keep[i] {
-                continue;
+        for (gi, ei, s) in written {
+            let e = &req.groups[gi].entries[ei];
+            if e.dedupe {
+                t.ids.insert(e.id.as_bytes(), s).ctx("append")?;
+                t.id_seqs.insert(s, e.id.as_bytes()).ctx("append")?;
             }
-            let s = seqs[i];
-            if deduplicated(p.event.kind()) {
-                t.ids.insert(p.event.id.as_bytes(), s).ctx("append")?;
-                t.id_seqs.insert(s, p.event.id.as_bytes()).ctx("append")?;
-                fresh.insert(p.event.id, s);
-            }
-            if !p.endpoints.is_empty() {
-                let slot = codec::encode_owed(
-                    0,
-                    p.event.at_ms,
-                    p.event.at_ms,
-                    p.event.device.as_deref().unwrap_or(""),
-                    "",
-                );
-                for ep in &p.endpoints {
+            if let Some(owed) = &e.owed {
+                let slot = codec::encode_owed(0, e.at_ms, e.at_ms, &owed.device, "");
+                for ep in &owed.endpoints {
                     t.owed.insert((*ep, s), slot.as_slice()).ctx("append")?;
-                    t.owed_due.insert((*ep, p.event.at_ms, s), ()).ctx("append")?;
+                    t.owed_due.insert((*ep, e.at_ms, s), ()).ctx("append")?;
                     t.refs.insert((s, *ep), REF_OWED).ctx("append")?;
                 }
             }
-            out[i] = Some(Appended {
+            out[e.index] = Some(Appended {
                 seq: s,
-                id: p.event.id,
+                id: e.id,
                 duplicate: false,
             });
         }
-        for (i, id) in pending_dups {
-            out[i] = Some(Appended {
-                seq: fresh[&id],
-                id,
-                duplicate: true,
-            });
+        for (index, first) in dups {
+            if let Some(f) = out[first] {
+                out[index] = Some(Appended {
+                    seq: f.seq,
+                    id: f.id,
+                    duplicate: true,
+                });
+            }
         }
         self.next_seq = seq;
         let out = out
@@ -436,6 +432,52 @@ impl Writer {
             .map(|a| a.ok_or_else(|| EventStoreError::Internal("append left an event unanswered".into())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Ok(Reply::Appended(out)))
+    }
+
+    /// Builds (and seals) one log row; a sealing failure is carried in the row for the
+    /// caller to answer the request with.
+    fn seal_row(
+        &self,
+        workspace: &str,
+        first_seq: u64,
+        count: usize,
+        min_at_ms: u64,
+        max_at_ms: u64,
+        body: &[u8],
+    ) -> Result<Row, EventStoreError> {
+        let header = RowHeader {
+            format: if self.sealer.is_some() {
+                FORMAT_SEALED
+            } else {
+                FORMAT_PLAIN
+            },
+            first_seq,
+            count: count as u32,
+            min_at_ms,
+            max_at_ms,
+        };
+        let head = header.encode();
+        let mut bytes = Vec::with_capacity(head.len() + body.len() + 64);
+        bytes.extend_from_slice(&head);
+        let mut error = None;
+        match &self.sealer {
+            None => bytes.extend_from_slice(body),
+            Some(sealer) => match sealer.seal(workspace, &codec::aad(workspace, &head), body) {
+                Ok(sealed) => bytes.extend_from_slice(&sealed),
+                Err(e) => {
+                    error = Some(EventStoreError::Seal {
+                        workspace: workspace.to_owned(),
+                        reason: e.0,
+                    })
+                }
+            },
+        }
+        Ok(Row {
+            workspace: workspace.to_owned(),
+            header,
+            bytes,
+            error,
+        })
     }
 
     /// The stored seq of `id`, if its row still exists (an index entry left behind by a
@@ -711,6 +753,45 @@ fn delete_workspace(t: &mut Tables<'_>, workspace: &str, max: usize) -> Result<R
         removed.dead += d;
     }
     let more = rows.len() >= max.div_ceil(64).max(1);
+    Ok(Reply::Removed { removed, more })
+}
+
+/// Deletes the workspace's oldest rows whose newest event is before `older_than_ms`, with
+/// the deliveries referring to them, whatever the cursors: the workspace's retention is a
+/// promise to its owner and wins over undelivered webhooks.
+fn retain(
+    t: &mut Tables<'_>,
+    workspace: &str,
+    older_than_ms: u64,
+    max: usize,
+) -> Result<Reply, EventStoreError> {
+    let step = max.div_ceil(64).max(1);
+    let mut rows: Vec<(u64, u64)> = Vec::new();
+    let mut young = false;
+    for item in t.log.range((workspace, 0)..=(workspace, u64::MAX)).ctx("write")? {
+        let (k, v) = item.ctx("write")?;
+        let last = k.value().1;
+        match RowHeader::decode(v.value()) {
+            Ok(h) if h.max_at_ms >= older_than_ms => {
+                young = true;
+                break;
+            }
+            Ok(h) => rows.push((last, h.first_seq)),
+            // A row whose header does not read is unreadable anyway.
+            Err(_) => rows.push((last, last)),
+        }
+        if rows.len() >= step {
+            break;
+        }
+    }
+    let mut removed = Removed::default();
+    for (last, first) in &rows {
+        let (e, o, d) = delete_row(t, workspace, *last, *first)?;
+        removed.events += e;
+        removed.deliveries += o;
+        removed.dead += d;
+    }
+    let more = !young && rows.len() >= step;
     Ok(Reply::Removed { removed, more })
 }
 

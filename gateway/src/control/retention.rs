@@ -29,6 +29,10 @@ pub struct Plan {
     pub dead_letter_cutoffs: Vec<(String, u64)>,
     /// Journal records appended before this (unix ms) must be compacted away unless live.
     pub body_cutoff_ms: Option<u64>,
+    /// `(workspace, cutoff_ms)`: delete the workspace's events (the event log of webhooks
+    /// and live subscribers) from before the cutoff: its shortest window, since a log row
+    /// mixes inbound messages (bodies), statuses (delivery records) and device events.
+    pub event_cutoffs: Vec<(String, u64)>,
 }
 
 /// Plans retention ticks.
@@ -49,18 +53,24 @@ impl Sweeper {
                 )
             })
             .collect();
+        let window = |r: &Retention| {
+            (u64::from(r.message_bodies_hours) * HOUR_MS)
+                .min(u64::from(r.inbound_events_days) * DAY_MS)
+                .min(u64::from(r.delivery_records_days) * DAY_MS)
+        };
         let body_cutoff_ms = workspaces
             .iter()
-            .map(|(_, r)| {
-                (u64::from(r.message_bodies_hours) * HOUR_MS)
-                    .min(u64::from(r.inbound_events_days) * DAY_MS)
-                    .min(u64::from(r.delivery_records_days) * DAY_MS)
-            })
+            .map(|(_, r)| window(r))
             .min()
             .map(|w| now_ms.saturating_sub(w));
+        let event_cutoffs = workspaces
+            .iter()
+            .map(|(ws, r)| (ws.clone(), now_ms.saturating_sub(window(r))))
+            .collect();
         Plan {
             dead_letter_cutoffs,
             body_cutoff_ms,
+            event_cutoffs,
         }
     }
 }
@@ -114,6 +124,19 @@ pub async fn sweep_once(control: &Arc<Control>, sweeper: &mut Sweeper, now_ms: u
             }
         }
     }
+    if let Some(rt) = control.webhook_runtime() {
+        for (ws, cutoff) in &plan.event_cutoffs {
+            match rt.retain(ws, *cutoff).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("waping_retention_purged_total", "what" => "event").increment(n);
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, error = %e, "retention sweep of events failed; retrying next tick")
+                }
+            }
+        }
+    }
     if let Some(cutoff) = plan.body_cutoff_ms {
         match journal.enforce_retention(cutoff).await {
             Ok(r) => {
@@ -162,6 +185,30 @@ mod tests {
         assert_eq!(
             p.dead_letter_cutoffs,
             vec![("a".to_string(), 70 * DAY_MS), ("b".to_string(), 99 * DAY_MS)]
+        );
+    }
+
+    #[test]
+    fn event_cutoffs_follow_each_workspace_shortest_window() {
+        let mut s = Sweeper;
+        let now = 10 * DAY_MS;
+        let short_records = (
+            "c".to_string(),
+            Retention {
+                message_bodies_hours: 72,
+                delivery_records_days: 2,
+                ..Retention::default()
+            },
+        );
+        let p = s.plan(now, &[ws("a", 24, 30), ws("b", 4, 30), short_records]);
+        assert_eq!(
+            p.event_cutoffs,
+            vec![
+                ("a".to_string(), now - 24 * HOUR_MS),
+                ("b".to_string(), now - 4 * HOUR_MS),
+                ("c".to_string(), now - 2 * DAY_MS),
+            ],
+            "each workspace its own: one workspace's short window does not cut another's events"
         );
     }
 

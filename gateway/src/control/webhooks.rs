@@ -215,6 +215,13 @@ pub trait WebhookRuntime: Send + Sync + std::fmt::Debug {
         num: u64,
         event: waping_events::Event,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
+    /// Deletes `workspace`'s events from before `older_than_ms` (its retention window) with
+    /// their deliveries; returns how many events.
+    fn retain(
+        &self,
+        workspace: &str,
+        older_than_ms: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
     /// The node's event log: what live subscribers read with `read_after` from their cursor
     /// and wait on with `watch_head`.
     fn event_store(&self) -> waping_events::EventStore;

@@ -1002,6 +1002,22 @@ impl WebhookRuntime for Webhooks {
         })
     }
 
+    fn retain(
+        &self,
+        workspace: &str,
+        older_than_ms: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
+        let store = self.store.clone();
+        let ws = workspace.to_string();
+        Box::pin(async move {
+            store
+                .retain(&ws, older_than_ms)
+                .await
+                .map(|r| r.events)
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn event_store(&self) -> EventStore {
         self.store.clone()
     }
