@@ -155,6 +155,43 @@ fn binary_status(data: &EventData) -> Option<([u8; 16], u8, &str)> {
     Some((raw, status, st.upstream_id.as_deref().unwrap_or("")))
 }
 
+/// Tag of an erased event (its device's or its sender's data was deleted): nothing follows,
+/// and readers skip it. The entry keeps its place so the row's sequence numbers stay.
+pub(crate) const DATA_ERASED: u8 = 2;
+
+/// Appends an erased copy of `raw` (same time, id and type; no device, no data).
+pub(crate) fn push_erased(body: &mut Vec<u8>, raw: &RawEvent<'_>) {
+    let kind = raw.kind.as_str().as_bytes();
+    body.extend_from_slice(&raw.at_ms.to_be_bytes());
+    body.extend_from_slice(raw.id.as_bytes());
+    body.push(kind.len() as u8);
+    body.extend_from_slice(kind);
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.push(DATA_ERASED);
+}
+
+/// Appends `raw` unchanged.
+pub(crate) fn push_raw(body: &mut Vec<u8>, raw: &RawEvent<'_>) {
+    let kind = raw.kind.as_str().as_bytes();
+    let dev = raw.device.unwrap_or("").as_bytes();
+    body.extend_from_slice(&raw.at_ms.to_be_bytes());
+    body.extend_from_slice(raw.id.as_bytes());
+    body.push(kind.len() as u8);
+    body.extend_from_slice(kind);
+    body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
+    body.extend_from_slice(dev);
+    body.extend_from_slice(&(raw.data.len() as u32).to_be_bytes());
+    body.extend_from_slice(raw.data);
+}
+
+impl RawEvent<'_> {
+    /// Whether this entry was erased.
+    pub(crate) fn erased(&self) -> bool {
+        self.data.first() == Some(&DATA_ERASED)
+    }
+}
+
 /// Encodes an event's `data` for a body (tag byte first).
 #[cfg(test)]
 pub(crate) fn encode_data(data: &EventData) -> Vec<u8> {

@@ -52,7 +52,7 @@ pub use model::{
     MessageReceived, MessageStatus, ModelError, SCHEMA_VERSION,
 };
 pub use store::{
-    Appended, Backlog, DeadEntry, DeadSelector, EventStore, NewEvent, Outcome, Page, Pending, RecordReport,
-    Removed, StoreOptions, StoreStats, Stored, SweepReport, deduplicated,
+    Appended, Backlog, DeadEntry, DeadSelector, Erase, EventStore, NewEvent, Outcome, Page, Pending,
+    RecordReport, Removed, StoreOptions, StoreStats, Stored, SweepReport, deduplicated,
 };
 pub use timestamp::{format_ms as format_timestamp, parse_ms as parse_timestamp};

@@ -326,6 +326,47 @@ pub struct SweepReport {
     pub scanned: u64,
 }
 
+/// Whose events [`EventStore::erase`] removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erase {
+    /// Every event of this device.
+    Device(String),
+    /// Every `message.received` whose sender has these digits (a phone number, however it
+    /// is written: `+49 151…`, `49151…@s.whatsapp.net`).
+    Sender(String),
+}
+
+impl Erase {
+    pub(crate) fn matches(&self, raw: &codec::RawEvent<'_>) -> bool {
+        match self {
+            Erase::Device(d) => raw.device == Some(d.as_str()),
+            Erase::Sender(number) => {
+                if raw.kind != EventType::MessageReceived {
+                    return false;
+                }
+                let want = digits(number);
+                if want.is_empty() {
+                    return false;
+                }
+                match codec::decode_data(raw.kind, raw.data) {
+                    Ok(crate::model::EventData::MessageReceived(m)) => digits(&m.from) == want,
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// The digits of a phone number or of a JID's user part.
+fn digits(s: &str) -> String {
+    s.split('@')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
 /// Where an endpoint stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backlog {
@@ -742,6 +783,38 @@ impl EventStore {
         }
     }
 
+    /// Erases `workspace`'s events of a device or from a sender (a deletion request): each
+    /// is replaced in its row by a placeholder keeping only its time, id and type, which
+    /// readers skip, and the deliveries owed or dead for it are deleted. Rows are rewritten
+    /// (and sealed again) in steps; returns how many events were erased.
+    pub async fn erase(&self, workspace: &str, target: Erase) -> Result<u64, EventStoreError> {
+        let mut total = 0;
+        let mut from = 0u64;
+        loop {
+            match self
+                .inner
+                .submit(
+                    Work::Erase {
+                        workspace: workspace.to_owned(),
+                        target: target.clone(),
+                        from_last: from,
+                    },
+                    64,
+                )
+                .await?
+            {
+                Reply::Erased { count, next } => {
+                    total += count;
+                    match next {
+                        Some(n) => from = n,
+                        None => return Ok(total),
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
     /// Maintenance, in steps of [`StoreOptions::max_rows_per_step`]:
     /// 1. owed deliveries older than [`StoreOptions::max_age_ms`] (since their event or
     ///    replay) become dead ("expired");
@@ -1109,7 +1182,7 @@ impl EventStore {
                 continue;
             };
             self.for_each_raw(&entry.workspace, last, row.value(), &mut |_, raw| {
-                if raw.kind == kind && raw.at_ms >= since_ms {
+                if raw.kind == kind && raw.at_ms >= since_ms && !raw.erased() {
                     out.insert(raw.id);
                 }
             });
@@ -1276,7 +1349,7 @@ impl EventStore {
         };
         raw.into_iter()
             .enumerate()
-            .filter(|(_, r)| filter(r.kind, r.device))
+            .filter(|(_, r)| !r.erased() && filter(r.kind, r.device))
             .map(|(i, r)| {
                 let seq = h.first_seq + i as u64;
                 (

@@ -96,6 +96,12 @@ pub(crate) enum Work {
         workspace: String,
         older_than_ms: u64,
     },
+    Erase {
+        workspace: String,
+        target: crate::store::Erase,
+        /// Rows with `last_seq` from here on are left to look at.
+        from_last: u64,
+    },
     Sweep {
         phase: SweepPhase,
         /// Where the walk resumes: `(endpoint, seq)` for the delivery walks, `(seq, 0)` for
@@ -120,6 +126,10 @@ pub(crate) enum Reply {
     Replayed {
         count: u64,
         more: bool,
+    },
+    Erased {
+        count: u64,
+        next: Option<u64>,
     },
     Swept {
         report: SweepReport,
@@ -301,6 +311,11 @@ impl Writer {
                 workspace,
                 older_than_ms,
             } => retain(t, &workspace, older_than_ms, self.max_rows).map(Ok),
+            Work::Erase {
+                workspace,
+                target,
+                from_last,
+            } => self.erase(t, &workspace, &target, from_last),
             Work::Sweep {
                 phase,
                 from,
@@ -478,6 +493,103 @@ impl Writer {
             bytes,
             error,
         })
+    }
+
+    /// One step of [`crate::EventStore::erase`]: looks at up to `max_rows / 64` rows.
+    fn erase(
+        &self,
+        t: &mut Tables<'_>,
+        workspace: &str,
+        target: &crate::store::Erase,
+        from_last: u64,
+    ) -> Applied {
+        let step = self.max_rows.div_ceil(64).max(1);
+        let rows: Vec<(u64, Vec<u8>)> = t
+            .log
+            .range((workspace, from_last)..=(workspace, u64::MAX))
+            .ctx("write")?
+            .take(step + 1)
+            .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .ctx("write")?;
+        let next = (rows.len() > step).then(|| rows[step].0);
+        let mut count = 0u64;
+        for (last, row) in rows.into_iter().take(step) {
+            let Ok(h) = RowHeader::decode(&row) else { continue };
+            let body = &row[codec::ROW_HEADER..];
+            let opened;
+            let plain: &[u8] = match (&self.sealer, h.format) {
+                (_, FORMAT_PLAIN) => body,
+                (Some(sealer), _) => {
+                    match sealer.open(workspace, &codec::aad(workspace, &row[..codec::ROW_HEADER]), body) {
+                        Ok(p) => {
+                            opened = p;
+                            &opened
+                        }
+                        // Unreadable (key gone, damaged): nothing readable to erase.
+                        Err(_) => continue,
+                    }
+                }
+                (None, _) => continue,
+            };
+            let Ok(raw) = codec::split_body(plain, h.count) else {
+                continue;
+            };
+            let hits: Vec<usize> = raw
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.erased() && target.matches(r))
+                .map(|(i, _)| i)
+                .collect();
+            if hits.is_empty() {
+                continue;
+            }
+            let mut new_body = Vec::with_capacity(plain.len());
+            for (i, r) in raw.iter().enumerate() {
+                if hits.contains(&i) {
+                    codec::push_erased(&mut new_body, r);
+                } else {
+                    codec::push_raw(&mut new_body, r);
+                }
+            }
+            let head = h.encode();
+            let mut bytes = head.to_vec();
+            match &self.sealer {
+                Some(sealer) if h.format == FORMAT_SEALED => {
+                    match sealer.seal(workspace, &codec::aad(workspace, &head), &new_body) {
+                        Ok(sealed) => bytes.extend_from_slice(&sealed),
+                        Err(e) => {
+                            return Ok(Err(EventStoreError::Seal {
+                                workspace: workspace.to_owned(),
+                                reason: e.0,
+                            }));
+                        }
+                    }
+                }
+                _ => bytes.extend_from_slice(&new_body),
+            }
+            t.log.insert((workspace, last), bytes.as_slice()).ctx("write")?;
+            for i in hits {
+                let seq = h.first_seq + i as u64;
+                let refs: Vec<(u64, u8)> = t
+                    .refs
+                    .range((seq, 0)..=(seq, u64::MAX))
+                    .ctx("write")?
+                    .map(|r| r.map(|(k, v)| (k.value().1, v.value())))
+                    .collect::<Result<_, _>>()
+                    .ctx("write")?;
+                for (endpoint, kind) in refs {
+                    if kind == REF_DEAD {
+                        t.dead.remove((endpoint, seq)).ctx("write")?;
+                        t.refs.remove((seq, endpoint)).ctx("write")?;
+                    } else if take_owed(t, endpoint, seq)?.is_none() {
+                        t.refs.remove((seq, endpoint)).ctx("write")?;
+                    }
+                }
+                count += 1;
+            }
+        }
+        Ok(Ok(Reply::Erased { count, next }))
     }
 
     /// The stored seq of `id`, if its row still exists (an index entry left behind by a

@@ -391,6 +391,21 @@ async fn worker(control: std::sync::Weak<Control>, mut rx: mpsc::UnboundedReceiv
     }
 }
 
+/// The device's events, or the recipient's inbound messages, leave the event log (webhook
+/// deliveries and live subscribers' history) with the rest of their data.
+async fn erase_events(control: &Arc<Control>, ws: &str, target: waping_events::Erase) -> anyhow::Result<()> {
+    if let Some(rt) = control.webhook_runtime() {
+        let n = rt
+            .erase(ws, target)
+            .await
+            .map_err(|e| anyhow::anyhow!("erasing events: {e}"))?;
+        if n > 0 {
+            metrics::counter!("waping_retention_purged_total", "what" => "event").increment(n);
+        }
+    }
+    Ok(())
+}
+
 async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> anyhow::Result<()> {
     let ws = job.workspace.clone();
     match job.kind {
@@ -403,6 +418,7 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
                 Some(waping_journal::DeadFilter::Device(target.to_string())),
             )
             .await?;
+            erase_events(control, &ws, waping_events::Erase::Device(target.to_string())).await?;
         }
         DeletionKind::Recipient => {
             job.removed.dead_letters = purge(
@@ -411,6 +427,7 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
                 Some(waping_journal::DeadFilter::Recipient(target.to_string())),
             )
             .await?;
+            erase_events(control, &ws, waping_events::Erase::Sender(target.to_string())).await?;
         }
         DeletionKind::Workspace => {
             control.registry.remove(&ws);

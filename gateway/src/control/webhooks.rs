@@ -222,6 +222,13 @@ pub trait WebhookRuntime: Send + Sync + std::fmt::Debug {
         workspace: &str,
         older_than_ms: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
+    /// Erases a device's events, or a sender's messages, from the event log (a deletion
+    /// request); returns how many.
+    fn erase(
+        &self,
+        workspace: &str,
+        target: waping_events::Erase,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>>;
     /// The node's event log: what live subscribers read with `read_after` from their cursor
     /// and wait on with `watch_head`.
     fn event_store(&self) -> waping_events::EventStore;

@@ -1018,6 +1018,16 @@ impl WebhookRuntime for Webhooks {
         })
     }
 
+    fn erase(
+        &self,
+        workspace: &str,
+        target: waping_events::Erase,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + 'static>> {
+        let store = self.store.clone();
+        let ws = workspace.to_string();
+        Box::pin(async move { store.erase(&ws, target).await.map_err(|e| e.to_string()) })
+    }
+
     fn event_store(&self) -> EventStore {
         self.store.clone()
     }
