@@ -41,7 +41,11 @@ pub use config::WebhooksConfig;
 /// the event is counted as dropped (the send pipeline never waits on webhooks).
 const QUEUE: usize = 65_536;
 /// Most events per append.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
+/// How long a batch without waiters may wait to fill up (see `Webhooks::writer`). 10 ms:
+/// at full load the commits' fsyncs took ~36 % of the store's writer thread (profile in
+/// BENCHMARKS.md), and a status event reaching a webhook 10 ms later is not noticed.
+const LINGER: Duration = Duration::from_millis(10);
 /// Rows a worker looks at per round.
 const WINDOW: usize = 256;
 
@@ -332,6 +336,20 @@ impl Webhooks {
             };
             if n == 0 {
                 return;
+            }
+            // Nobody waits on these (statuses, device events): give the batch up to LINGER to
+            // fill, so a busy node commits (and fsyncs) the log a few dozen times a second,
+            // not hundreds. An inbound message (WhatsApp waits for its ack) ends the wait.
+            if buf.iter().all(|q| q.done.is_none()) {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while buf.len() < BATCH {
+                    let before = buf.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, BATCH - before)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if buf[before..].iter().any(|q| q.done.is_some()) => break,
+                        Ok(_) => {}
+                    }
+                }
             }
             let mut batch = Vec::with_capacity(buf.len());
             let mut waiters = Vec::new();
