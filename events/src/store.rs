@@ -1131,7 +1131,7 @@ impl EventStore {
             {
                 let (k, v) = item.ctx("read")?;
                 let last = k.value().1;
-                let first = RowHeader::decode(v.value()).map_or(last, |h| h.first_seq);
+                let first = RowHeader::decode(v.value()).map_or(last, |h| h.first_seq).min(last);
                 b.unread += last + 1 - first.max(cursor + 1);
             }
         }
@@ -1373,7 +1373,7 @@ impl EventStore {
 struct RowCache {
     last: Option<u64>,
     events: Vec<(u64, Event)>,
-    error: Option<(u64, u64, String)>,
+    error: Option<(u64, u64, EventStoreError)>,
 }
 
 impl RowCache {
@@ -1407,7 +1407,7 @@ impl RowCache {
         for (s, e) in store.decode_row(&entry.workspace, last, row.value(), &|_, _| true) {
             match e {
                 Ok(e) => self.events.push((s, e)),
-                Err(e) if self.error.is_none() => self.error = Some((entry.first_seq, last, e.to_string())),
+                Err(e) if self.error.is_none() => self.error = Some((entry.first_seq, last, e)),
                 Err(_) => {}
             }
         }
@@ -1419,9 +1419,18 @@ impl RowCache {
             return Some(Ok(self.events[i].1.clone()));
         }
         match &self.error {
-            Some((first, last, reason)) if (*first..=*last).contains(&seq) => {
-                Some(Err(EventStoreError::corrupt(format!("event {seq}: {reason}"))))
-            }
+            Some((first, last, e)) if (*first..=*last).contains(&seq) => Some(Err(match e {
+                // Keep the kind (a shredded key is KeyGone, not corruption) with this seq.
+                EventStoreError::KeyGone { workspace, .. } => EventStoreError::KeyGone {
+                    workspace: workspace.clone(),
+                    seq,
+                },
+                EventStoreError::Unseal { reason, .. } => EventStoreError::Unseal {
+                    seq,
+                    reason: reason.clone(),
+                },
+                other => EventStoreError::corrupt(format!("event {seq}: {other}")),
+            })),
             _ => None,
         }
     }

@@ -663,6 +663,9 @@ fn record(t: &mut Tables<'_>, outcomes: Vec<Outcome>) -> Result<RecordReport, Ev
         }
         let applied = match o {
             Outcome::Delivered { endpoint, seq } => take_owed(t, endpoint, seq)?.is_some(),
+            // A late retry of a delivery that has died (a replay moves it back first): owed
+            // and dead at once would share one `refs` entry.
+            Outcome::Retry { endpoint, seq, .. } if t.dead.get((endpoint, seq)).ctx("write")?.is_some() => false,
             Outcome::Retry {
                 endpoint,
                 seq,
@@ -806,6 +809,15 @@ fn delete_row(
     last: u64,
     first: u64,
 ) -> Result<(u64, u64, u64), EventStoreError> {
+    // The batch index (written with the row) wins over a row header that may be damaged.
+    let first = t
+        .batches
+        .get(last)
+        .ctx("write")?
+        .and_then(|v| codec::decode_batch(v.value()).ok())
+        .filter(|b| b.workspace == workspace)
+        .map_or(first, |b| b.first_seq)
+        .min(last);
     t.log.remove((workspace, last)).ctx("write")?;
     t.batches.remove(last).ctx("write")?;
     let ids: Vec<(u64, [u8; 16])> = t
