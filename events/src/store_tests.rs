@@ -2181,3 +2181,31 @@ async fn appends_match_a_model_of_the_log() {
     }
     assert_eq!(store.stats().unwrap().head, head);
 }
+
+#[tokio::test]
+async fn a_replayed_delivery_keeps_its_device_also_in_a_sealed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(&dir);
+    let sealer = Arc::new(TestSealer::default());
+    let store = sealed_with(&p, &sealer, rows_of(2));
+    store.open_cursor(7, "acme", Some(0)).await.unwrap();
+    let a = store
+        .append(vec![
+            new(msg("acme", "d1", T0, 1), &[]),
+            new(msg("acme", "d2", T0 + 1, 2), &[]),
+            new(msg("acme", "d3", T0 + 2, 3), &[]),
+        ])
+        .await
+        .unwrap();
+    for x in &a {
+        store.record(vec![dead(7, x.seq, T0 + 10)]).await.unwrap();
+    }
+    assert_eq!(store.replay_dead(7, DeadSelector::All, T0 + 20).await.unwrap(), 3);
+    let owed = store.owed(7, 0, 10).unwrap();
+    assert_eq!(
+        owed.iter().map(|p| p.device.as_deref()).collect::<Vec<_>>(),
+        [Some("d1"), Some("d2"), Some("d3")],
+        "each replayed delivery is back in its own device's order"
+    );
+    assert!(owed.iter().all(|p| p.attempts == 0 && p.due_ms == T0 + 20));
+}

@@ -305,7 +305,10 @@ impl Writer {
                 endpoint,
                 which,
                 now_ms,
-            } => replay(t, endpoint, which, now_ms, self.max_rows).map(Ok),
+            } => replay(t, endpoint, which, now_ms, self.max_rows, &|t, seq| {
+                self.device_of(t, seq)
+            })
+            .map(Ok),
             Work::DeleteWorkspace { workspace } => delete_workspace(t, &workspace, self.max_rows).map(Ok),
             Work::Retain {
                 workspace,
@@ -592,6 +595,42 @@ impl Writer {
         Ok(Ok(Reply::Erased { count, next }))
     }
 
+    /// The device of event `seq` (empty when it has none or cannot be read).
+    fn device_of(&self, t: &Tables<'_>, seq: u64) -> String {
+        let found = (|| -> Option<String> {
+            let (last, entry) = {
+                let item = t.batches.range(seq..).ok()?.next()?.ok()?;
+                (item.0.value(), codec::decode_batch(item.1.value()).ok()?)
+            };
+            if entry.first_seq > seq {
+                return None;
+            }
+            let row = t
+                .log
+                .get((entry.workspace.as_str(), last))
+                .ok()??
+                .value()
+                .to_vec();
+            let h = RowHeader::decode(&row).ok()?;
+            let body = &row[codec::ROW_HEADER..];
+            let plain = match (&self.sealer, h.format) {
+                (_, FORMAT_PLAIN) => body.to_vec(),
+                (Some(sealer), _) => sealer
+                    .open(
+                        &entry.workspace,
+                        &codec::aad(&entry.workspace, &row[..codec::ROW_HEADER]),
+                        body,
+                    )
+                    .ok()?,
+                (None, _) => return None,
+            };
+            let raw = codec::split_body(&plain, h.count).ok()?;
+            let r = raw.get(usize::try_from(seq.checked_sub(h.first_seq)?).ok()?)?;
+            r.device.map(str::to_owned)
+        })();
+        found.unwrap_or_default()
+    }
+
     /// The stored seq of `id`, if its row still exists (an index entry left behind by a
     /// damaged file does not count).
     fn existing(&self, t: &Tables<'_>, id: &EventId) -> Result<Option<u64>, EventStoreError> {
@@ -665,7 +704,9 @@ fn record(t: &mut Tables<'_>, outcomes: Vec<Outcome>) -> Result<RecordReport, Ev
             Outcome::Delivered { endpoint, seq } => take_owed(t, endpoint, seq)?.is_some(),
             // A late retry of a delivery that has died (a replay moves it back first): owed
             // and dead at once would share one `refs` entry.
-            Outcome::Retry { endpoint, seq, .. } if t.dead.get((endpoint, seq)).ctx("write")?.is_some() => false,
+            Outcome::Retry { endpoint, seq, .. } if t.dead.get((endpoint, seq)).ctx("write")?.is_some() => {
+                false
+            }
             Outcome::Retry {
                 endpoint,
                 seq,
@@ -764,6 +805,7 @@ fn replay(
     which: DeadSelector,
     now_ms: u64,
     max: usize,
+    device_of: &dyn Fn(&Tables<'_>, u64) -> String,
 ) -> Result<Reply, EventStoreError> {
     if !has_cursor(t, endpoint)? {
         return Ok(Reply::Replayed {
@@ -789,7 +831,8 @@ fn replay(
     };
     for seq in &seqs {
         t.dead.remove((endpoint, *seq)).ctx("write")?;
-        let slot = codec::encode_owed(0, now_ms, now_ms, "", "");
+        // The device keeps a replayed delivery in its device's order (`ordered` endpoints).
+        let slot = codec::encode_owed(0, now_ms, now_ms, &device_of(t, *seq), "");
         t.owed.insert((endpoint, *seq), slot.as_slice()).ctx("write")?;
         t.owed_due.insert((endpoint, now_ms, *seq), ()).ctx("write")?;
         t.refs.insert((*seq, endpoint), REF_OWED).ctx("write")?;
