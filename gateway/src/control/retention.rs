@@ -30,8 +30,9 @@ pub struct Plan {
     /// Journal records appended before this (unix ms) must be compacted away unless live.
     pub body_cutoff_ms: Option<u64>,
     /// `(workspace, cutoff_ms)`: delete the workspace's events (the event log of webhooks
-    /// and live subscribers) from before the cutoff: its shortest window, since a log row
-    /// mixes inbound messages (bodies), statuses (delivery records) and device events.
+    /// and live subscribers) from before the cutoff: the shorter of its inbound-event and
+    /// delivery-record windows, since a log row mixes inbound messages, statuses and device
+    /// events.
     pub event_cutoffs: Vec<(String, u64)>,
 }
 
@@ -63,9 +64,15 @@ impl Sweeper {
             .map(|(_, r)| window(r))
             .min()
             .map(|w| now_ms.saturating_sub(w));
+        // The log holds inbound messages (inbound events) and statuses (delivery records),
+        // never an outbound message's body: `message_bodies_hours` does not apply.
         let event_cutoffs = workspaces
             .iter()
-            .map(|(ws, r)| (ws.clone(), now_ms.saturating_sub(window(r))))
+            .map(|(ws, r)| {
+                let w = (u64::from(r.inbound_events_days) * DAY_MS)
+                    .min(u64::from(r.delivery_records_days) * DAY_MS);
+                (ws.clone(), now_ms.saturating_sub(w))
+            })
             .collect();
         Plan {
             dead_letter_cutoffs,
@@ -200,15 +207,26 @@ mod tests {
                 ..Retention::default()
             },
         );
-        let p = s.plan(now, &[ws("a", 24, 30), ws("b", 4, 30), short_records]);
+        let short_inbound = (
+            "d".to_string(),
+            Retention {
+                inbound_events_days: 1,
+                ..Retention::default()
+            },
+        );
+        let p = s.plan(
+            now,
+            &[ws("a", 24, 30), ws("b", 4, 30), short_records, short_inbound],
+        );
         assert_eq!(
             p.event_cutoffs,
             vec![
-                ("a".to_string(), now - 24 * HOUR_MS),
-                ("b".to_string(), now - 4 * HOUR_MS),
+                ("a".to_string(), now - 7 * DAY_MS),
+                ("b".to_string(), now - 7 * DAY_MS),
                 ("c".to_string(), now - 2 * DAY_MS),
+                ("d".to_string(), now - DAY_MS),
             ],
-            "each workspace its own: one workspace's short window does not cut another's events"
+            "each workspace its own; outbound bodies (b: 4 h) are not in the event log"
         );
     }
 

@@ -32,8 +32,9 @@ pub struct WebhooksConfig {
     /// Extra CA certificates (PEM) trusted for https endpoints, beside the public roots.
     /// Default none.
     pub extra_ca_file: Option<PathBuf>,
-    /// How long events are kept after their last delivery, for live subscribers to resume.
-    /// Default 72 h; 1..=8760.
+    /// How long events are kept once every endpoint of their workspace has passed them, for
+    /// live subscribers to resume. Default 72 h; 1..=8760. A workspace's own retention
+    /// windows delete its events sooner (docs/events.md, "Storage and retention").
     pub event_retention_hours: u32,
     /// Consecutive failed attempts that open an endpoint's circuit breaker (a 429/502/503/504
     /// opens it at once). Default 5; 1..=100.
