@@ -24,6 +24,7 @@ pub mod reload;
 pub mod retry;
 pub mod server;
 pub mod session;
+pub mod subscribe;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;

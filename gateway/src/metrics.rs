@@ -446,6 +446,10 @@ pub const CATALOGUE: &[&str] = &[
     "waping_webhook_pending",
     "waping_webhook_dead",
     WEBHOOK_REQUEST_SECONDS,
+    // Live subscriptions read from the event log (WebSocket, QUIC with a cursor).
+    "waping_log_subscribers",
+    "waping_log_subscriber_events_total",
+    "waping_log_subscriber_gaps_total",
 ];
 
 /// Catalogue entries of type histogram: exposed as `<name>_bucket`, `<name>_sum` and

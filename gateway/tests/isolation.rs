@@ -464,6 +464,38 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     let r = gw.api("GET", "/v1/devices/b2", &b, None);
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // The event stream: A replaying its whole log (cursor 0), filtered to its own device
+    // and B's device names, sees only A's events up to one of its own made just now.
+    let mut sub = common::ws::open(gw.http, &a, "cursor=0&devices=a1,b1,b2").await;
+    let r = gw.api(
+        "POST",
+        "/v1/messages",
+        &a,
+        Some(json!({"device": "a1", "to": "4915112345678", "idempotency_key": "a-ws-1", "text": "hi"})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let a_msg = r.json()["id"].as_str().unwrap().to_string();
+    loop {
+        let v = sub.next_json().await;
+        let text = v.to_string();
+        for s in &b_secrets {
+            assert!(!text.contains(s.as_str()), "event stream leaks {s:?}: {text}");
+        }
+        if let Some(ev) = v.get("event") {
+            assert_eq!(ev["workspace"], "ws-a", "{text}");
+            // (A has its own device named "b2", created above.)
+            assert!(
+                ["a1", "b1", "b2"].contains(&ev["device"].as_str().unwrap()),
+                "{text}"
+            );
+            if ev["data"]["message_id"] == a_msg.as_str() {
+                break;
+            }
+        }
+    }
+    sub.close().await;
+    cover("GET", "/v1/events/stream");
+
     let table: BTreeSet<(String, String)> = ROUTES
         .iter()
         .map(|r| (r.method.to_string(), r.path.to_string()))

@@ -8,6 +8,7 @@
 //! reachable by accident), per-key rate limit, body size limit, then the handler.
 //! Errors are JSON with the catalogue code shared with the QUIC protocol.
 
+pub mod events_ws;
 pub mod openapi;
 pub mod routes;
 pub mod webhooks;
@@ -399,6 +400,13 @@ fn admit(api: &Api, req: &mut Request) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // Browsers cannot set headers on a WebSocket: the event stream also takes the key as a
+    // `waping.key.<key>` subprotocol (never echoed back; docs/events.md).
+    let token = token.or_else(|| {
+        (path == events_ws::ROUTE)
+            .then(|| events_ws::key_from_protocols(req.headers()))
+            .flatten()
+    });
     let Some(token) = token else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -497,16 +505,24 @@ pub async fn serve(
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let mut shutdown = shutdown.clone();
+        let upgrade_tracker = tracker.clone();
         tracker.spawn(async move {
+            let upgrades = events_ws::Upgrades {
+                shutdown: shutdown.clone(),
+                tracker: upgrade_tracker.clone(),
+            };
             let svc = tower::ServiceExt::map_request(router, move |mut r: Request<hyper::body::Incoming>| {
                 r.extensions_mut().insert(Peer(peer));
+                r.extensions_mut().insert(upgrades.clone());
                 r
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
             let builder = hyper::server::conn::http1::Builder::new();
             macro_rules! drive {
                 ($io:expr) => {{
-                    let conn = builder.serve_connection(TokioIo::new($io), svc);
+                    let conn = builder
+                        .serve_connection(TokioIo::new($io), svc)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => { let _ = r; }

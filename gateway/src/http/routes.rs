@@ -102,6 +102,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/v1/webhooks/{id}/rotate-secret", Key(P::WebhooksManage)),
     r("GET", "/v1/webhooks/{id}/dead", Key(P::WebhooksManage)),
     r("POST", "/v1/webhooks/{id}/dead/replay", Key(P::WebhooksManage)),
+    r("GET", super::events_ws::ROUTE, Key(P::EventsSubscribe)),
 ];
 
 /// The access rule of a matched route, if listed.
@@ -172,6 +173,7 @@ pub fn router() -> Router<Arc<Api>> {
             "/v1/webhooks/{id}/dead/replay",
             post(super::webhooks::replay_dead),
         )
+        .route(super::events_ws::ROUTE, get(super::events_ws::stream))
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
@@ -1355,6 +1357,7 @@ async fn get_deletion(
     super::webhooks::delete_webhook,
     super::webhooks::rotate_webhook_secret,
     super::webhooks::list_dead,
-    super::webhooks::replay_dead
+    super::webhooks::replay_dead,
+    super::events_ws::stream
 ))]
 pub struct Paths;

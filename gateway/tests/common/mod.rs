@@ -1,6 +1,9 @@
 //! Starts the real `waping-gateway` binary on ephemeral ports for integration tests.
 #![allow(dead_code)]
 
+/// WebSocket subscriber client (`GET /v1/events/stream`).
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
