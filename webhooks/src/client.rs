@@ -1,10 +1,12 @@
-//! One webhook delivery: a single HTTP/1.1 POST over a fresh connection to pre-checked
-//! addresses.
+//! One webhook delivery: a single HTTP/1.1 POST to pre-checked addresses.
 //!
-//! A fresh connection per request (no pool) keeps the SSRF guarantee simple: every
-//! connection goes to an address [`crate::resolve_and_check`] approved for this very
-//! attempt, and nothing outlives the attempt. Redirects are never followed (a 3xx is just
-//! the answer), so a receiver cannot bounce the gateway to an address nobody checked.
+//! [`deliver`] opens a fresh connection per request: nothing outlives the attempt.
+//! [`deliver_pooled`] reuses an idle keep-alive connection of the endpoint's [`ConnPool`],
+//! but only one opened to an address that the caller's check for this very attempt
+//! ([`crate::resolve_and_check`]) approved again, and only for the same scheme and
+//! authority; so the SSRF guarantee is the same, and a TLS handshake is not paid per event.
+//! Redirects are never followed (a 3xx is just the answer), so a receiver cannot bounce the
+//! gateway to an address nobody checked.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -320,7 +322,7 @@ pub async fn deliver(
         exchange(request, addrs, tls, server_name, &origin, deadline, &mut stage),
     )
     .await;
-    let (resp, peer, driver) = match exchanged {
+    let (resp, peer, driver, _sender) = match exchanged {
         Ok(r) => r?,
         Err(_) => {
             return Err(DeliveryError::Timeout {
@@ -355,7 +357,223 @@ pub async fn deliver(
     })
 }
 
+/// Idle keep-alive connections of one endpoint, for [`deliver_pooled`].
+///
+/// Default bounds: 64 idle connections, each reused for at most 30 s after its last answer
+/// (receivers commonly close idle connections after 5–60 s; an old one is more likely to be
+/// closed under us than useful).
+pub struct ConnPool {
+    idle: std::sync::Mutex<Vec<Idle>>,
+    max_idle: usize,
+    max_idle_age: Duration,
+}
+
+struct Idle {
+    origin: String,
+    peer: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// Runs the connection; dropping it (with the idle entry) closes the connection.
+    _driver: Driver,
+    since: Instant,
+}
+
+impl fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("idle", &self.idle.lock().map(|v| v.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        ConnPool::new(64, Duration::from_secs(30))
+    }
+}
+
+impl ConnPool {
+    /// A pool keeping at most `max_idle` connections, each for at most `max_idle_age`.
+    pub fn new(max_idle: usize, max_idle_age: Duration) -> ConnPool {
+        ConnPool {
+            idle: std::sync::Mutex::new(Vec::new()),
+            max_idle,
+            max_idle_age,
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Drops every idle connection (the endpoint's URL or addresses changed).
+    pub fn clear(&self) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
+    }
+
+    fn take(&self, origin: &str, addrs: &[SocketAddr]) -> Option<Idle> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.max_idle_age);
+        let i = idle
+            .iter()
+            .rposition(|c| c.origin == origin && addrs.contains(&c.peer) && c.sender.is_ready())?;
+        Some(idle.swap_remove(i))
+    }
+
+    fn put(&self, c: Idle) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(c);
+        }
+    }
+}
+
+/// Like [`deliver`], over an idle connection of `pool` when one to an address in `addrs`
+/// is there, else over a fresh one that goes back to the pool after a complete answer the
+/// server did not mark `Connection: close`. A reused connection the server had closed
+/// (the request may or may not have reached it) is retried once on a fresh connection:
+/// webhooks are delivered at least once and receivers deduplicate on `webhook-id`.
+pub async fn deliver_pooled(
+    req: &DeliveryRequest,
+    addrs: &[SocketAddr],
+    tls: &TlsClient,
+    timeout: Duration,
+    pool: &ConnPool,
+) -> Result<DeliveryResponse, DeliveryError> {
+    if addrs.is_empty() {
+        return Err(DeliveryError::NoAddress);
+    }
+    let origin = req.url.to_string();
+    let key = pool_key(&req.url);
+    let deadline = Instant::now() + timeout;
+    if let Some(mut c) = pool.take(&key, addrs) {
+        let request = build_request_with(req, true)?;
+        let sent = tokio::time::timeout_at(deadline, c.sender.send_request(request)).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                let peer = c.peer;
+                return Ok(finish(resp, peer, deadline, Some((pool, key, c))).await);
+            }
+            // Closed under us: try a fresh connection below.
+            Ok(Err(e)) if e.is_closed() || e.is_canceled() || e.is_incomplete_message() => {}
+            Ok(Err(source)) => {
+                return Err(DeliveryError::Http {
+                    origin,
+                    peer: c.peer,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(DeliveryError::Timeout {
+                    origin,
+                    stage: Stage::Response,
+                    after: timeout,
+                });
+            }
+        }
+    }
+    let request = build_request_with(req, true)?;
+    let server_name = server_name_of(req)?;
+    let mut stage = Stage::Connect;
+    let exchanged = tokio::time::timeout_at(
+        deadline,
+        exchange(request, addrs, tls, server_name, &origin, deadline, &mut stage),
+    )
+    .await;
+    let (resp, peer, driver, sender) = match exchanged {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(DeliveryError::Timeout {
+                origin,
+                stage,
+                after: timeout,
+            });
+        }
+    };
+    let c = Idle {
+        origin: key.clone(),
+        peer,
+        sender,
+        _driver: driver,
+        since: Instant::now(),
+    };
+    Ok(finish(resp, peer, deadline, Some((pool, key, c))).await)
+}
+
+/// Scheme and authority: what a pooled connection may be reused for.
+fn pool_key(url: &EndpointUrl) -> String {
+    format!(
+        "{}://{}",
+        if url.is_https() { "https" } else { "http" },
+        url.authority()
+    )
+}
+
+fn server_name_of(req: &DeliveryRequest) -> Result<Option<ServerName<'static>>, DeliveryError> {
+    if !req.url.is_https() {
+        return Ok(None);
+    }
+    Ok(Some(match req.url.host() {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Name(n) => ServerName::try_from(n.clone())
+            .map_err(|_| DeliveryError::InvalidRequest(format!("{n:?} is not a valid TLS server name")))?,
+    }))
+}
+
+/// Reads the answer; with a pool, the connection goes back when it can carry another request.
+async fn finish(
+    resp: Response<Incoming>,
+    peer: SocketAddr,
+    deadline: Instant,
+    pooled: Option<(&ConnPool, String, Idle)>,
+) -> DeliveryResponse {
+    let answered_at = SystemTime::now();
+    let status = resp.status().as_u16();
+    let headers = resp.headers();
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, answered_at));
+    let location = headers.get(header::LOCATION).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(MAX_LOCATION_LEN)
+            .collect()
+    });
+    let closing = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+    let (body, body_truncated) = read_capped(resp.into_body(), deadline).await;
+    if let Some((pool, _key, mut c)) = pooled
+        && !closing
+        && !body_truncated
+    {
+        c.since = Instant::now();
+        pool.put(c);
+    }
+    DeliveryResponse {
+        status,
+        retry_after,
+        location,
+        body,
+        body_truncated,
+        peer,
+    }
+}
+
 fn build_request(req: &DeliveryRequest) -> Result<Request<Full<Bytes>>, DeliveryError> {
+    build_request_with(req, false)
+}
+
+fn build_request_with(
+    req: &DeliveryRequest,
+    keep_alive: bool,
+) -> Result<Request<Full<Bytes>>, DeliveryError> {
     let bad = |what: &str| DeliveryError::InvalidRequest(what.to_owned());
     let mut r = Request::new(Full::new(req.body.clone()));
     *r.method_mut() = Method::POST;
@@ -372,9 +590,11 @@ fn build_request(req: &DeliveryRequest) -> Result<Request<Full<Bytes>>, Delivery
     );
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    // One request per connection (see the module docs): say so, so the server does not
-    // hold the socket for a keep-alive that never comes.
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Without a pool, one request per connection (see the module docs): say so, so the
+    // server does not hold the socket for a keep-alive that never comes.
+    if !keep_alive {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     for (k, v) in req.headers.pairs() {
         h.insert(k, v);
     }
@@ -389,7 +609,15 @@ async fn exchange(
     origin: &str,
     deadline: Instant,
     stage: &mut Stage,
-) -> Result<(Response<Incoming>, SocketAddr, Driver), DeliveryError> {
+) -> Result<
+    (
+        Response<Incoming>,
+        SocketAddr,
+        Driver,
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    ),
+    DeliveryError,
+> {
     *stage = Stage::Connect;
     let (tcp, peer) = connect(addrs, origin, deadline).await?;
     match server_name {
@@ -454,7 +682,15 @@ async fn http_round_trip<T>(
     request: Request<Full<Bytes>>,
     origin: &str,
     peer: SocketAddr,
-) -> Result<(Response<Incoming>, SocketAddr, Driver), DeliveryError>
+) -> Result<
+    (
+        Response<Incoming>,
+        SocketAddr,
+        Driver,
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    ),
+    DeliveryError,
+>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -471,7 +707,7 @@ where
         let _ = connection.await;
     }));
     let resp = sender.send_request(request).await.map_err(http_err)?;
-    Ok((resp, peer, driver))
+    Ok((resp, peer, driver, sender))
 }
 
 /// Reads at most [`MAX_RESPONSE_BODY`] bytes of `body` until `deadline`; returns them and

@@ -63,8 +63,8 @@ pub mod ssrf;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use client::{
-    DEFAULT_TIMEOUT, DeliveryError, DeliveryRequest, DeliveryResponse, MAX_RESPONSE_BODY, Stage, TlsClient,
-    TlsSetupError, deliver, parse_retry_after,
+    ConnPool, DEFAULT_TIMEOUT, DeliveryError, DeliveryRequest, DeliveryResponse, MAX_RESPONSE_BODY, Stage,
+    TlsClient, TlsSetupError, deliver, deliver_pooled, parse_retry_after,
 };
 pub use schedule::{Plan, Schedule, ScheduleError, Verdict, classify as classify_status};
 pub use sign::{

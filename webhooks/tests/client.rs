@@ -16,9 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use waping_webhooks::{
-    AddrClass, DEFAULT_TOLERANCE, DeliveryError, DeliveryRequest, EndpointUrl, MAX_RESPONSE_BODY, Policy,
-    Secret, Signer, SsrfError, Stage, TlsClient, Verdict, classify_status, deliver, resolve_and_check,
-    verify,
+    AddrClass, ConnPool, DEFAULT_TOLERANCE, DeliveryError, DeliveryRequest, EndpointUrl, MAX_RESPONSE_BODY,
+    Policy, Secret, Signer, SsrfError, Stage, TlsClient, Verdict, classify_status, deliver, deliver_pooled,
+    resolve_and_check, verify,
 };
 
 /// The signing time of every request here; verification uses the same clock.
@@ -535,4 +535,93 @@ async fn a_body_cut_by_the_deadline_keeps_the_answer() {
     assert_eq!(resp.body, "queued as ");
     assert!(resp.body_truncated);
     server.abort();
+}
+
+/// Accepted TCP connections of a plain server that answers 204, keeps connections alive,
+/// and closes each after `requests_per_conn` requests (0: never).
+async fn counting_server(
+    requests_per_conn: usize,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let served = Arc::new(AtomicUsize::new(0));
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let served = served.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = 204u16.try_into().unwrap();
+                        if requests_per_conn > 0 && n >= requests_per_conn {
+                            r.headers_mut().insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns, task)
+}
+
+#[tokio::test]
+async fn a_pool_reuses_one_connection_and_only_to_checked_addresses() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns, task) = counting_server(0).await;
+    let req = request(&format!("http://127.0.0.1:{}/hook", addr.port()));
+    let addrs = resolve_and_check(&req.url, &test_policy()).await.unwrap();
+    let tls = TlsClient::new().unwrap();
+    let pool = ConnPool::default();
+    for _ in 0..5 {
+        let r = deliver_pooled(&req, &addrs, &tls, TIMEOUT, &pool).await.unwrap();
+        assert_eq!(r.status, 204);
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "five requests, one connection");
+    assert_eq!(pool.idle(), 1);
+    // The same endpoint, but this attempt's check approved another address only: the idle
+    // connection is not used for it.
+    let other: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    assert!(
+        deliver_pooled(&req, &[other], &tls, Duration::from_secs(2), &pool)
+            .await
+            .is_err()
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    // Without a pool: a connection per request.
+    for _ in 0..3 {
+        deliver(&req, &addrs, &tls, TIMEOUT).await.unwrap();
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 4);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closes_is_not_reused_and_nothing_fails() {
+    use std::sync::atomic::Ordering;
+    // The server says `Connection: close` on every second request of a connection.
+    let (addr, conns, task) = counting_server(2).await;
+    let req = request(&format!("http://127.0.0.1:{}/hook", addr.port()));
+    let addrs = resolve_and_check(&req.url, &test_policy()).await.unwrap();
+    let tls = TlsClient::new().unwrap();
+    let pool = ConnPool::default();
+    for i in 0..6 {
+        let r = deliver_pooled(&req, &addrs, &tls, TIMEOUT, &pool).await;
+        assert_eq!(r.unwrap().status, 204, "request {i}");
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "two requests per connection");
+    task.abort();
 }
