@@ -535,6 +535,63 @@ impl Connection {
         }
     }
 
+    /// Opens a resumable subscription (protocol version 3, PROTOCOL.md 6.8) on a stream of
+    /// its own: the workspace's events from the gateway's event log after `cursor` (`None` =
+    /// from now), filtered by comma-separated `types` and `devices` (empty = all). Resuming
+    /// with the last [`LogEntry::cursor`] processed misses nothing within the retention.
+    /// Refusals are [`ClientError::Refused`] with the server's code and every problem.
+    pub async fn subscribe_from(
+        &self,
+        cursor: Option<u64>,
+        types: &str,
+        devices: &str,
+    ) -> Result<LogSubscription, ClientError> {
+        if self.session.version < 3 {
+            return Err(ClientError::Unsupported(format!(
+                "resumable subscriptions need protocol version 3; the gateway speaks {}",
+                self.session.version
+            )));
+        }
+        let mut stream = self.open_stream().await?;
+        stream
+            .send(&Frame::SubscribeFrom {
+                cursor,
+                types: Text::from(types),
+                devices: Text::from(devices),
+            })
+            .await?;
+        loop {
+            match stream.next().await? {
+                Some(Frame::SubscribedFrom {
+                    code,
+                    cursor,
+                    oldest,
+                    detail,
+                }) => {
+                    if code.0 != 0 {
+                        return Err(ClientError::Refused {
+                            code,
+                            state: None,
+                            message: detail.to_string(),
+                        });
+                    }
+                    return Ok(LogSubscription {
+                        stream,
+                        start: cursor,
+                        oldest: (oldest != 0).then_some(oldest),
+                    });
+                }
+                Some(Frame::Ping { .. } | Frame::Pong { .. }) => {}
+                Some(f) => return Err(self.unexpected(f)),
+                None => {
+                    return Err(ClientError::Connection(
+                        "stream ended before SUBSCRIBED_FROM".into(),
+                    ));
+                }
+            }
+        }
+    }
+
     /// The error for a frame a request stream should not carry: ERROR and GOODBYE say why
     /// the server is leaving, anything else breaks the protocol.
     fn unexpected(&self, f: Frame) -> ClientError {
@@ -633,6 +690,74 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+/// A resumable subscription ([`Connection::subscribe_from`]): its own stream.
+#[derive(Debug)]
+pub struct LogSubscription {
+    stream: FrameStream,
+    /// The cursor reading started after: resuming from it misses nothing.
+    pub start: u64,
+    /// A possible gap: the workspace's oldest retained event, newer than the cursor asked
+    /// for + 1 (events in between may have been removed by retention).
+    pub oldest: Option<u64>,
+}
+
+/// One event of a [`LogSubscription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its position in the gateway's event log: resume after it.
+    pub cursor: u64,
+    /// When the gateway observed it (Unix ms; 0 when unreadable).
+    pub timestamp_ms: u64,
+    /// False: the stored event could not be read and `text` says why.
+    pub readable: bool,
+    /// The event as JSON (docs/events.md), or why it is unreadable.
+    pub text: String,
+}
+
+impl LogSubscription {
+    /// The next event; `Ok(None)` when the server ended the subscription (it drains).
+    pub async fn next(&mut self) -> Result<Option<LogEntry>, ClientError> {
+        loop {
+            match self.stream.next().await? {
+                None => return Ok(None),
+                Some(Frame::LogEvent {
+                    cursor,
+                    timestamp_ms,
+                    readable,
+                    text,
+                }) => {
+                    return Ok(Some(LogEntry {
+                        cursor,
+                        timestamp_ms,
+                        readable,
+                        text: text.to_string(),
+                    }));
+                }
+                Some(Frame::Ping { .. } | Frame::Pong { .. }) => {}
+                Some(Frame::Error { code, message, .. } | Frame::Goodbye { code, message }) => {
+                    return Err(ClientError::Server {
+                        code,
+                        message: message.to_string(),
+                    });
+                }
+                Some(f) => {
+                    return Err(ClientError::Protocol(waping_protocol::conn::Violation {
+                        code: ErrorCode::UNEXPECTED_FRAME,
+                        message: format!("unexpected {} on a subscription stream", f.name()),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Ends the subscription: finishes the stream and tells the server to stop sending
+    /// (STOP_SENDING); dropping it does the same.
+    pub fn close(mut self) {
+        let _ = self.stream.writer.finish();
+        let _ = self.stream.reader.recv.stop(quinn::VarInt::from_u32(0));
     }
 }
 

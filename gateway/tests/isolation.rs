@@ -526,6 +526,10 @@ const FRAME_CASES: &[(u8, &str)] = &[
         waping_protocol::frame::ty::SUBSCRIBE,
         "B's events never reach A's subscription",
     ),
+    (
+        waping_protocol::frame::ty::SUBSCRIBE_FROM,
+        "A's replay of the whole log, filtered to B's device too, holds only A's events",
+    ),
     (waping_protocol::frame::ty::PING, "echoes the nonce only"),
     (waping_protocol::frame::ty::PONG, "carries a nonce only"),
     (waping_protocol::frame::ty::ERROR, "carries a code and text only"),
@@ -571,6 +575,11 @@ fn every_client_frame_has_an_isolation_case() {
             device_id: Text::default(),
             action: DeviceAction::Status,
         },
+        Frame::SubscribeFrom {
+            cursor: Some(0),
+            types: Text::default(),
+            devices: Text::default(),
+        },
     ];
     for f in &examples {
         // Exhaustive: a new frame type fails to compile here until it is classified.
@@ -582,6 +591,7 @@ fn every_client_frame_has_an_isolation_case() {
             | Frame::Goodbye { .. }
             | Frame::Send { .. }
             | Frame::Subscribe { .. }
+            | Frame::SubscribeFrom { .. }
             | Frame::DeviceControl { .. } => true,
             Frame::HelloOk { .. }
             | Frame::Accepted { .. }
@@ -589,7 +599,9 @@ fn every_client_frame_has_an_isolation_case() {
             | Frame::Report(_)
             | Frame::Subscribed { .. }
             | Frame::Event(_)
-            | Frame::DeviceControlResult { .. } => false,
+            | Frame::DeviceControlResult { .. }
+            | Frame::SubscribedFrom { .. }
+            | Frame::LogEvent { .. } => false,
         };
         assert_eq!(
             client_may_send,
@@ -745,6 +757,23 @@ async fn quic_frames_of_one_workspace_reach_nothing_of_another() {
             }
         }
     }
+    // SUBSCRIBE_FROM: A replays the whole log (cursor 0), filtered to its device and B's;
+    // B's events (stored before A's disable) never appear, A's own does.
+    let mut log_a = conn_a.subscribe_from(Some(0), "", "a1,b1").await.unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), log_a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&e.text).unwrap();
+        assert_eq!(v["workspace"], "ws-a", "A received a B event: {v}");
+        assert!(!e.text.contains("\"b1\""), "A received a B event: {v}");
+        if v["type"] == "device.state" && v["data"]["state"] == "disabled" {
+            break;
+        }
+    }
+    log_a.close();
     // PING on A's connection: the nonce comes back, nothing else.
     s.send(&Frame::Ping { nonce: 42 }).await.unwrap();
     loop {

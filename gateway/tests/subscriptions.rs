@@ -214,3 +214,144 @@ async fn a_drain_closes_websocket_subscribers_with_going_away() {
         Some(Got::Json(_))
     ));
 }
+
+/// The `sent` status events among `entries`, by message id.
+fn sent_ids(entries: &[waping_client::LogEntry]) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.text).ok())
+        .filter(|v| v["data"]["status"] == "sent")
+        .filter_map(|v| v["data"]["message_id"].as_str().map(String::from))
+        .collect()
+}
+
+/// Reads LOG_EVENTs until every id of `want` has a `sent` status.
+async fn read_log_until_sent(
+    sub: &mut waping_client::LogSubscription,
+    want: &BTreeSet<String>,
+) -> Vec<waping_client::LogEntry> {
+    let mut got = Vec::new();
+    while !want.is_subset(&sent_ids(&got)) {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("timely LOG_EVENT")
+            .expect("subscription")
+            .expect("open subscription");
+        got.push(e);
+    }
+    got
+}
+
+#[tokio::test]
+async fn quic_subscribe_from_filters_and_resumes_with_exactly_the_missed_events() {
+    let gw = Gateway::start(&[W], "");
+    let conn = gw.connect("subs").await;
+    assert_eq!(conn.session.version, 3);
+    let mut sub = conn
+        .subscribe_from(None, "message.status", "d1")
+        .await
+        .expect("subscribed");
+    let start = sub.start;
+    let a1 = send(&gw, "d1", "qa1", 4).await;
+    let _a2 = send(&gw, "d2", "qa2", 4).await;
+    let first = read_log_until_sent(&mut sub, &a1).await;
+    for e in &first {
+        assert!(e.readable);
+        let v: Value = serde_json::from_str(&e.text).unwrap();
+        assert_eq!(v["type"], "message.status", "{v}");
+        assert_eq!(v["device"], "d1", "{v}");
+        assert!(e.timestamp_ms > 0);
+    }
+    let last = first.last().unwrap().cursor;
+    sub.close();
+
+    let b1 = send(&gw, "d1", "qb1", 4).await;
+    let _b2 = send(&gw, "d2", "qb2", 4).await;
+    // A new connection, as after a reconnect.
+    let conn2 = gw.connect("subs").await;
+    let mut sub = conn2
+        .subscribe_from(Some(last), "message.status", "d1")
+        .await
+        .expect("resumed");
+    assert_eq!(sub.start, last);
+    let second = read_log_until_sent(&mut sub, &b1).await;
+    assert!(
+        sent_ids(&second).is_disjoint(&a1),
+        "first-session events came again"
+    );
+    let mut cursors = vec![last];
+    cursors.extend(second.iter().map(|e| e.cursor));
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    let end = *cursors.last().unwrap();
+    sub.close();
+
+    // The same as one replay from the start: nothing lost or doubled at the reconnect.
+    let mut all = conn2
+        .subscribe_from(Some(start), "message.status", "d1")
+        .await
+        .unwrap();
+    let mut replay = Vec::new();
+    while replay
+        .last()
+        .is_none_or(|e: &waping_client::LogEntry| e.cursor < end)
+    {
+        replay.push(all.next().await.unwrap().unwrap());
+    }
+    let joined: Vec<_> = first.into_iter().chain(second).collect();
+    assert_eq!(replay, joined);
+
+    // Typed refusals keep the connection: bad lists, a cursor from the future, a role
+    // without events.subscribe.
+    match conn2.subscribe_from(None, "message.nope", "bad id").await {
+        Err(waping_client::ClientError::Refused { code, message, .. }) => {
+            assert_eq!(code, waping_protocol::ErrorCode::INVALID_FIELD);
+            assert!(
+                message.contains("message.nope") && message.contains("devices"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match conn2.subscribe_from(Some(u64::MAX), "", "").await {
+        Err(waping_client::ClientError::Refused { code, message, .. }) => {
+            assert_eq!(code, waping_protocol::ErrorCode::INVALID_FIELD);
+            assert!(message.contains("ahead"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let sender = gw.admin_key("subs", "sender");
+    let conn3 = waping_client::Connection::connect(&gw.client_config(&sender))
+        .await
+        .unwrap();
+    match conn3.subscribe_from(None, "", "").await {
+        Err(waping_client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, waping_protocol::ErrorCode::FORBIDDEN)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_drain_ends_quic_subscriptions() {
+    let mut gw = Gateway::start(&[W], "");
+    let conn = gw.connect("subs").await;
+    let mut sub = conn.subscribe_from(None, "", "").await.unwrap();
+    let stop = std::thread::spawn(move || {
+        let code = gw.terminate();
+        (gw, code)
+    });
+    // The server finishes the subscription stream (or the connection closes): no hang.
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sub.next().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the subscription ends on drain");
+    assert!(!matches!(end, Ok(Some(_))));
+    let (_gw, exit) = stop.join().unwrap();
+    assert_eq!(exit, Some(0));
+}

@@ -291,6 +291,43 @@ pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, DecodeError> {
                 detail: r.str16("detail")?,
             }
         }
+        ty::SUBSCRIBE_FROM => {
+            let has = r.u8("has_cursor")?;
+            let cursor = r.u64("cursor")?;
+            // One encoding per request: no cursor is written as 0 with the flag clear.
+            let cursor = match (has, cursor) {
+                (0, 0) => None,
+                (0, c) => return Err(r.invalid("cursor", c)),
+                (1, c) => Some(c),
+                (h, _) => return Err(r.invalid("has_cursor", h.into())),
+            };
+            Frame::SubscribeFrom {
+                cursor,
+                types: r.str16("types")?,
+                devices: r.str16("devices")?,
+            }
+        }
+        ty::SUBSCRIBED_FROM => Frame::SubscribedFrom {
+            code: ErrorCode(r.u16("code")?),
+            cursor: r.u64("cursor")?,
+            oldest: r.u64("oldest")?,
+            detail: r.str16("detail")?,
+        },
+        ty::LOG_EVENT => {
+            let cursor = r.u64("cursor")?;
+            let timestamp_ms = r.u64("timestamp_ms")?;
+            let readable = match r.u8("readable")? {
+                0 => false,
+                1 => true,
+                v => return Err(r.invalid("readable", v.into())),
+            };
+            Frame::LogEvent {
+                cursor,
+                timestamp_ms,
+                readable,
+                text: r.str32("text")?,
+            }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     if r.buf.has_remaining() {
@@ -723,6 +760,38 @@ fn encode_inner(frame: &Frame, dst: &mut BytesMut, start: usize) -> Result<(), E
             dst.put_u16(code.0);
             dst.put_u8(state.map_or(0, |s| s as u8));
             put_str16(dst, detail, "detail")?;
+        }
+        Frame::SubscribeFrom {
+            cursor,
+            types,
+            devices,
+        } => {
+            dst.put_u8(u8::from(cursor.is_some()));
+            dst.put_u64(cursor.unwrap_or(0));
+            put_str16(dst, types, "types")?;
+            put_str16(dst, devices, "devices")?;
+        }
+        Frame::SubscribedFrom {
+            code,
+            cursor,
+            oldest,
+            detail,
+        } => {
+            dst.put_u16(code.0);
+            dst.put_u64(*cursor);
+            dst.put_u64(*oldest);
+            put_str16(dst, detail, "detail")?;
+        }
+        Frame::LogEvent {
+            cursor,
+            timestamp_ms,
+            readable,
+            text,
+        } => {
+            dst.put_u64(*cursor);
+            dst.put_u64(*timestamp_ms);
+            dst.put_u8(u8::from(*readable));
+            put_str32(dst, text, "text")?;
         }
     }
     let body_len = dst.len() - start - HEADER_LEN;

@@ -156,10 +156,12 @@ impl ServerConn {
             },
             // Like a SEND while draining: one request refused, the connection kept, so the
             // client can still read what it is owed.
-            (ServerConn::Draining, Frame::DeviceControl { .. }) => Ok(ServerAction::Refuse {
-                code: ErrorCode::SHUTTING_DOWN,
-                message: "gateway is draining".into(),
-            }),
+            (ServerConn::Draining, Frame::DeviceControl { .. } | Frame::SubscribeFrom { .. }) => {
+                Ok(ServerAction::Refuse {
+                    code: ErrorCode::SHUTTING_DOWN,
+                    message: "gateway is draining".into(),
+                })
+            }
             (ServerConn::Draining, Frame::Send { .. } | Frame::Subscribe { .. }) => {
                 Err(violation(ErrorCode::SHUTTING_DOWN, "connection is draining"))
             }
@@ -300,12 +302,38 @@ mod tests {
     fn negotiation() {
         assert_eq!(negotiate(1, 1), Ok(1));
         assert_eq!(negotiate(1, 2), Ok(2));
-        assert_eq!(negotiate(1, 9), Ok(2));
+        assert_eq!(negotiate(1, 9), Ok(3));
         assert_eq!(negotiate(0, 1), Ok(1));
-        assert_eq!(negotiate(2, 9), Ok(2));
-        assert_eq!(negotiate(3, 9).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+        assert_eq!(negotiate(2, 9), Ok(3));
+        assert_eq!(negotiate(2, 2), Ok(2));
+        assert_eq!(negotiate(4, 9).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
         assert_eq!(negotiate(0, 0).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
         assert_eq!(negotiate(3, 1).unwrap_err().code, ErrorCode::UNSUPPORTED_VERSION);
+    }
+
+    #[test]
+    fn resumable_subscriptions_need_version_3() {
+        let sub = Frame::SubscribeFrom {
+            cursor: Some(1),
+            types: Text::default(),
+            devices: Text::default(),
+        };
+        let mut s = ServerConn::Open { version: 2 };
+        assert_eq!(s.on_frame(&sub).unwrap_err().code, ErrorCode::UNKNOWN_FRAME_TYPE);
+        let mut s = ServerConn::Open { version: 3 };
+        assert_eq!(s.on_frame(&sub), Ok(ServerAction::Handle));
+        s.drain();
+        assert!(matches!(s.on_frame(&sub), Ok(ServerAction::Refuse { .. })));
+        let log = Frame::LogEvent {
+            cursor: 1,
+            timestamp_ms: 0,
+            readable: true,
+            text: Text::default(),
+        };
+        let mut c = ClientConn::Open { version: 2 };
+        assert!(c.on_frame(&log).is_err());
+        let mut c = ClientConn::Open { version: 3 };
+        assert_eq!(c.on_frame(&log), Ok(()));
     }
 
     #[test]

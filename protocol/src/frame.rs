@@ -1,9 +1,10 @@
-//! Frame types of protocol versions 1 and 2.
+//! Frame types of protocol versions 1, 2 and 3.
 //!
 //! Byte layouts are in `PROTOCOL.md`; the codec in [`crate::codec`] is the
 //! executable form of that document. Version 2 is version 1 plus device
 //! control (DEVICE_CONTROL / DEVICE_CONTROL_RESULT) and the LINK_CODE and
-//! RECEIPT events; [`Frame::since_version`] says which version introduced a
+//! RECEIPT events; version 3 adds resumable subscriptions (SUBSCRIBE_FROM, SUBSCRIBED_FROM,
+//! LOG_EVENT); [`Frame::since_version`] says which version introduced a
 //! frame.
 
 use bytes::Bytes;
@@ -541,6 +542,42 @@ pub enum Frame {
         /// Human-readable detail.
         detail: Text,
     },
+    /// Client → server (version 3): a resumable subscription read from the node's event log,
+    /// filtered by type and device. Answered by SUBSCRIBED_FROM; the events follow on the
+    /// same stream as LOG_EVENT frames.
+    SubscribeFrom {
+        /// Resume after this cursor (a LOG_EVENT's `cursor`); `None` = from now.
+        cursor: Option<u64>,
+        /// Comma-separated event types of docs/events.md (`message.received,…`); empty = all.
+        types: Text,
+        /// Comma-separated device ids; empty = all devices.
+        devices: Text,
+    },
+    /// Server → client (version 3), on the SUBSCRIBE_FROM's stream: the subscription's start,
+    /// or why it was refused.
+    SubscribedFrom {
+        /// `ErrorCode(0)` when subscribed; otherwise why not (no LOG_EVENT follows).
+        code: ErrorCode,
+        /// The cursor reading starts after (resume from it to miss nothing).
+        cursor: u64,
+        /// Non-zero: the workspace's oldest retained event, newer than `cursor + 1`; events
+        /// after the cursor may have been removed by retention (a possible gap).
+        oldest: u64,
+        /// Human-readable detail (every problem of a refused request).
+        detail: Text,
+    },
+    /// Server → client (version 3), on a SUBSCRIBE_FROM's stream: one event of the log.
+    LogEvent {
+        /// The event's position in the node's event log: resume after it.
+        cursor: u64,
+        /// Unix time in milliseconds of the event (0 when unreadable).
+        timestamp_ms: u64,
+        /// False when the stored event cannot be read (its key was shredded, or it is
+        /// damaged): `text` says why, and the cursor moves past it.
+        readable: bool,
+        /// The event as JSON (docs/events.md), or why it is unreadable.
+        text: Text,
+    },
 }
 
 /// Frame type bytes.
@@ -561,6 +598,9 @@ pub mod ty {
     pub const EVENT: u8 = 0x22;
     pub const DEVICE_CONTROL: u8 = 0x30;
     pub const DEVICE_CONTROL_RESULT: u8 = 0x31;
+    pub const SUBSCRIBE_FROM: u8 = 0x23;
+    pub const SUBSCRIBED_FROM: u8 = 0x24;
+    pub const LOG_EVENT: u8 = 0x25;
 }
 
 /// Which side may send a frame.
@@ -593,6 +633,9 @@ impl Frame {
             Frame::Event(_) => ty::EVENT,
             Frame::DeviceControl { .. } => ty::DEVICE_CONTROL,
             Frame::DeviceControlResult { .. } => ty::DEVICE_CONTROL_RESULT,
+            Frame::SubscribeFrom { .. } => ty::SUBSCRIBE_FROM,
+            Frame::SubscribedFrom { .. } => ty::SUBSCRIBED_FROM,
+            Frame::LogEvent { .. } => ty::LOG_EVENT,
         }
     }
 
@@ -602,6 +645,7 @@ impl Frame {
     pub fn since_version(&self) -> u16 {
         match self {
             Frame::DeviceControl { .. } | Frame::DeviceControlResult { .. } => 2,
+            Frame::SubscribeFrom { .. } | Frame::SubscribedFrom { .. } | Frame::LogEvent { .. } => 3,
             Frame::Event(Event {
                 kind: EventKind::LinkCode { .. } | EventKind::Receipt { .. },
                 ..
@@ -621,6 +665,7 @@ impl Frame {
             Frame::Hello { .. }
             | Frame::Send { .. }
             | Frame::Subscribe { .. }
+            | Frame::SubscribeFrom { .. }
             | Frame::DeviceControl { .. } => Direction::ClientToServer,
             Frame::HelloOk { .. }
             | Frame::Accepted { .. }
@@ -628,7 +673,9 @@ impl Frame {
             | Frame::Report(_)
             | Frame::Subscribed { .. }
             | Frame::Event(_)
-            | Frame::DeviceControlResult { .. } => Direction::ServerToClient,
+            | Frame::DeviceControlResult { .. }
+            | Frame::SubscribedFrom { .. }
+            | Frame::LogEvent { .. } => Direction::ServerToClient,
             Frame::Error { .. } | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Goodbye { .. } => {
                 Direction::Both
             }
@@ -654,6 +701,9 @@ pub fn type_name(t: u8) -> &'static str {
         ty::EVENT => "EVENT",
         ty::DEVICE_CONTROL => "DEVICE_CONTROL",
         ty::DEVICE_CONTROL_RESULT => "DEVICE_CONTROL_RESULT",
+        ty::SUBSCRIBE_FROM => "SUBSCRIBE_FROM",
+        ty::SUBSCRIBED_FROM => "SUBSCRIBED_FROM",
+        ty::LOG_EVENT => "LOG_EVENT",
         _ => "UNKNOWN",
     }
 }

@@ -3,8 +3,8 @@
 /// Versions this implementation speaks.
 pub const MIN_VERSION: u16 = 1;
 /// Highest version this implementation speaks: 2 adds device control and the LINK_CODE and
-/// RECEIPT events to 1.
-pub const MAX_VERSION: u16 = 2;
+/// RECEIPT events to 1; 3 adds resumable subscriptions (SUBSCRIBE_FROM, LOG_EVENT).
+pub const MAX_VERSION: u16 = 3;
 /// QUIC ALPN identifier of the protocol family; the version inside it is negotiated in HELLO.
 pub const ALPN: &[u8] = b"waping/1";
 

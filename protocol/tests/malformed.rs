@@ -82,9 +82,51 @@ fn frame_too_large_1001() {
 }
 
 #[test]
+fn subscribe_from_and_log_event_flags_1000() {
+    // No cursor is written as 0: a cursor behind a clear flag is refused.
+    let b = Raw::new()
+        .u8(0)
+        .u64(5)
+        .str16(b"")
+        .str16(b"")
+        .frame(ty::SUBSCRIBE_FROM);
+    assert_eq!(
+        err(&b, 1000),
+        DecodeError::InvalidValue {
+            frame: "SUBSCRIBE_FROM",
+            field: "cursor",
+            value: 5
+        }
+    );
+    let b = Raw::new()
+        .u8(3)
+        .u64(0)
+        .str16(b"")
+        .str16(b"")
+        .frame(ty::SUBSCRIBE_FROM);
+    assert_eq!(
+        err(&b, 1000),
+        DecodeError::InvalidValue {
+            frame: "SUBSCRIBE_FROM",
+            field: "has_cursor",
+            value: 3
+        }
+    );
+    let b = Raw::new().u64(1).u64(0).u8(7).str32(b"x").frame(ty::LOG_EVENT);
+    assert_eq!(
+        err(&b, 1000),
+        DecodeError::InvalidValue {
+            frame: "LOG_EVENT",
+            field: "readable",
+            value: 7
+        }
+    );
+}
+
+#[test]
 fn unknown_frame_type_1002() {
     let undefined = undefined_types();
-    assert_eq!(undefined.len(), 256 - 15);
+    assert_eq!(undefined.len(), 256 - 18);
     for t in undefined {
         // Reported from the header alone, whatever the length says.
         let e = err(&header(8, t, 0), 1002);
@@ -149,6 +191,9 @@ fn empty_body_is_truncated_for_every_type_1000() {
         (ty::EVENT, "seq"),
         (ty::DEVICE_CONTROL, "req"),
         (ty::DEVICE_CONTROL_RESULT, "req"),
+        (ty::SUBSCRIBE_FROM, "has_cursor"),
+        (ty::SUBSCRIBED_FROM, "code"),
+        (ty::LOG_EVENT, "cursor"),
     ];
     for (t, field) in first_field {
         let e = err(&header(0, t, 0), 1000);

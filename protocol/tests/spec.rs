@@ -192,6 +192,9 @@ const NON_CODE_NAMES: &[&str] = &[
     "MAX_RECEIPT_IDS",
     "MIN_PHONE_DIGITS",
     "MAX_PHONE_DIGITS",
+    "SUBSCRIBE_FROM",
+    "SUBSCRIBED_FROM",
+    "LOG_EVENT",
 ];
 
 // ------------------------------------------------------------- (b) examples
@@ -458,6 +461,46 @@ fn annotate(f: &Frame) -> Vec<(Vec<u8>, String)> {
                 None => r.u8("state", 0, "none"),
             }
             r.text(2, "detail", detail);
+        }
+        Frame::SubscribeFrom {
+            cursor,
+            types,
+            devices,
+        } => {
+            match cursor {
+                Some(_) => r.u8("has_cursor", 1, "yes"),
+                None => r.u8("has_cursor", 0, "no: from now"),
+            }
+            r.u64("cursor", cursor.unwrap_or(0));
+            r.text(2, "types", types);
+            r.text(2, "devices", devices);
+        }
+        Frame::SubscribedFrom {
+            code,
+            cursor,
+            oldest,
+            detail,
+        } => {
+            let name = if code.0 == 0 { "ok" } else { code.name() };
+            r.u16("code", code.0, name);
+            r.u64("cursor", *cursor);
+            r.u64("oldest", *oldest);
+            r.text(2, "detail", detail);
+        }
+        Frame::LogEvent {
+            cursor,
+            timestamp_ms,
+            readable,
+            text,
+        } => {
+            r.u64("cursor", *cursor);
+            r.u64("timestamp_ms", *timestamp_ms);
+            r.u8(
+                "readable",
+                u8::from(*readable),
+                if *readable { "yes" } else { "no" },
+            );
+            r.text(4, "text", text);
         }
     }
     let body_len: usize = r.0.iter().map(|(b, _)| b.len()).sum();

@@ -121,6 +121,9 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
     // every one is written (PROTOCOL.md 6.7).
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Frame>();
     let mut ctl_pending = 0usize;
+    // A resumable subscription (SUBSCRIBE_FROM, version 3) makes this a subscription stream.
+    let mut log_sub: Option<LogSub> = None;
+    let mut log_open: Option<crate::subscribe::Request> = None;
     loop {
         loop {
             match io.decoder.decode(&mut io.inbuf) {
@@ -128,6 +131,10 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                     let r = match f {
                         Frame::DeviceControl { .. } => {
                             device_control(&ctx, &mut io, &mut state, f, &ctl_tx, &mut ctl_pending)
+                        }
+                        Frame::SubscribeFrom { .. } => {
+                            let busy = log_sub.is_some() || log_open.is_some();
+                            subscribe_from(&ctx, &mut io, &mut state, f, control, busy, &mut log_open)
                         }
                         f => handle(&ctx, &mut io, &mut state, f, &mut pending, &mut staged, &reply_tx),
                     };
@@ -153,12 +160,19 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
         // Everything this read produced goes to the journal as one append: one wake-up of the
         // writer, and one share of the next group commit.
         commit_staged(&ctx, &mut staged, &reply_tx);
+        if let Some(req) = log_open.take() {
+            log_sub = open_log_sub(&ctx, &mut io, &req).await;
+        }
         if io.flush().await.is_err() {
             release(&ctx, &pending);
             return;
         }
         let draining = ctx.draining.load(Ordering::Acquire);
-        if pending.is_empty() && ctl_pending == 0 && (io.recv_done || draining) {
+        if pending.is_empty()
+            && ctl_pending == 0
+            && (io.recv_done || draining)
+            && (log_sub.is_none() || draining)
+        {
             // Closing the connection right after would discard reports still in
             // flight; wait until the client has acknowledged every byte.
             if io.send.finish().is_ok() {
@@ -220,6 +234,18 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, mut io: FrameIo, mut state: ServerCon
                 ctl_pending -= 1;
                 io.queue(&answer);
             }
+            // The client stopped its subscription (STOP_SENDING): nothing more is wanted here.
+            _ = io.send.stopped(), if log_sub.is_some() => {
+                release(&ctx, &pending);
+                return;
+            }
+            page = next_log_page(&mut log_sub) => match page {
+                Ok(items) => queue_log_page(&mut io, items),
+                Err(e) => {
+                    tracing::warn!(conn = ctx.id, error = %e, "resumable subscription ended: event log");
+                    log_sub = None;
+                }
+            },
             _ = super::wait_shutdown(&mut shutdown), if !drain_seen => {
                 drain_seen = true;
                 ctx.draining.store(true, Ordering::Release);
@@ -337,6 +363,174 @@ fn handle(
         }
     }
     Ok(())
+}
+
+// ---- SUBSCRIBE_FROM (protocol version 3): resumable subscriptions from the event log ---------
+
+/// A stream's resumable subscription: its log reader, counted while it lives.
+struct LogSub {
+    reader: Box<crate::subscribe::Reader>,
+    _active: crate::subscribe::Active,
+}
+
+fn refuse_subscription(io: &mut FrameIo, code: ErrorCode, detail: String) {
+    io.queue(&Frame::SubscribedFrom {
+        code,
+        cursor: 0,
+        oldest: 0,
+        detail: Text::from(detail),
+    });
+}
+
+/// Checks a SUBSCRIBE_FROM (state, version, stream, permission, fields); a valid one is left
+/// in `open` for the stream loop to open (reading the log's start is async). Refusals are
+/// answered here and keep the connection; a violation (too old a version) is fatal.
+fn subscribe_from(
+    ctx: &Arc<ConnCtx>,
+    io: &mut FrameIo,
+    state: &mut ServerConn,
+    frame: Frame,
+    control: bool,
+    busy: bool,
+    open: &mut Option<crate::subscribe::Request>,
+) -> Result<(), Fatal> {
+    key_still_valid(ctx)?;
+    if ctx.draining.load(Ordering::Acquire) && state.is_open() {
+        state.drain();
+    }
+    match state.on_frame(&frame).map_err(|v| (v.code, v.message))? {
+        ServerAction::Handle => {}
+        ServerAction::Refuse { code, message } => {
+            refuse_subscription(io, code, message);
+            return Ok(());
+        }
+        other => {
+            return Err((
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("SUBSCRIBE_FROM gave {other:?}"),
+            ));
+        }
+    }
+    let Frame::SubscribeFrom {
+        cursor,
+        types,
+        devices,
+    } = frame
+    else {
+        return Ok(());
+    };
+    if control {
+        refuse_subscription(
+            io,
+            ErrorCode::UNEXPECTED_FRAME,
+            "SUBSCRIBE_FROM belongs on a request stream, not the control stream".into(),
+        );
+        return Ok(());
+    }
+    if busy {
+        refuse_subscription(
+            io,
+            ErrorCode::UNEXPECTED_FRAME,
+            "this stream already carries a subscription; open another stream".into(),
+        );
+        return Ok(());
+    }
+    if !ctx.key.role.allows(Permission::EventsSubscribe) {
+        refuse_subscription(
+            io,
+            ErrorCode::FORBIDDEN,
+            "the key's role does not grant events.subscribe".into(),
+        );
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut req = crate::subscribe::Request {
+        cursor,
+        ..Default::default()
+    };
+    if !types.is_empty() {
+        req.filter.types = Some(crate::subscribe::parse_types(types.as_str(), &mut problems));
+    }
+    if !devices.is_empty() {
+        req.filter.devices = Some(crate::subscribe::parse_devices(devices.as_str(), &mut problems));
+    }
+    if !problems.is_empty() {
+        refuse_subscription(io, ErrorCode::INVALID_FIELD, problems.join("; "));
+        return Ok(());
+    }
+    if !ctx.key.role.allows(Permission::DevicesWrite) {
+        req.filter
+            .forbidden
+            .insert(waping_events::EventType::DeviceLinkCode);
+    }
+    *open = Some(req);
+    Ok(())
+}
+
+/// Opens the log reader of a checked SUBSCRIBE_FROM and answers SUBSCRIBED_FROM.
+async fn open_log_sub(ctx: &ConnCtx, io: &mut FrameIo, req: &crate::subscribe::Request) -> Option<LogSub> {
+    use crate::subscribe::{Active, Reader, StartError, Transport};
+    let Some(store) = ctx.shared.control.webhook_runtime().map(|rt| rt.event_store()) else {
+        refuse_subscription(io, ErrorCode::INTERNAL, StartError::NoLog.to_string());
+        return None;
+    };
+    match Reader::open(store, &ctx.ws.id, req).await {
+        Ok((reader, start)) => {
+            if start.gap_until.is_some() {
+                crate::subscribe::count_gap(Transport::Quic);
+            }
+            io.queue(&Frame::SubscribedFrom {
+                code: ErrorCode(0),
+                cursor: start.cursor,
+                oldest: start.gap_until.unwrap_or(0),
+                detail: Text::default(),
+            });
+            Some(LogSub {
+                reader: Box::new(reader),
+                _active: Active::new(Transport::Quic),
+            })
+        }
+        Err(e) => {
+            refuse_subscription(io, ErrorCode::INVALID_FIELD, e.to_string());
+            None
+        }
+    }
+}
+
+/// The next page of the stream's subscription; never resolves without one.
+async fn next_log_page(sub: &mut Option<LogSub>) -> Result<Vec<crate::subscribe::Item>, String> {
+    match sub {
+        Some(s) => s.reader.next_page().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Encodes a page as LOG_EVENT frames (written by the loop's next flush, which waits for the
+/// stream's flow control: a slow reader holds back only its own subscription).
+fn queue_log_page(io: &mut FrameIo, items: Vec<crate::subscribe::Item>) {
+    use crate::subscribe::Item;
+    let mut sent = 0;
+    for item in items {
+        let frame = match item {
+            Item::Event { cursor, event } => {
+                sent += 1;
+                Frame::LogEvent {
+                    cursor,
+                    timestamp_ms: event.at_ms,
+                    readable: true,
+                    text: Text::from(event.to_json()),
+                }
+            }
+            Item::Unreadable { cursor, reason } => Frame::LogEvent {
+                cursor,
+                timestamp_ms: 0,
+                readable: false,
+                text: Text::from(reason),
+            },
+        };
+        io.queue(&frame);
+    }
+    crate::subscribe::count_sent(crate::subscribe::Transport::Quic, sent);
 }
 
 // ---- DEVICE_CONTROL (protocol version 2): link, unlink, disable, enable, status --------------

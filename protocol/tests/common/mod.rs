@@ -314,6 +314,36 @@ pub fn frame() -> BoxedStrategy<Frame> {
                 detail,
             }
         }),
+        // Short lists (as a gateway accepts): two full str16s would pass the default frame limit.
+        (proptest::option::of(any::<u64>()), str8(), str8()).prop_map(|(cursor, types, devices)| {
+            Frame::SubscribeFrom {
+                cursor,
+                types,
+                devices,
+            }
+        }),
+        (
+            prop_oneof![Just(ErrorCode(0)), code()],
+            any::<u64>(),
+            any::<u64>(),
+            str16()
+        )
+            .prop_map(|(code, cursor, oldest, detail)| {
+                Frame::SubscribedFrom {
+                    code,
+                    cursor,
+                    oldest,
+                    detail,
+                }
+            }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), str16()).prop_map(
+            |(cursor, timestamp_ms, readable, text)| Frame::LogEvent {
+                cursor,
+                timestamp_ms,
+                readable,
+                text,
+            }
+        ),
     ]
     .boxed()
 }
@@ -392,6 +422,18 @@ pub fn kind(f: &Frame) -> &'static str {
             (_, Some(_)) => "DEVICE_CONTROL_RESULT/refused_with_state",
             (_, None) => "DEVICE_CONTROL_RESULT/refused",
         },
+        Frame::SubscribeFrom { cursor, .. } => match cursor {
+            Some(_) => "SUBSCRIBE_FROM/cursor",
+            None => "SUBSCRIBE_FROM/now",
+        },
+        Frame::SubscribedFrom { code, .. } => match code.0 {
+            0 => "SUBSCRIBED_FROM/ok",
+            _ => "SUBSCRIBED_FROM/refused",
+        },
+        Frame::LogEvent { readable, .. } => match readable {
+            true => "LOG_EVENT/readable",
+            false => "LOG_EVENT/unreadable",
+        },
     }
 }
 
@@ -437,6 +479,12 @@ pub const ALL_KINDS: &[&str] = &[
     "DEVICE_CONTROL_RESULT/ok",
     "DEVICE_CONTROL_RESULT/refused_with_state",
     "DEVICE_CONTROL_RESULT/refused",
+    "SUBSCRIBE_FROM/cursor",
+    "SUBSCRIBE_FROM/now",
+    "SUBSCRIBED_FROM/ok",
+    "SUBSCRIBED_FROM/refused",
+    "LOG_EVENT/readable",
+    "LOG_EVENT/unreadable",
 ];
 
 // ---------------------------------------------------------------- examples
@@ -684,6 +732,58 @@ pub fn examples() -> Vec<(&'static str, Frame)> {
                 },
             }),
         ),
+        (
+            "subscribe-from-cursor",
+            Frame::SubscribeFrom {
+                cursor: Some(1234),
+                types: "message.received".into(),
+                devices: "d1".into(),
+            },
+        ),
+        (
+            "subscribe-from-now",
+            Frame::SubscribeFrom {
+                cursor: None,
+                types: "".into(),
+                devices: "".into(),
+            },
+        ),
+        (
+            "subscribed-from-ok",
+            Frame::SubscribedFrom {
+                code: ErrorCode(0),
+                cursor: 1234,
+                oldest: 0,
+                detail: "".into(),
+            },
+        ),
+        (
+            "subscribed-from-refused",
+            Frame::SubscribedFrom {
+                code: ErrorCode::INVALID_FIELD,
+                cursor: 0,
+                oldest: 0,
+                detail: "types: x".into(),
+            },
+        ),
+        (
+            "log-event",
+            Frame::LogEvent {
+                cursor: 1235,
+                timestamp_ms: 1_720_000_007_000,
+                readable: true,
+                text: r#"{"id":"evt_1"}"#.into(),
+            },
+        ),
+        (
+            "log-event-unreadable",
+            Frame::LogEvent {
+                cursor: 1236,
+                timestamp_ms: 0,
+                readable: false,
+                text: "key gone".into(),
+            },
+        ),
     ]
 }
 
@@ -811,6 +911,29 @@ pub fn seeds() -> Vec<Seed> {
         DecodeError::UnknownFlags {
             frame: "PING",
             flags: 0x80,
+        },
+    ));
+    out.push(bad(
+        "subscribe-from-has-cursor",
+        Raw::new()
+            .u8(2)
+            .u64(0)
+            .str16(b"")
+            .str16(b"")
+            .frame(ty::SUBSCRIBE_FROM),
+        DecodeError::InvalidValue {
+            frame: "SUBSCRIBE_FROM",
+            field: "has_cursor",
+            value: 2,
+        },
+    ));
+    out.push(bad(
+        "log-event-readable",
+        Raw::new().u64(1).u64(0).u8(2).str32(b"").frame(ty::LOG_EVENT),
+        DecodeError::InvalidValue {
+            frame: "LOG_EVENT",
+            field: "readable",
+            value: 2,
         },
     ));
     out.push(bad(
