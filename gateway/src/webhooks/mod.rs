@@ -59,6 +59,8 @@ struct Endpoint {
     wake: Notify,
     stop: CancellationToken,
     breaker: Mutex<Breaker>,
+    /// Idle keep-alive connections to the endpoint's checked addresses.
+    pool: Arc<waping_webhooks::ConnPool>,
 }
 
 struct Queued {
@@ -907,6 +909,10 @@ impl WebhookRuntime for Webhooks {
                     wake: Notify::new(),
                     stop: self.stop.child_token(),
                     breaker: Mutex::new(Breaker::new(self.cfg.breaker())),
+                    pool: Arc::new(waping_webhooks::ConnPool::new(
+                        self.cfg.max_concurrency as usize,
+                        Duration::from_secs(30),
+                    )),
                 });
                 self.endpoints.insert(num, ep.clone());
                 if let Some(me) = self.self_arc() {
@@ -1297,9 +1303,10 @@ impl Window {
         let tls = tls.clone();
         let device = event.device;
         let at_ms = event.at_ms;
+        let pool = ep.pool.clone();
         inflight.spawn(async move {
             let started = std::time::Instant::now();
-            let result = waping_webhooks::deliver(&req, &target.addrs, &tls, timeout).await;
+            let result = waping_webhooks::deliver_pooled(&req, &target.addrs, &tls, timeout, &pool).await;
             Attempt {
                 source,
                 seq,
