@@ -126,6 +126,15 @@ pub enum Action {
     /// A webhook endpoint was disabled (by its owner, or by a 410 answer).
     #[serde(rename = "webhook.disable")]
     WebhookDisable,
+    /// An automation rule was created.
+    #[serde(rename = "automation.create")]
+    AutomationCreate,
+    /// An automation rule was changed.
+    #[serde(rename = "automation.update")]
+    AutomationUpdate,
+    /// An automation rule was deleted.
+    #[serde(rename = "automation.delete")]
+    AutomationDelete,
     /// The master key was rotated.
     #[serde(rename = "master_key.rotate")]
     MasterKeyRotate,
@@ -175,6 +184,9 @@ impl Action {
         Action::WebhookUpdate,
         Action::WebhookDelete,
         Action::WebhookDisable,
+        Action::AutomationCreate,
+        Action::AutomationUpdate,
+        Action::AutomationDelete,
         Action::MasterKeyRotate,
         Action::AuditStart,
         Action::AuditStop,
@@ -214,6 +226,9 @@ impl Action {
             Action::WebhookUpdate => "webhook.update",
             Action::WebhookDelete => "webhook.delete",
             Action::WebhookDisable => "webhook.disable",
+            Action::AutomationCreate => "automation.create",
+            Action::AutomationUpdate => "automation.update",
+            Action::AutomationDelete => "automation.delete",
             Action::MasterKeyRotate => "master_key.rotate",
             Action::AuditStart => "audit.start",
             Action::AuditStop => "audit.stop",

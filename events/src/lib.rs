@@ -47,7 +47,7 @@ mod store_tests;
 pub use codec::MAX_ERROR_BYTES;
 pub use error::{EventStoreError, Fault};
 pub use model::{
-    Content, DeadLettered, DeliveryStatus, DeviceState, DeviceStateChange, DisableReason, EndpointDisabled,
+    AutomationMatched, Content, DeadLettered, DeliveryStatus, DeviceState, DeviceStateChange, DisableReason, EndpointDisabled,
     ErrorInfo, Event, EventData, EventId, EventType, LinkCode, LinkMethod, MAX_ID_BYTES, Media,
     MessageReceived, MessageStatus, ModelError, SCHEMA_VERSION,
 };

@@ -200,17 +200,21 @@ pub enum EventType {
     MessageDeadLettered,
     /// `webhook.endpoint_disabled`: the gateway stopped delivering to a webhook endpoint.
     WebhookEndpointDisabled,
+    /// `automation.matched`: an automation rule with a webhook action matched an inbound
+    /// message.
+    AutomationMatched,
 }
 
 impl EventType {
     /// Every type, in documentation order.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::MessageReceived,
         EventType::MessageStatus,
         EventType::DeviceState,
         EventType::DeviceLinkCode,
         EventType::MessageDeadLettered,
         EventType::WebhookEndpointDisabled,
+        EventType::AutomationMatched,
     ];
 
     /// The stable string form (`message.received`, ...).
@@ -222,6 +226,7 @@ impl EventType {
             EventType::DeviceLinkCode => "device.link_code",
             EventType::MessageDeadLettered => "message.dead_lettered",
             EventType::WebhookEndpointDisabled => "webhook.endpoint_disabled",
+            EventType::AutomationMatched => "automation.matched",
         }
     }
 
@@ -522,6 +527,23 @@ pub struct EndpointDisabled {
     pub detail: Option<String>,
 }
 
+/// `automation.matched` data: the rule, and the inbound message that triggered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationMatched {
+    /// The rule's id (`ar_…`).
+    pub rule_id: String,
+    /// The rule's name.
+    pub rule_name: String,
+    /// The `message.received` event's id.
+    pub trigger_event_id: String,
+    /// The sender of the message.
+    pub from: String,
+    /// Its text (or media caption); absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
 /// The typed payload of an event; its variant determines the event's type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventData {
@@ -537,6 +559,8 @@ pub enum EventData {
     MessageDeadLettered(DeadLettered),
     /// `webhook.endpoint_disabled`.
     WebhookEndpointDisabled(EndpointDisabled),
+    /// `automation.matched`.
+    AutomationMatched(AutomationMatched),
 }
 
 impl EventData {
@@ -549,6 +573,7 @@ impl EventData {
             EventData::DeviceLinkCode(_) => EventType::DeviceLinkCode,
             EventData::MessageDeadLettered(_) => EventType::MessageDeadLettered,
             EventData::WebhookEndpointDisabled(_) => EventType::WebhookEndpointDisabled,
+            EventData::AutomationMatched(_) => EventType::AutomationMatched,
         }
     }
 
@@ -587,6 +612,7 @@ impl EventData {
             EventType::WebhookEndpointDisabled => {
                 EventData::WebhookEndpointDisabled(Deserialize::deserialize(d)?)
             }
+            EventType::AutomationMatched => EventData::AutomationMatched(Deserialize::deserialize(d)?),
         })
     }
 }
@@ -600,6 +626,7 @@ impl Serialize for EventData {
             EventData::DeviceLinkCode(d) => d.serialize(s),
             EventData::MessageDeadLettered(d) => d.serialize(s),
             EventData::WebhookEndpointDisabled(d) => d.serialize(s),
+            EventData::AutomationMatched(d) => d.serialize(s),
         }
     }
 }

@@ -142,6 +142,19 @@ fn examples() -> Vec<(Event, &'static str)> {
             },
             r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445508","type":"webhook.endpoint_disabled","version":1,"workspace":"acme","timestamp":"2026-11-26T15:04:05.123Z","data":{"endpoint_id":"whe_00000000000000a7","reason":"gone","http_status":410}}"#,
         ),
+        (
+            device_event(
+                "0192f3a4b5c67d8e9f00112233445509",
+                EventData::AutomationMatched(AutomationMatched {
+                    rule_id: "ar_00000000000000b1".into(),
+                    rule_name: "order status".into(),
+                    trigger_event_id: "evt_e53bf66416bb81a1add04c122ac46257".into(),
+                    from: "+4915112345678".into(),
+                    text: Some("Hello, is my order on its way?".into()),
+                }),
+            ),
+            r#"{"id":"evt_0192f3a4b5c67d8e9f00112233445509","type":"automation.matched","version":1,"workspace":"acme","device":"d1","timestamp":"2026-11-26T15:04:05.123Z","data":{"rule_id":"ar_00000000000000b1","rule_name":"order status","trigger_event_id":"evt_e53bf66416bb81a1add04c122ac46257","from":"+4915112345678","text":"Hello, is my order on its way?"}}"#,
+        ),
     ]
 }
 
@@ -479,7 +492,8 @@ fn types_have_stable_strings() {
             "device.state",
             "device.link_code",
             "message.dead_lettered",
-            "webhook.endpoint_disabled"
+            "webhook.endpoint_disabled",
+            "automation.matched"
         ]
     );
     for t in EventType::ALL {

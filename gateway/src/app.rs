@@ -144,7 +144,12 @@ impl Gateway {
         let registry = Arc::new(Registry::with_workspace_metrics(
             cfg.metrics.per_workspace.then_some(cfg.metrics.per_workspace_max),
         ));
-        registry.set_sink(webhooks.clone());
+        // Events go to the webhook runtime and, for inbound messages, to automations.
+        let sink = Arc::new(crate::automations::Tee {
+            webhooks: webhooks.clone(),
+            automations: std::sync::OnceLock::new(),
+        });
+        registry.set_sink(sink.clone());
         for (w, cell) in cfg.workspaces.iter().zip(cells) {
             let (_, _, device_rate) = cfg.workspace_limits(w);
             let pacing = cfg
@@ -243,6 +248,11 @@ impl Gateway {
         )?;
 
         webhooks.start(&control);
+        let _ = sink.automations.set(crate::automations::Automations::start(
+            control.clone(),
+            metrics.clone(),
+            durable.clock,
+        ));
         {
             // Status events a crash may have lost between a REPORT and their commit.
             let (w, j) = (webhooks.clone(), durable.journal.clone());

@@ -10,6 +10,7 @@ pub mod admit;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod automations;
 pub mod config;
 pub mod control;
 pub mod durable;

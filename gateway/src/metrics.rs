@@ -450,6 +450,10 @@ pub const CATALOGUE: &[&str] = &[
     "waping_log_subscribers",
     "waping_log_subscriber_events_total",
     "waping_log_subscriber_gaps_total",
+    // Automations (issue 8).
+    "waping_automation_matches_total",
+    "waping_automation_suppressed_total",
+    "waping_automation_actions_total",
 ];
 
 /// Catalogue entries of type histogram: exposed as `<name>_bucket`, `<name>_sum` and

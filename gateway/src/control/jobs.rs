@@ -446,6 +446,10 @@ async fn run(control: &Arc<Control>, job: &mut DeletionJob, target: &str) -> any
             job.removed.dead_letters = purge(control, &ws, None).await?;
             // Webhook endpoints and the events stored for them (message contents).
             control.delete_workspace_webhooks(&ws).await?;
+            // Automation rules and the tags they set.
+            control
+                .delete_workspace_automations(&ws)
+                .map_err(|e| anyhow::anyhow!("automations: {e}"))?;
             job.removed.data_key_destroyed = control.vault.shred(&ws)?;
             control.store().delete_prefix(Kind::Device, &[&ws])?;
             control.store().delete(Kind::Workspace, &[&ws])?;

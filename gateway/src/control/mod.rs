@@ -6,6 +6,7 @@
 //! exist ([`Error::NotFound`]), never as forbidden, so existence does not leak.
 //! Which principal may call what is decided in one table, [`roles`].
 
+pub mod automations;
 pub mod config;
 pub mod jobs;
 pub mod reload;
@@ -366,6 +367,8 @@ pub struct Control {
     config_keys: DashMap<String, ()>,
     jobs: jobs::Jobs,
     webhook_rt: std::sync::OnceLock<Arc<dyn webhooks::WebhookRuntime>>,
+    /// Automation rules of every workspace, compiled, and their loop guard.
+    pub automations: Arc<crate::automations::engine::Engine>,
 }
 
 impl Control {
@@ -440,6 +443,7 @@ impl Control {
             config_keys,
             jobs: jobs::Jobs::default(),
             webhook_rt: std::sync::OnceLock::new(),
+            automations: Default::default(),
         });
         // Workspaces created through the API (and configuration workspaces since removed
         // from the file: their data stays, now managed through the API).
@@ -467,6 +471,7 @@ impl Control {
                 }
             }
         }
+        control.load_automations();
         control.jobs.resume(&control)?;
         tokio::spawn(retention::run(
             Arc::downgrade(&control),

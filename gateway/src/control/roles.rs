@@ -47,11 +47,14 @@ pub enum Permission {
     /// their failed deliveries. Admin and up: an endpoint URL decides where the workspace's
     /// messages go.
     WebhooksManage = 1 << 16,
+    /// Create, read, change and delete automation rules and read the tags they set. Admin
+    /// and up: a rule sends messages in the workspace's name.
+    AutomationsManage = 1 << 17,
 }
 
 impl Permission {
     /// Every permission, for docs and tests.
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::WorkspaceRead,
         Permission::KeysRead,
         Permission::KeysWrite,
@@ -69,6 +72,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::EventsSubscribe,
         Permission::WebhooksManage,
+        Permission::AutomationsManage,
     ];
 
     /// Stable name (`devices.write`), as used in error bodies and the README matrix.
@@ -91,6 +95,7 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::EventsSubscribe => "events.subscribe",
             Permission::WebhooksManage => "webhooks.manage",
+            Permission::AutomationsManage => "automations.manage",
         }
     }
 
@@ -162,7 +167,8 @@ impl Role {
             | P::KeysWrite.bit()
             | P::SettingsWrite.bit()
             | P::DeletionsWrite.bit()
-            | P::WebhooksManage.bit();
+            | P::WebhooksManage.bit()
+            | P::AutomationsManage.bit();
         match self {
             Role::Owner => ADMIN | P::WorkspaceDelete.bit() | P::AuditRead.bit(),
             Role::Admin => ADMIN,

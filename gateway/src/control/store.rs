@@ -37,6 +37,10 @@ pub enum Kind {
     Job,
     /// Webhook endpoints (secrets sealed).
     Webhook,
+    /// Automation rules.
+    Automation,
+    /// Tags set by automations, per (workspace, device, sender).
+    Tag,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
             Kind::Device => "dev/",
             Kind::Job => "job/",
             Kind::Webhook => "whk/",
+            Kind::Automation => "aut/",
+            Kind::Tag => "tag/",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! reachable by accident), per-key rate limit, body size limit, then the handler.
 //! Errors are JSON with the catalogue code shared with the QUIC protocol.
 
+pub mod automations;
 pub mod events_ws;
 pub mod openapi;
 pub mod routes;

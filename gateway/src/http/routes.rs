@@ -103,6 +103,13 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/webhooks/{id}/dead", Key(P::WebhooksManage)),
     r("POST", "/v1/webhooks/{id}/dead/replay", Key(P::WebhooksManage)),
     r("GET", super::events_ws::ROUTE, Key(P::EventsSubscribe)),
+    // Automations (issue 8).
+    r("GET", "/v1/automations", Key(P::AutomationsManage)),
+    r("POST", "/v1/automations", Key(P::AutomationsManage)),
+    r("GET", "/v1/automations/tags", Key(P::AutomationsManage)),
+    r("GET", "/v1/automations/{id}", Key(P::AutomationsManage)),
+    r("PATCH", "/v1/automations/{id}", Key(P::AutomationsManage)),
+    r("DELETE", "/v1/automations/{id}", Key(P::AutomationsManage)),
 ];
 
 /// The access rule of a matched route, if listed.
@@ -174,6 +181,18 @@ pub fn router() -> Router<Arc<Api>> {
             post(super::webhooks::replay_dead),
         )
         .route(super::events_ws::ROUTE, get(super::events_ws::stream))
+        // Automations (issue 8).
+        .route(
+            "/v1/automations",
+            get(super::automations::list_rules).post(super::automations::create_rule),
+        )
+        .route("/v1/automations/tags", get(super::automations::get_tags))
+        .route(
+            "/v1/automations/{id}",
+            get(super::automations::get_rule)
+                .patch(super::automations::update_rule)
+                .delete(super::automations::delete_rule),
+        )
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
@@ -1358,6 +1377,12 @@ async fn get_deletion(
     super::webhooks::rotate_webhook_secret,
     super::webhooks::list_dead,
     super::webhooks::replay_dead,
-    super::events_ws::stream
+    super::events_ws::stream,
+    super::automations::create_rule,
+    super::automations::list_rules,
+    super::automations::get_rule,
+    super::automations::update_rule,
+    super::automations::delete_rule,
+    super::automations::get_tags
 ))]
 pub struct Paths;
