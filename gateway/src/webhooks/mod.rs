@@ -46,8 +46,10 @@ const BATCH: usize = 4096;
 /// at full load the commits' fsyncs took ~36 % of the store's writer thread (profile in
 /// BENCHMARKS.md), and a status event reaching a webhook 10 ms later is not noticed.
 const LINGER: Duration = Duration::from_millis(10);
-/// Rows a worker looks at per round.
+/// Owed rows a worker looks at per read.
 const WINDOW: usize = 256;
+/// Log events a worker reads ahead of its requests.
+const READ_AHEAD: usize = 256;
 
 /// One endpoint at run time.
 #[derive(Debug)]
@@ -550,6 +552,15 @@ impl Webhooks {
                         if ordered && (!first || w.busy.contains_key(&device)) {
                             continue;
                         }
+                        // An earlier event of the device that failed since the last commit
+                        // is not in the store's owed rows yet: it goes first.
+                        if ordered
+                            && w.outcomes.iter().any(|o| {
+                                matches!(o, Outcome::Retry { seq, device: d, .. } if *d == device && *seq < p.seq)
+                            })
+                        {
+                            continue;
+                        }
                         if !ep.breaker.lock().expect("breaker").allow(now) {
                             return;
                         }
@@ -580,29 +591,37 @@ impl Webhooks {
                 Err(e) => tracing::error!(endpoint = %rec.id, error = %e, "reading owed deliveries"),
             }
         }
-        // The log after what was read so far.
-        if w.log_blocked || !w.room(&self.cfg, inflight.len()) || w.read_pos >= self.store.head() {
+        // The log after what was read so far, through a read-ahead buffer: a log row holds
+        // up to 512 events sealed together, so reading it again for every freed slot would
+        // open the whole row per delivery.
+        if w.log_blocked || !w.room(&self.cfg, inflight.len()) {
             return;
         }
-        let types = ep.types.load_full();
-        let want = |t: EventType, _d: Option<&str>| types.is_empty() || types.contains(t.as_str());
-        let room = (self.cfg.max_concurrency as usize)
-            .saturating_sub(inflight.len())
-            .max(1);
-        let page = match self.store.scan(&rec.workspace, w.read_pos, room, &want) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(endpoint = %rec.id, error = %e, "reading the event log");
+        if w.ahead.is_empty() {
+            w.read_pos = w.read_pos.max(w.scan_pos);
+            if w.read_pos >= self.store.head() {
                 return;
             }
-        };
+            let types = ep.types.load_full();
+            let want = |t: EventType, _d: Option<&str>| types.is_empty() || types.contains(t.as_str());
+            match self.store.scan(&rec.workspace, w.read_pos, READ_AHEAD, &want) {
+                Ok(page) => {
+                    w.scan_pos = page.through;
+                    w.ahead.extend(page.events);
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %rec.id, error = %e, "reading the event log");
+                    return;
+                }
+            }
+        }
         let expire_before = now.saturating_sub(self.max_age_ms());
-        let mut held = false;
-        for s in page.events {
-            w.read_pos = s.seq;
+        while w.room(&self.cfg, inflight.len()) {
+            let Some(s) = w.ahead.pop_front() else { break };
             let event = match s.event {
                 Ok(e) => e,
                 Err(e) => {
+                    w.read_pos = s.seq;
                     w.outcomes.push(Outcome::Dead {
                         endpoint: ep.num,
                         seq: s.seq,
@@ -614,6 +633,7 @@ impl Webhooks {
                 }
             };
             if event.at_ms < expire_before {
+                w.read_pos = s.seq;
                 w.outcomes.push(Outcome::Dead {
                     endpoint: ep.num,
                     seq: s.seq,
@@ -625,6 +645,7 @@ impl Webhooks {
             }
             if ordered && (w.blocked.contains(&event.device) || w.busy.contains_key(&event.device)) {
                 // Behind its device's retry or in-flight request: owed, in order.
+                w.read_pos = s.seq;
                 w.blocked.insert(event.device.clone());
                 w.outcomes.push(Outcome::Retry {
                     endpoint: ep.num,
@@ -638,11 +659,14 @@ impl Webhooks {
                 continue;
             }
             if !ep.breaker.lock().expect("breaker").allow(now) {
-                // Not sent: read again once the breaker lets requests through.
-                w.read_pos = s.seq - 1;
-                held = true;
+                // Not sent: it waits at the front until the breaker lets requests through.
+                w.ahead.push_front(waping_events::Stored {
+                    seq: s.seq,
+                    event: Ok(event),
+                });
                 break;
             }
+            w.read_pos = s.seq;
             w.window.insert(s.seq);
             w.start(
                 ep,
@@ -655,9 +679,9 @@ impl Webhooks {
                 event,
             );
         }
-        if !held {
+        if w.ahead.is_empty() {
             // Events the filter refused after the last one kept are passed too.
-            w.read_pos = w.read_pos.max(page.through);
+            w.read_pos = w.read_pos.max(w.scan_pos);
         }
     }
 
@@ -1119,6 +1143,11 @@ struct Window {
     cursor: u64,
     /// Highest log sequence number read (sent, skipped, or turned into an owed/dead row).
     read_pos: u64,
+    /// Events read from the log but not yet sent (at most [`READ_AHEAD`]), all after
+    /// `read_pos`.
+    ahead: std::collections::VecDeque<waping_events::Stored>,
+    /// Highest sequence number the reads examined (`ahead` holds what they kept).
+    scan_pos: u64,
     /// Log events in flight.
     window: std::collections::BTreeSet<u64>,
     /// Owed deliveries in flight.
@@ -1159,6 +1188,8 @@ impl Window {
         let mut w = Window {
             cursor,
             read_pos: cursor,
+            ahead: Default::default(),
+            scan_pos: cursor,
             window: Default::default(),
             owed_inflight: HashSet::new(),
             busy: HashMap::new(),
@@ -1193,6 +1224,13 @@ impl Window {
     fn note_owed(&mut self, rows: &[waping_events::Pending], ordered: bool) {
         if ordered {
             self.blocked = rows.iter().map(|p| p.device.clone()).collect();
+            // Owed rows queued since the last commit are not in the store yet; their devices
+            // stay blocked, or a later event of theirs would overtake them.
+            for o in &self.outcomes {
+                if let Outcome::Retry { device, .. } = o {
+                    self.blocked.insert(device.clone());
+                }
+            }
             self.log_blocked = rows.len() >= WINDOW;
         }
     }
