@@ -457,6 +457,46 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
     assert_eq!(r.status, 200, "B's endpoint survived A's attempts: {}", r.body);
     assert_eq!(r.json()["enabled"], true);
 
+    // Automations: B's rule answers A exactly like a rule that exists nowhere, A's list and
+    // tags do not show B's, and A cannot point a webhook action at B's endpoint.
+    let r = gw.api(
+        "POST",
+        "/v1/automations",
+        &b,
+        Some(json!({"name": "b rule", "match": {"keywords": ["b-secret"]},
+            "actions": [{"type": "tag", "tags": ["b"]}]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let b_rule = r.json()["id"].as_str().unwrap().to_string();
+    for (m, p, body) in [
+        ("GET", "/v1/automations/{id}", None),
+        ("PATCH", "/v1/automations/{id}", Some(json!({"enabled": false}))),
+        ("DELETE", "/v1/automations/{id}", None),
+    ] {
+        same(p, m, &fill(p, "", &b_rule), &fill(p, "", "ar_00000000000000ff"), body);
+        cover(m, p);
+    }
+    let r = gw.api("GET", "/v1/automations", &a, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "A lists B's rule: {}", r.body);
+    cover("GET", "/v1/automations");
+    let r = gw.api("GET", "/v1/automations/tags?device=b1&sender=4915100000000", &a, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tags"].as_array().map(Vec::len), Some(0), "{}", r.body);
+    cover("GET", "/v1/automations/tags");
+    let r = gw.api(
+        "POST",
+        "/v1/automations",
+        &a,
+        Some(json!({"name": "a", "actions": [{"type": "webhook", "endpoint_id": o.webhook_id}]})),
+    );
+    assert_eq!(r.status, 422, "A's rule may not name B's endpoint: {}", r.body);
+    no_leak("POST /v1/automations", &r);
+    cover("POST", "/v1/automations");
+    let r = gw.api("GET", &format!("/v1/automations/{b_rule}"), &b, None);
+    assert_eq!(r.status, 200, "B's rule survived A's attempts: {}", r.body);
+    assert_eq!(r.json()["enabled"], true);
+
     // Creating a device named like B's is A's own device, not a conflict that would reveal B's.
     let r = gw.api("POST", "/v1/devices", &a, Some(json!({"id": "b2"})));
     assert_eq!(r.status, 201, "a name taken in B is free in A: {}", r.body);
