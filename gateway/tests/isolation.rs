@@ -473,14 +473,30 @@ async fn a_key_of_one_workspace_reaches_nothing_of_another() {
         ("PATCH", "/v1/automations/{id}", Some(json!({"enabled": false}))),
         ("DELETE", "/v1/automations/{id}", None),
     ] {
-        same(p, m, &fill(p, "", &b_rule), &fill(p, "", "ar_00000000000000ff"), body);
+        same(
+            p,
+            m,
+            &fill(p, "", &b_rule),
+            &fill(p, "", "ar_00000000000000ff"),
+            body,
+        );
         cover(m, p);
     }
     let r = gw.api("GET", "/v1/automations", &a, None);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json().as_array().map(Vec::len), Some(0), "A lists B's rule: {}", r.body);
+    assert_eq!(
+        r.json().as_array().map(Vec::len),
+        Some(0),
+        "A lists B's rule: {}",
+        r.body
+    );
     cover("GET", "/v1/automations");
-    let r = gw.api("GET", "/v1/automations/tags?device=b1&sender=4915100000000", &a, None);
+    let r = gw.api(
+        "GET",
+        "/v1/automations/tags?device=b1&sender=4915100000000",
+        &a,
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["tags"].as_array().map(Vec::len), Some(0), "{}", r.body);
     cover("GET", "/v1/automations/tags");
