@@ -47,9 +47,9 @@ mod store_tests;
 pub use codec::MAX_ERROR_BYTES;
 pub use error::{EventStoreError, Fault};
 pub use model::{
-    AutomationMatched, Content, DeadLettered, DeliveryStatus, DeviceState, DeviceStateChange, DisableReason, EndpointDisabled,
-    ErrorInfo, Event, EventData, EventId, EventType, LinkCode, LinkMethod, MAX_ID_BYTES, Media,
-    MessageReceived, MessageStatus, ModelError, SCHEMA_VERSION,
+    AutomationMatched, Content, DeadLettered, DeliveryStatus, DeviceState, DeviceStateChange, DisableReason,
+    EndpointDisabled, ErrorInfo, Event, EventData, EventId, EventType, LinkCode, LinkMethod, MAX_ID_BYTES,
+    Media, MessageReceived, MessageStatus, ModelError, SCHEMA_VERSION,
 };
 pub use store::{
     Appended, Backlog, DeadEntry, DeadSelector, Erase, EventStore, NewEvent, Outcome, Page, Pending,
