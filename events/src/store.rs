@@ -1131,7 +1131,9 @@ impl EventStore {
             {
                 let (k, v) = item.ctx("read")?;
                 let last = k.value().1;
-                let first = RowHeader::decode(v.value()).map_or(last, |h| h.first_seq).min(last);
+                let first = RowHeader::decode(v.value())
+                    .map_or(last, |h| h.first_seq)
+                    .min(last);
                 b.unread += last + 1 - first.max(cursor + 1);
             }
         }
