@@ -86,15 +86,13 @@ impl RowHeader {
 /// [`encode_data`] wrote it.
 #[cfg(test)]
 pub(crate) fn push_event(body: &mut Vec<u8>, event: &Event, data: &[u8]) {
-    let kind = event.kind().as_str().as_bytes();
-    let dev = event.device.as_deref().unwrap_or("").as_bytes();
-    body.reserve(8 + 16 + 1 + kind.len() + 2 + dev.len() + 4 + data.len());
-    body.extend_from_slice(&event.at_ms.to_be_bytes());
-    body.extend_from_slice(event.id.as_bytes());
-    body.push(kind.len() as u8);
-    body.extend_from_slice(kind);
-    body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
-    body.extend_from_slice(dev);
+    push_head(
+        body,
+        event.at_ms,
+        &event.id,
+        event.kind(),
+        event.device.as_deref(),
+    );
     body.extend_from_slice(&(data.len() as u32).to_be_bytes());
     body.extend_from_slice(data);
 }
@@ -107,18 +105,29 @@ const DATA_JSON: u8 = 0;
 /// of the JSON's size and needs no serialiser on the append path.
 const DATA_STATUS: u8 = 1;
 
-/// Appends one whole event (plain fields and tagged data) to a body, without an allocation
-/// of its own; returns the length of its data. What [`push_event`] with [`encode_data`]
-/// writes, for the append path.
-pub(crate) fn push_event_encoded(body: &mut Vec<u8>, event: &Event) -> usize {
-    let kind = event.kind().as_str().as_bytes();
-    let dev = event.device.as_deref().unwrap_or("").as_bytes();
-    body.extend_from_slice(&event.at_ms.to_be_bytes());
-    body.extend_from_slice(event.id.as_bytes());
+/// The plain fields of an event entry: `at_ms | id | type len | type | device len | device`.
+fn push_head(body: &mut Vec<u8>, at_ms: u64, id: &EventId, kind: EventType, device: Option<&str>) {
+    let kind = kind.as_str().as_bytes();
+    let dev = device.unwrap_or("").as_bytes();
+    body.extend_from_slice(&at_ms.to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
     body.push(kind.len() as u8);
     body.extend_from_slice(kind);
     body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
     body.extend_from_slice(dev);
+}
+
+/// Appends one whole event (plain fields and tagged data) to a body, without an allocation
+/// of its own; returns the length of its data. What [`push_event`] with [`encode_data`]
+/// writes, for the append path.
+pub(crate) fn push_event_encoded(body: &mut Vec<u8>, event: &Event) -> usize {
+    push_head(
+        body,
+        event.at_ms,
+        &event.id,
+        event.kind(),
+        event.device.as_deref(),
+    );
     let len_at = body.len();
     body.extend_from_slice(&[0; 4]);
     let start = body.len();
@@ -161,26 +170,14 @@ pub(crate) const DATA_ERASED: u8 = 2;
 
 /// Appends an erased copy of `raw` (same time, id and type; no device, no data).
 pub(crate) fn push_erased(body: &mut Vec<u8>, raw: &RawEvent<'_>) {
-    let kind = raw.kind.as_str().as_bytes();
-    body.extend_from_slice(&raw.at_ms.to_be_bytes());
-    body.extend_from_slice(raw.id.as_bytes());
-    body.push(kind.len() as u8);
-    body.extend_from_slice(kind);
-    body.extend_from_slice(&0u16.to_be_bytes());
+    push_head(body, raw.at_ms, &raw.id, raw.kind, None);
     body.extend_from_slice(&1u32.to_be_bytes());
     body.push(DATA_ERASED);
 }
 
 /// Appends `raw` unchanged.
 pub(crate) fn push_raw(body: &mut Vec<u8>, raw: &RawEvent<'_>) {
-    let kind = raw.kind.as_str().as_bytes();
-    let dev = raw.device.unwrap_or("").as_bytes();
-    body.extend_from_slice(&raw.at_ms.to_be_bytes());
-    body.extend_from_slice(raw.id.as_bytes());
-    body.push(kind.len() as u8);
-    body.extend_from_slice(kind);
-    body.extend_from_slice(&(dev.len() as u16).to_be_bytes());
-    body.extend_from_slice(dev);
+    push_head(body, raw.at_ms, &raw.id, raw.kind, raw.device);
     body.extend_from_slice(&(raw.data.len() as u32).to_be_bytes());
     body.extend_from_slice(raw.data);
 }

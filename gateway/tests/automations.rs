@@ -140,6 +140,10 @@ fn a_rule_replies_through_the_simulator_and_changes_are_validated_audited_and_ad
     let ledger_text = std::fs::read_to_string(&ledger).unwrap();
     let line = ledger_text.lines().find(|l| l.contains("Auto: got")).unwrap();
     assert!(line.contains("on d1"), "{line}");
+    // The reply and the tag are two actions; the tag may finish after the reply is sent.
+    wait_until("both actions done", Duration::from_secs(10), || {
+        rule(&gw, &admin, &id)["counters"]["done"].as_u64().unwrap_or(0) >= 2
+    });
     let counters = rule(&gw, &admin, &id)["counters"].clone();
     assert!(counters["matched"].as_u64().unwrap() >= 1, "{counters}");
     assert!(

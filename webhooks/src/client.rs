@@ -301,16 +301,7 @@ pub async fn deliver(
         return Err(DeliveryError::NoAddress);
     }
     let request = build_request(req)?;
-    let server_name = if req.url.is_https() {
-        Some(match req.url.host() {
-            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            Host::Name(n) => ServerName::try_from(n.clone()).map_err(|_| {
-                DeliveryError::InvalidRequest(format!("{n:?} is not a valid TLS server name"))
-            })?,
-        })
-    } else {
-        None
-    };
+    let server_name = server_name_of(req)?;
     let origin = req.url.to_string();
     let deadline = Instant::now() + timeout;
     let mut stage = Stage::Connect;
@@ -332,29 +323,9 @@ pub async fn deliver(
             });
         }
     };
-    let answered_at = SystemTime::now();
-    let status = resp.status().as_u16();
-    let headers = resp.headers();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, answered_at));
-    let location = headers.get(header::LOCATION).map(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .chars()
-            .take(MAX_LOCATION_LEN)
-            .collect()
-    });
-    let (body, body_truncated) = read_capped(resp.into_body(), deadline).await;
+    let answer = finish(resp, peer, deadline, None).await;
     drop(driver);
-    Ok(DeliveryResponse {
-        status,
-        retry_after,
-        location,
-        body,
-        body_truncated,
-        peer,
-    })
+    Ok(answer)
 }
 
 /// Idle keep-alive connections of one endpoint, for [`deliver_pooled`].
