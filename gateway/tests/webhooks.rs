@@ -502,3 +502,63 @@ async fn dead_letters_arrive_and_a_rotation_signs_with_both_secrets() {
         verify(&new, &g);
     }
 }
+
+#[tokio::test]
+async fn a_slow_receiver_times_out_and_is_retried_without_delaying_another_endpoint() {
+    // Answers after 5 s: past the 3 s request timeout, every attempt fails.
+    let slow = Receiver::start(Box::new(|_, _| (200, Vec::new(), Duration::from_secs(5))));
+    let fast = Receiver::start(ok());
+    let gw = Gateway::start_upstream(&[W], &format!("[upstream.sim]\n{WEBHOOKS}"), false);
+    let owner = gw.admin_key("hooks", "owner");
+    let (slow_id, _) = create(
+        &gw,
+        &owner,
+        json!({"url": slow.url("/"), "event_types": ["message.status"]}),
+    );
+    let (_, fast_secret) = create(
+        &gw,
+        &owner,
+        json!({"url": fast.url("/"), "event_types": ["message.status"]}),
+    );
+    let ids = send(&gw, "s", 20).await;
+
+    // The fast endpoint gets every status, signed, while the slow one's first attempts are
+    // still waiting for answers that come too late.
+    wait_until(
+        "every status at the fast endpoint",
+        Duration::from_secs(20),
+        || fast.distinct().len() >= ids.len(),
+    );
+    for g in fast.requests() {
+        verify(&fast_secret, &g);
+    }
+    let got: BTreeSet<String> = fast
+        .distinct()
+        .values()
+        .map(|v| v["data"]["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ids, "each message's status, once");
+    let r = gw.api("GET", &format!("/v1/webhooks/{slow_id}"), &owner, None);
+    assert!(
+        r.json()["pending_deliveries"].as_u64().unwrap() > 0,
+        "the slow endpoint still owes its events: {}",
+        r.body
+    );
+
+    // Its requests time out and are retried with the same webhook-id; at most
+    // max_concurrency (8) of them were open at once.
+    wait_until("a retry at the slow endpoint", Duration::from_secs(30), || {
+        let r = slow.requests();
+        let mut seen = BTreeSet::new();
+        r.iter().any(|g| !seen.insert(g.headers["webhook-id"].clone()))
+    });
+    let first_wave = slow
+        .requests()
+        .iter()
+        .filter(|g| g.at.duration_since(slow.requests()[0].at) < Duration::from_millis(2500))
+        .count();
+    assert!(
+        (1..=8).contains(&first_wave),
+        "{first_wave} requests opened at once (max_concurrency 8)"
+    );
+}
