@@ -672,20 +672,7 @@ impl EventStore {
     /// in steps of [`StoreOptions::max_rows_per_step`]. Its events stay (other endpoints and
     /// subscribers may want them) until the sweep.
     pub async fn remove_endpoint(&self, endpoint: u64) -> Result<Removed, EventStoreError> {
-        let mut total = Removed::default();
-        loop {
-            match self.inner.submit(Work::RemoveEndpoint { endpoint }, 64).await? {
-                Reply::Removed { removed, more } => {
-                    total.events += removed.events;
-                    total.deliveries += removed.deliveries;
-                    total.dead += removed.dead;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
+        self.removed_in_steps(|| Work::RemoveEndpoint { endpoint }).await
     }
 
     /// Moves dead deliveries of `endpoint` back to owed, due at `now_ms` with their attempts
@@ -727,29 +714,10 @@ impl EventStore {
     /// steps. The gateway calls it when a workspace is deleted (its key is shredded too, so
     /// what a crash leaves behind is unreadable anyway).
     pub async fn delete_workspace(&self, workspace: &str) -> Result<Removed, EventStoreError> {
-        let mut total = Removed::default();
-        loop {
-            match self
-                .inner
-                .submit(
-                    Work::DeleteWorkspace {
-                        workspace: workspace.to_owned(),
-                    },
-                    64,
-                )
-                .await?
-            {
-                Reply::Removed { removed, more } => {
-                    total.events += removed.events;
-                    total.deliveries += removed.deliveries;
-                    total.dead += removed.dead;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
+        self.removed_in_steps(|| Work::DeleteWorkspace {
+            workspace: workspace.to_owned(),
+        })
+        .await
     }
 
     /// Deletes the events of `workspace` older than `older_than_ms` (whole log rows whose
@@ -757,30 +725,11 @@ impl EventStore {
     /// endpoints' cursors: a workspace's retention settings are a promise to its owner.
     /// In steps; returns what was removed.
     pub async fn retain(&self, workspace: &str, older_than_ms: u64) -> Result<Removed, EventStoreError> {
-        let mut total = Removed::default();
-        loop {
-            match self
-                .inner
-                .submit(
-                    Work::Retain {
-                        workspace: workspace.to_owned(),
-                        older_than_ms,
-                    },
-                    64,
-                )
-                .await?
-            {
-                Reply::Removed { removed, more } => {
-                    total.events += removed.events;
-                    total.deliveries += removed.deliveries;
-                    total.dead += removed.dead;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
+        self.removed_in_steps(|| Work::Retain {
+            workspace: workspace.to_owned(),
+            older_than_ms,
+        })
+        .await
     }
 
     /// Erases `workspace`'s events of a device or from a sender (a deletion request): each
@@ -857,6 +806,25 @@ impl EventStore {
             }
         }
         Ok(total)
+    }
+
+    /// Submits `work()` until the writer says nothing is left, adding up what each step
+    /// removed (remove_endpoint, delete_workspace, retain).
+    async fn removed_in_steps(&self, work: impl Fn() -> Work) -> Result<Removed, EventStoreError> {
+        let mut total = Removed::default();
+        loop {
+            match self.inner.submit(work(), 64).await? {
+                Reply::Removed { removed, more } => {
+                    total.events += removed.events;
+                    total.deliveries += removed.deliveries;
+                    total.dead += removed.dead;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
     }
 
     /// Highest sequence number made durable (0 before the first event).

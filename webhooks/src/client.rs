@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::schedule::Verdict;
+
+/// The sending half of one HTTP/1.1 connection.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 use crate::sign::SignedHeaders;
 use crate::ssrf::{EndpointUrl, Host};
 
@@ -300,29 +303,8 @@ pub async fn deliver(
     if addrs.is_empty() {
         return Err(DeliveryError::NoAddress);
     }
-    let request = build_request(req)?;
-    let server_name = server_name_of(req)?;
-    let origin = req.url.to_string();
     let deadline = Instant::now() + timeout;
-    let mut stage = Stage::Connect;
-    // Up to the response headers under the deadline as one unit; the body is read after,
-    // separately, so a deadline striking mid-body cuts the body instead of discarding an
-    // answer that already arrived.
-    let exchanged = tokio::time::timeout_at(
-        deadline,
-        exchange(request, addrs, tls, server_name, &origin, deadline, &mut stage),
-    )
-    .await;
-    let (resp, peer, driver, _sender) = match exchanged {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(DeliveryError::Timeout {
-                origin,
-                stage,
-                after: timeout,
-            });
-        }
-    };
+    let (resp, peer, driver, _sender) = fresh_exchange(req, false, addrs, tls, deadline, timeout).await?;
     let answer = finish(resp, peer, deadline, None).await;
     drop(driver);
     Ok(answer)
@@ -342,7 +324,7 @@ pub struct ConnPool {
 struct Idle {
     origin: String,
     peer: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    sender: Sender,
     /// Runs the connection; dropping it (with the idle entry) closes the connection.
     _driver: Driver,
     since: Instant,
@@ -447,24 +429,7 @@ pub async fn deliver_pooled(
             }
         }
     }
-    let request = build_request_with(req, true)?;
-    let server_name = server_name_of(req)?;
-    let mut stage = Stage::Connect;
-    let exchanged = tokio::time::timeout_at(
-        deadline,
-        exchange(request, addrs, tls, server_name, &origin, deadline, &mut stage),
-    )
-    .await;
-    let (resp, peer, driver, sender) = match exchanged {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(DeliveryError::Timeout {
-                origin,
-                stage,
-                after: timeout,
-            });
-        }
-    };
+    let (resp, peer, driver, sender) = fresh_exchange(req, true, addrs, tls, deadline, timeout).await?;
     let c = Idle {
         origin: key.clone(),
         peer,
@@ -473,6 +438,36 @@ pub async fn deliver_pooled(
         since: Instant::now(),
     };
     Ok(finish(resp, peer, deadline, Some((pool, key, c))).await)
+}
+
+/// A connection opened for this request, up to the response headers under `deadline` as
+/// one unit; the body is read after, separately, so a deadline striking mid-body cuts the
+/// body instead of discarding an answer that already arrived.
+async fn fresh_exchange(
+    req: &DeliveryRequest,
+    keep_alive: bool,
+    addrs: &[SocketAddr],
+    tls: &TlsClient,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Response<Incoming>, SocketAddr, Driver, Sender), DeliveryError> {
+    let request = build_request_with(req, keep_alive)?;
+    let server_name = server_name_of(req)?;
+    let origin = req.url.to_string();
+    let mut stage = Stage::Connect;
+    let exchanged = tokio::time::timeout_at(
+        deadline,
+        exchange(request, addrs, tls, server_name, &origin, deadline, &mut stage),
+    )
+    .await;
+    match exchanged {
+        Ok(r) => r,
+        Err(_) => Err(DeliveryError::Timeout {
+            origin,
+            stage,
+            after: timeout,
+        }),
+    }
 }
 
 /// Scheme and authority: what a pooled connection may be reused for.
@@ -537,10 +532,6 @@ async fn finish(
     }
 }
 
-fn build_request(req: &DeliveryRequest) -> Result<Request<Full<Bytes>>, DeliveryError> {
-    build_request_with(req, false)
-}
-
 fn build_request_with(
     req: &DeliveryRequest,
     keep_alive: bool,
@@ -580,15 +571,7 @@ async fn exchange(
     origin: &str,
     deadline: Instant,
     stage: &mut Stage,
-) -> Result<
-    (
-        Response<Incoming>,
-        SocketAddr,
-        Driver,
-        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    ),
-    DeliveryError,
-> {
+) -> Result<(Response<Incoming>, SocketAddr, Driver, Sender), DeliveryError> {
     *stage = Stage::Connect;
     let (tcp, peer) = connect(addrs, origin, deadline).await?;
     match server_name {
@@ -653,15 +636,7 @@ async fn http_round_trip<T>(
     request: Request<Full<Bytes>>,
     origin: &str,
     peer: SocketAddr,
-) -> Result<
-    (
-        Response<Incoming>,
-        SocketAddr,
-        Driver,
-        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    ),
-    DeliveryError,
->
+) -> Result<(Response<Incoming>, SocketAddr, Driver, Sender), DeliveryError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
